@@ -1,0 +1,73 @@
+// mproc/error.hpp — the library's exception hierarchy.
+//
+// Every error mproc raises on its own account derives from mproc::Error, so one
+// catch clause handles them all. OS failures are std::system_error (errno plus the
+// call that failed) and are not wrapped. Each message says what happened and what
+// to do about it.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace mproc {
+
+/// Root of mproc's own errors.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The API was used in a way it does not allow: starting a process twice,
+/// joining one that was never started, a negative timeout, a call after close().
+/// Python raises AssertionError/ValueError in the same places.
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A bounded wait ran out (join with a timeout returns false instead; calls
+/// that must return a value throw this).
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A process could not be started the way it was asked to be: for example the
+/// spawn or forkserver start method in a program whose main() does not call
+/// mproc::init(argc, argv).
+class StartError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Bytes that should hold a serialized value do not (truncated or corrupt
+/// message, or a child built from a different binary).
+class SerializationError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// An exception thrown in another process, carried back with its dynamic type
+/// name, its what() text and, where available, a stack trace.
+class RemoteError : public Error {
+ public:
+  RemoteError(std::string type_name, std::string message, std::string traceback = {})
+      : Error(type_name + ": " + message),
+        type_name_(std::move(type_name)),
+        message_(std::move(message)),
+        traceback_(std::move(traceback)) {}
+
+  /// Demangled dynamic type of the remote exception, e.g. "std::runtime_error".
+  const std::string& type_name() const noexcept { return type_name_; }
+  /// The remote exception's what().
+  const std::string& message() const noexcept { return message_; }
+  /// Stack trace text from the remote process; empty where none was captured.
+  const std::string& traceback() const noexcept { return traceback_; }
+
+ private:
+  std::string type_name_;
+  std::string message_;
+  std::string traceback_;
+};
+
+}  // namespace mproc

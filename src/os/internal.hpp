@@ -1,0 +1,140 @@
+// Internals shared by the os/ sources: process state, the syscall seam, and the
+// child-side entry points. Not installed.
+#pragma once
+
+#include <spawn.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mproc/detail/exception.hpp"
+#include "mproc/process.hpp"
+
+namespace mproc::detail {
+
+// ---- syscall seam ------------------------------------------------------------
+// Every call that starts or waits for a process goes through this table so tests
+// can inject failures (fmt's posix-mock idea). Defaults are the real calls.
+struct SysOps {
+  pid_t (*fork)();
+  int (*pipe2)(int fds[2], int flags);
+  int (*memfd_create)(const char* name, unsigned flags);
+  int (*pidfd_open)(pid_t pid, unsigned flags);
+  int (*posix_spawn)(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
+                     const posix_spawnattr_t* attr, char* const argv[], char* const envp[]);
+  int (*socketpair)(int domain, int type, int protocol, int sv[2]);
+};
+SysOps& sys();
+
+/// Throws std::system_error(errno) saying which call failed.
+[[noreturn]] void throw_errno(const char* call);
+/// Closes fd if >= 0, ignoring errors (EINTR on close must not be retried on Linux).
+void close_fd(int fd) noexcept;
+/// Retries on EINTR.
+template <class F>
+auto retry_eintr(F f) {
+  for (;;) {
+    auto r = f();
+    if (r != -1 || errno != EINTR) return r;
+  }
+}
+int pidfd_send_signal(int pidfd, int sig) noexcept;
+/// Waits until fd is readable or the timeout (negative = forever) passes. EINTR-safe.
+bool wait_readable(int fd, std::optional<std::chrono::nanoseconds> timeout);
+/// Writes all of buf (blocking). Returns false on error.
+bool write_all(int fd, const void* buf, std::size_t n) noexcept;
+
+// ---- process state -------------------------------------------------------------
+
+struct ProcessState {
+  ProcessState() = default;
+  ProcessState(const ProcessState&) = delete;
+  ProcessState& operator=(const ProcessState&) = delete;
+  ~ProcessState();
+
+  mutable std::mutex mu;
+  std::string name;
+  bool daemon = false;
+  StartMethod method = StartMethod::forkserver;
+  bool is_self = false;  // current_process()
+
+  std::vector<std::byte> task;  // encoded entry + callable + args
+  std::vector<int> task_fds;    // our own duplicates of fds the task carries
+
+  enum class Phase { created, running, ended, closed } phase = Phase::created;
+  pid_t pid = 0;
+  int pidfd = -1;
+  int status_fd = -1;  // read end of the child's status pipe (non-blocking)
+  std::vector<std::byte> status_buf;
+  std::optional<int> exitcode;
+  std::optional<ExceptionInfo> exception;
+};
+
+/// What a child learns about itself before it runs its task.
+struct ChildMeta {
+  std::string name;
+  bool daemon = false;
+  std::int32_t parent_pid = 0;
+  std::uint8_t method = 0;
+
+  template <class A>
+  void serialize(A& ar) {
+    ar(name, daemon, parent_pid, method);
+  }
+};
+
+/// Records a child (or the forkserver) writes on its status pipe: u32 length, u8 tag, body.
+enum class StatusTag : std::uint8_t { exception = 1, exit = 2 };
+
+struct Launched {
+  pid_t pid;
+  int pidfd;
+};
+
+/// Starts a child that runs `payload` (ChildMeta + task). `fds[0]` is the write
+/// end of its status pipe, the rest are the fds the task carries (index order).
+Launched launch_fork(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
+Launched launch_spawn(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
+Launched launch_forkserver(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
+
+/// Runs a child payload and exits; never returns. `fds[0]` is the status pipe,
+/// the rest the task's fds. `parent_pidfd` (may be -1) backs parent_process().
+/// `real_parent` is the pid a daemon's parent-death signal is tied to; 0 means
+/// the parent named in the payload (fork, spawn); the forkserver passes its own pid.
+[[noreturn]] void child_main(std::span<const std::byte> payload, std::span<const int> fds, int parent_pidfd,
+                             pid_t real_parent = 0);
+
+/// Flushes C and C++ stdio, then _exit(code): a child never runs its parent's
+/// atexit handlers or static destructors (Python's os._exit after flush).
+[[noreturn]] void child_exit(int code) noexcept;
+
+/// The forkserver's loop (process role selected by init()).
+[[noreturn]] void forkserver_main(int sock, pid_t client);
+
+/// Called in a fresh child (any start method) before its task runs.
+void become_child(const ChildMeta& meta, int parent_pidfd);
+
+/// argv recorded by init(), for spawn/forkserver re-exec.
+const std::vector<std::string>& saved_argv();
+
+/// Environment for a re-executed child: the current environ plus `extra`.
+std::vector<std::string> child_environment(std::initializer_list<std::string> extra);
+
+/// posix_spawn of /proc/self/exe with saved argv, environment `env`, inheriting
+/// exactly `keep_fds` (their close-on-exec is cleared in the child only).
+pid_t spawn_self(const std::vector<std::string>& env, std::span<const int> keep_fds);
+
+/// Throws StartError if `m` needs init() and it has not run, or if this process
+/// is a spawned child still bootstrapping.
+void check_can_start(StartMethod m);
+
+/// The forkserver client's state in a freshly forked child must not be shared.
+void forkserver_forget_after_fork() noexcept;
+
+}  // namespace mproc::detail

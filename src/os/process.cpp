@@ -1,0 +1,633 @@
+// Process handles, the process registry, init() and start-method selection.
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <new>
+#include <system_error>
+
+#include "internal.hpp"
+
+namespace mproc {
+namespace detail {
+namespace {
+
+// Library-wide state. Allocated once and never destroyed, so atexit handlers and
+// late static destructors can still use it.
+struct Globals {
+  std::mutex mu;
+  std::optional<StartMethod> default_method;  // set by set_start_method or first use
+  bool initialized = false;
+  bool bootstrapping = false;  // a spawned child or forkserver before init() ran
+  std::vector<std::string> argv;
+  std::string name = "MainProcess";
+  bool daemon = false;
+  pid_t parent_pid = 0;
+  int parent_pidfd = -1;
+  unsigned counter = 0;
+  bool atexit_registered = false;
+  std::vector<std::shared_ptr<ProcessState>> children;  // started, not yet reaped
+  std::shared_ptr<ProcessState> self;
+};
+
+Globals& g() {
+  static Globals* p = new Globals;
+  return *p;
+}
+
+void after_fork_child() noexcept {
+  // Runs in the child of every fork() in this program (ours, the forkserver's, or a
+  // user's raw fork). Another thread may have held these mutexes at fork time and
+  // does not exist here, so they are re-created rather than unlocked. The old
+  // containers are abandoned (a small leak) instead of freed: the child must not
+  // depend on heap state another thread was changing.
+  Globals& G = g();
+  new (&G.mu) std::mutex;
+  new (&G.children) std::vector<std::shared_ptr<ProcessState>>;
+  new (&G.self) std::shared_ptr<ProcessState>;
+  forkserver_forget_after_fork();
+}
+
+// Detects, before main(), that this process was started by spawn or as the
+// forkserver: such a process must not start processes until init() took over
+// (Python's "bootstrapping phase" error), or a main() without init() could fork-bomb.
+const bool kRegistered = [] {
+  pthread_atfork(nullptr, nullptr, after_fork_child);
+  g().bootstrapping = std::getenv("MPROC_SPAWN") != nullptr || std::getenv("MPROC_FORKSERVER") != nullptr;
+  return true;
+}();
+
+void drain_status(ProcessState& s, bool* eof) {
+  if (s.status_fd < 0) {
+    if (eof) *eof = true;
+    return;
+  }
+  std::byte buf[4096];
+  for (;;) {
+    ssize_t n = ::read(s.status_fd, buf, sizeof buf);
+    if (n > 0) {
+      s.status_buf.insert(s.status_buf.end(), buf, buf + n);
+      continue;
+    }
+    if (n == 0) {
+      if (eof) *eof = true;
+      break;
+    }
+    if (errno == EINTR) continue;
+    break;  // EAGAIN: nothing more for now
+  }
+  // Parse complete records: u32 length (tag + body), u8 tag, body.
+  std::size_t off = 0;
+  while (s.status_buf.size() - off >= 5) {
+    std::uint32_t len;
+    std::memcpy(&len, s.status_buf.data() + off, 4);
+    if (s.status_buf.size() - off - 4 < len) break;
+    auto tag = static_cast<StatusTag>(s.status_buf[off + 4]);
+    std::span<const std::byte> body(s.status_buf.data() + off + 5, len - 1);
+    try {
+      if (tag == StatusTag::exception) {
+        s.exception = from_bytes<ExceptionInfo>(body);
+      } else if (tag == StatusTag::exit) {
+        s.exitcode = from_bytes<std::int32_t>(body);
+      }
+    } catch (const SerializationError&) {
+      // A child that died mid-write leaves a torn record; ignore it.
+    }
+    off += 4 + len;
+  }
+  s.status_buf.erase(s.status_buf.begin(), s.status_buf.begin() + static_cast<std::ptrdiff_t>(off));
+}
+
+// Exit status that could not be learned (someone else reaped the child, or the
+// forkserver died before reporting it).
+constexpr int kLostExitCode = 255;
+
+void mark_ended(ProcessState& s, int code) {
+  s.exitcode = code;
+  s.phase = ProcessState::Phase::ended;
+  close_fd(s.status_fd);
+  s.status_fd = -1;
+}
+
+// With s.mu held: reaps s if it has ended. Returns true once it has.
+bool try_reap(ProcessState& s) {
+  if (s.phase != ProcessState::Phase::running) return s.phase != ProcessState::Phase::created;
+  if (s.method == StartMethod::forkserver) {
+    // Not our child: the forkserver reaps it and reports the status on the pipe.
+    bool eof = false;
+    drain_status(s, &eof);
+    if (s.exitcode) {
+      mark_ended(s, *s.exitcode);
+      return true;
+    }
+    if (eof) {  // child and server both gone without a status
+      mark_ended(s, kLostExitCode);
+      return true;
+    }
+    return false;
+  }
+  siginfo_t si{};
+  if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(s.pidfd), &si, WEXITED | WNOHANG) < 0) {
+    if (errno == ECHILD) {  // reaped behind our back (SIGCHLD set to SIG_IGN, waitpid(-1))
+      drain_status(s, nullptr);
+      mark_ended(s, kLostExitCode);
+      return true;
+    }
+    throw_errno("waitid");
+  }
+  if (si.si_pid == 0) return false;
+  drain_status(s, nullptr);
+  mark_ended(s, si.si_code == CLD_EXITED ? si.si_status : -si.si_status);
+  return true;
+}
+
+void forget_child(const ProcessState* s) {
+  Globals& G = g();
+  std::lock_guard lock(G.mu);
+  std::erase_if(G.children, [s](const auto& c) { return c.get() == s; });
+}
+
+void at_exit() {
+  // Python's _exit_function: terminate daemonic children, then join all. A daemon
+  // that ignores SIGTERM gets SIGKILL after a grace period instead of hanging exit.
+  std::vector<Process> kids = active_children();
+  for (auto& p : kids) {
+    if (p.daemon()) p.terminate();
+  }
+  for (auto& p : kids) {
+    if (p.daemon() && !p.join(std::chrono::seconds(1))) p.kill();
+    p.join();
+  }
+}
+
+std::shared_ptr<ProcessState> self_state() {
+  Globals& G = g();
+  std::lock_guard lock(G.mu);
+  if (!G.self || G.self->pid != ::getpid()) {
+    auto s = std::make_shared<ProcessState>();
+    s->is_self = true;
+    s->name = G.name;
+    s->daemon = G.daemon;
+    s->pid = ::getpid();
+    s->phase = ProcessState::Phase::running;
+    G.self = s;
+  }
+  return G.self;
+}
+
+}  // namespace
+
+const std::vector<std::string>& saved_argv() { return g().argv; }
+
+void check_can_start(StartMethod m) {
+  Globals& G = g();
+  if (G.bootstrapping) {
+    throw StartError(
+        "mproc: this process was started by mproc (spawn or forkserver) and is still "
+        "bootstrapping: main() tried to start a process before calling mproc::init(argc, argv). "
+        "Make `mproc::init(argc, argv);` the first statement of main(), before any other code.");
+  }
+  if (m != StartMethod::fork && !G.initialized) {
+    throw StartError(std::string("mproc: the '") + std::string(to_string(m)) +
+                     "' start method re-executes this program, so main() must hand control to "
+                     "mproc first: add `mproc::init(argc, argv);` as the first statement of "
+                     "main(). (Or choose the 'fork' start method, which needs no init but is "
+                     "unsafe in programs that run threads.)");
+  }
+}
+
+void become_child(const ChildMeta& meta, int parent_pidfd) {
+  Globals& G = g();
+  std::lock_guard lock(G.mu);
+  G.name = meta.name;
+  G.daemon = meta.daemon;
+  G.parent_pid = meta.parent_pid;
+  G.parent_pidfd = parent_pidfd;
+  G.bootstrapping = false;
+  G.initialized = true;
+  G.children.clear();
+  G.self.reset();
+  G.default_method.reset();
+}
+
+}  // namespace detail
+
+using detail::g;
+using detail::ProcessState;
+using Phase = detail::ProcessState::Phase;
+
+// ---- start methods -------------------------------------------------------------
+
+std::string_view to_string(StartMethod m) noexcept {
+  switch (m) {
+    case StartMethod::fork: return "fork";
+    case StartMethod::forkserver: return "forkserver";
+    case StartMethod::spawn: return "spawn";
+  }
+  return "?";
+}
+
+std::ostream& operator<<(std::ostream& os, StartMethod m) { return os << to_string(m); }
+
+StartMethod parse_start_method(std::string_view name) {
+  for (auto m : get_all_start_methods()) {
+    if (to_string(m) == name) return m;
+  }
+  throw UsageError("mproc: unknown start method '" + std::string(name) +
+                   "'; use one of: fork, forkserver, spawn");
+}
+
+std::vector<StartMethod> get_all_start_methods() {
+  return {StartMethod::forkserver, StartMethod::spawn, StartMethod::fork};
+}
+
+void set_start_method(StartMethod m, bool force) {
+  auto& G = g();
+  std::lock_guard lock(G.mu);
+  if (G.default_method && !force && *G.default_method != m) {
+    throw UsageError("mproc: the start method was already set to '" +
+                     std::string(to_string(*G.default_method)) +
+                     "'; pass force = true to change it, or use get_context() for one object");
+  }
+  G.default_method = m;
+}
+
+void set_start_method(std::string_view name, bool force) { set_start_method(parse_start_method(name), force); }
+
+StartMethod get_start_method() {
+  auto& G = g();
+  std::lock_guard lock(G.mu);
+  return G.default_method.value_or(StartMethod::forkserver);
+}
+
+Context get_context() { return Context(get_start_method()); }
+Context get_context(StartMethod m) { return Context(m); }
+Context get_context(std::string_view name) { return Context(parse_start_method(name)); }
+
+bool initialized() noexcept { return g().initialized; }
+
+// ---- Process -------------------------------------------------------------------
+
+namespace {
+
+[[noreturn]] void closed_error() {
+  throw UsageError("mproc: this Process was closed; create a new one");
+}
+
+}  // namespace
+
+detail::ProcessState& Process::state() const {
+  if (!st_) throw UsageError("mproc: this Process handle was moved from");
+  return *st_;
+}
+
+void Process::create(ProcessOptions options, const Writer& task) {
+  auto s = std::make_shared<ProcessState>();
+  {
+    auto& G = g();
+    std::lock_guard lock(G.mu);
+    s->name = options.name.empty() ? "Process-" + std::to_string(++G.counter) : std::move(options.name);
+    s->method = options.start_method ? *options.start_method : G.default_method.value_or(StartMethod::forkserver);
+  }
+  s->daemon = options.daemon;
+  s->task.assign(task.bytes().begin(), task.bytes().end());
+  // Own duplicates of the task's fds, so the objects they came from may go away
+  // before start().
+  for (int fd : task.fds()) {
+    int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+      for (int x : s->task_fds) detail::close_fd(x);
+      detail::throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+    }
+    s->task_fds.push_back(d);
+  }
+  st_ = std::move(s);
+}
+
+void Process::start() {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (s.is_self) throw UsageError("mproc: cannot start the current process");
+  if (s.phase == Phase::closed) closed_error();
+  if (s.phase != Phase::created) throw UsageError("mproc: cannot start a process twice (" + s.name + ")");
+  detail::check_can_start(s.method);
+  {
+    auto& G = g();
+    std::lock_guard glock(G.mu);
+    if (!G.default_method) G.default_method = StartMethod::forkserver;  // fixed by first use, like Python
+  }
+
+  Writer w;
+  detail::ChildMeta meta{s.name, s.daemon, static_cast<std::int32_t>(::getpid()), static_cast<std::uint8_t>(s.method)};
+  dump(w, meta);
+  w.write(s.task.data(), s.task.size());
+
+  int pipefd[2];
+  if (detail::sys().pipe2(pipefd, O_CLOEXEC) < 0) detail::throw_errno("pipe2");
+  ::fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+  std::vector<int> fds{pipefd[1]};
+  fds.insert(fds.end(), s.task_fds.begin(), s.task_fds.end());
+
+  // Whatever this process buffered in stdio must go out now, once: a forked child
+  // would otherwise inherit the buffer and print it a second time.
+  std::fflush(nullptr);
+  std::cout.flush();
+  std::cerr.flush();
+
+  detail::Launched l{};
+  try {
+    switch (s.method) {
+      case StartMethod::fork: l = detail::launch_fork(w.bytes(), fds, s.daemon); break;
+      case StartMethod::spawn: l = detail::launch_spawn(w.bytes(), fds, s.daemon); break;
+      case StartMethod::forkserver: l = detail::launch_forkserver(w.bytes(), fds, s.daemon); break;
+    }
+  } catch (...) {
+    detail::close_fd(pipefd[0]);
+    detail::close_fd(pipefd[1]);
+    throw;
+  }
+  detail::close_fd(pipefd[1]);
+  for (int fd : s.task_fds) detail::close_fd(fd);
+  s.task_fds.clear();
+  s.pid = l.pid;
+  s.pidfd = l.pidfd;
+  s.status_fd = pipefd[0];
+  s.phase = Phase::running;
+
+  auto& G = g();
+  std::lock_guard glock(G.mu);
+  G.children.push_back(st_);
+  if (!G.atexit_registered) {
+    G.atexit_registered = true;
+    std::atexit(detail::at_exit);
+  }
+}
+
+bool Process::join_for(std::chrono::nanoseconds timeout) {
+  if (timeout < std::chrono::nanoseconds::zero()) {
+    throw UsageError("mproc: join timeout must not be negative");
+  }
+  return join_impl(timeout);
+}
+
+void Process::join() { join_impl(std::nullopt); }
+
+bool Process::join_impl(std::optional<std::chrono::nanoseconds> timeout) {
+  auto& s = state();
+  using clock = std::chrono::steady_clock;
+  auto deadline = timeout ? clock::now() + *timeout : clock::time_point::max();
+  for (;;) {
+    int fd;
+    {
+      std::lock_guard lock(s.mu);
+      if (s.is_self) throw UsageError("mproc: a process cannot join itself");
+      if (s.phase == Phase::closed) closed_error();
+      if (s.phase == Phase::created) throw UsageError("mproc: can only join a started process (" + s.name + ")");
+      if (detail::try_reap(s)) {
+        break;
+      }
+      fd = s.method == StartMethod::forkserver ? s.status_fd : s.pidfd;
+    }
+    std::optional<std::chrono::nanoseconds> left;
+    if (timeout) {
+      left = std::max(deadline - clock::now(), clock::duration::zero());
+    }
+    if (!detail::wait_readable(fd, left)) {
+      std::lock_guard lock(s.mu);
+      if (detail::try_reap(s)) break;
+      return false;
+    }
+  }
+  detail::forget_child(&s);
+  return true;
+}
+
+bool Process::is_alive() const {
+  auto& s = state();
+  bool ended;
+  {
+    std::lock_guard lock(s.mu);
+    if (s.is_self) return true;
+    if (s.phase != Phase::running) return false;
+    ended = detail::try_reap(s);
+  }
+  if (ended) detail::forget_child(&s);
+  return !ended;
+}
+
+std::optional<int> Process::exitcode() const {
+  auto& s = state();
+  bool ended = false;
+  std::optional<int> code;
+  {
+    std::lock_guard lock(s.mu);
+    if (s.phase == Phase::closed) closed_error();
+    if (s.phase == Phase::running) ended = detail::try_reap(s);
+    code = s.phase == Phase::ended ? s.exitcode : std::nullopt;
+  }
+  if (ended) detail::forget_child(&s);
+  return code;
+}
+
+std::optional<RemoteError> Process::exception() const {
+  auto& s = state();
+  (void)exitcode();
+  std::lock_guard lock(s.mu);
+  if (s.phase != Phase::ended || !s.exception) return std::nullopt;
+  return s.exception->to_error();
+}
+
+namespace {
+void send_signal(detail::ProcessState& s, int sig) {
+  std::lock_guard lock(s.mu);
+  if (s.is_self) throw UsageError("mproc: use std::raise to signal the current process");
+  if (s.phase == Phase::closed) closed_error();
+  if (s.phase == Phase::created) throw UsageError("mproc: cannot signal a process that was never started");
+  if (s.phase != Phase::running) return;
+  // The pidfd names exactly our child even if it has exited and its pid was reused;
+  // ESRCH (already exited) is fine, like Python's terminate() on a dead process.
+  if (detail::pidfd_send_signal(s.pidfd, sig) < 0 && errno != ESRCH) detail::throw_errno("pidfd_send_signal");
+}
+}  // namespace
+
+void Process::terminate() { send_signal(state(), SIGTERM); }
+void Process::kill() { send_signal(state(), SIGKILL); }
+
+void Process::close() {
+  auto& s = state();
+  {
+    std::lock_guard lock(s.mu);
+    if (s.is_self) throw UsageError("mproc: cannot close the current process");
+    if (s.phase == Phase::closed) return;
+    if (s.phase == Phase::running && !detail::try_reap(s)) {
+      throw UsageError("mproc: cannot close a running process (" + s.name +
+                       "); join() or terminate() it first");
+    }
+    detail::close_fd(s.pidfd);
+    detail::close_fd(s.status_fd);
+    for (int fd : s.task_fds) detail::close_fd(fd);
+    s.pidfd = s.status_fd = -1;
+    s.task_fds.clear();
+    s.task.clear();
+    s.phase = Phase::closed;
+  }
+  detail::forget_child(&s);
+}
+
+pid_t Process::pid() const {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (s.phase == Phase::closed) closed_error();
+  return s.pid;
+}
+
+const std::string& Process::name() const {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  return s.name;
+}
+
+void Process::set_name(std::string name) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  s.name = std::move(name);
+}
+
+bool Process::daemon() const {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  return s.daemon;
+}
+
+void Process::set_daemon(bool daemon) {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (s.phase != Phase::created || s.is_self) throw UsageError("mproc: set_daemon() must be called before start()");
+  s.daemon = daemon;
+}
+
+StartMethod Process::start_method() const {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  return s.method;
+}
+
+int Process::sentinel() const {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  if (s.phase == Phase::closed) closed_error();
+  return s.pidfd;
+}
+
+detail::ProcessState::~ProcessState() {
+  detail::close_fd(pidfd);
+  detail::close_fd(status_fd);
+  for (int fd : task_fds) detail::close_fd(fd);
+}
+
+// ---- the current process and its relatives --------------------------------------
+
+Process current_process() { return Process(detail::self_state()); }
+
+std::optional<ParentProcess> parent_process() {
+  auto& G = g();
+  std::lock_guard lock(G.mu);
+  if (G.parent_pid == 0) return std::nullopt;
+  return ParentProcess(G.parent_pid, G.parent_pidfd);
+}
+
+bool ParentProcess::is_alive() const { return !join_for(std::chrono::nanoseconds::zero()); }
+
+bool ParentProcess::join_for(std::chrono::nanoseconds timeout) const {
+  if (timeout < std::chrono::nanoseconds::zero()) throw UsageError("mproc: join timeout must not be negative");
+  if (pidfd_ < 0) return ::kill(pid_, 0) != 0 && errno == ESRCH;
+  return detail::wait_readable(pidfd_, timeout);
+}
+
+std::vector<Process> active_children() {
+  std::vector<std::shared_ptr<ProcessState>> kids;
+  {
+    auto& G = g();
+    std::lock_guard lock(G.mu);
+    kids = G.children;
+  }
+  std::vector<Process> out;
+  for (auto& k : kids) {
+    Process p(k);
+    if (p.is_alive()) out.push_back(std::move(p));
+  }
+  return out;
+}
+
+// ---- init ------------------------------------------------------------------------
+
+namespace {
+
+std::vector<int> parse_fd_list(const char* s) {
+  std::vector<int> out;
+  while (*s) {
+    char* end = nullptr;
+    long v = std::strtol(s, &end, 10);
+    if (end == s) break;
+    out.push_back(static_cast<int>(v));
+    s = *end == ',' ? end + 1 : end;
+  }
+  return out;
+}
+
+[[noreturn]] void run_spawned_child(const char* spec) {
+  // spec: "payload_fd,status_fd,task_fd..."
+  std::vector<int> fds = parse_fd_list(spec);
+  ::unsetenv("MPROC_SPAWN");
+  if (fds.size() < 2) {
+    std::fprintf(stderr, "mproc: malformed MPROC_SPAWN in a spawned child\n");
+    ::_exit(70);
+  }
+  int memfd = fds[0];
+  std::vector<std::byte> payload;
+  std::byte buf[1 << 16];
+  for (off_t off = 0;;) {
+    ssize_t n = ::pread(memfd, buf, sizeof buf, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    payload.insert(payload.end(), buf, buf + n);
+    off += n;
+  }
+  detail::close_fd(memfd);
+  pid_t parent = ::getppid();
+  int ppidfd = detail::sys().pidfd_open(parent, 0);
+  detail::child_main(payload, std::span<const int>(fds).subspan(1), ppidfd);
+}
+
+}  // namespace
+
+void init(int argc, char** argv) {
+  auto& G = g();
+  G.argv.assign(argv, argv + argc);
+  G.initialized = true;
+  if (const char* fs = std::getenv("MPROC_FORKSERVER")) {
+    std::vector<int> v = parse_fd_list(fs);
+    ::unsetenv("MPROC_FORKSERVER");
+    G.bootstrapping = false;
+    if (v.size() != 2) {
+      std::fprintf(stderr, "mproc: malformed MPROC_FORKSERVER\n");
+      ::_exit(70);
+    }
+    detail::forkserver_main(v[0], static_cast<pid_t>(v[1]));
+  }
+  if (const char* sp = std::getenv("MPROC_SPAWN")) {
+    G.bootstrapping = false;
+    run_spawned_child(sp);
+  }
+  G.bootstrapping = false;
+}
+
+}  // namespace mproc

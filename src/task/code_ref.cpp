@@ -1,0 +1,121 @@
+// Module-relative code references (see mproc/detail/code_ref.hpp).
+#include "mproc/detail/code_ref.hpp"
+
+#include <elf.h>
+#include <link.h>
+
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+namespace mproc::detail {
+namespace {
+
+struct LocateQuery {
+  std::uintptr_t addr = 0;
+  bool found = false;
+  CodeRef ref;
+};
+
+int locate_cb(dl_phdr_info* info, std::size_t, void* data) {
+  auto* q = static_cast<LocateQuery*>(data);
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD) continue;
+    std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+    if (q->addr >= lo && q->addr < lo + ph.p_memsz) {
+      q->found = true;
+      q->ref.module = info->dlpi_name ? info->dlpi_name : "";
+      q->ref.offset = q->addr - info->dlpi_addr;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+struct ResolveQuery {
+  const std::string* module = nullptr;
+  std::uint64_t offset = 0;
+  bool module_found = false;
+  bool in_exec_segment = false;
+  std::uintptr_t base = 0;
+};
+
+int resolve_cb(dl_phdr_info* info, std::size_t, void* data) {
+  auto* q = static_cast<ResolveQuery*>(data);
+  const char* name = info->dlpi_name ? info->dlpi_name : "";
+  if (*q->module != name) return 0;
+  q->module_found = true;
+  q->base = info->dlpi_addr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X) && q->offset >= ph.p_vaddr &&
+        q->offset < ph.p_vaddr + ph.p_memsz) {
+      q->in_exec_segment = true;
+    }
+  }
+  return 1;
+}
+
+}  // namespace
+
+CodeRef locate_code(const void* addr) {
+  LocateQuery q;
+  q.addr = reinterpret_cast<std::uintptr_t>(addr);
+  dl_iterate_phdr(locate_cb, &q);
+  if (!q.found) {
+    throw Error("mproc: code at this address belongs to no loaded module, so another process "
+                "cannot find it (JIT or hand-mapped code cannot be a task)");
+  }
+  return q.ref;
+}
+
+const void* resolve_code(const CodeRef& ref) {
+  // Modules do not move once loaded; remember the answers (dl_iterate_phdr takes a
+  // loader lock and walks every module).
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::uintptr_t> bases;
+  {
+    std::lock_guard lock(mu);
+    auto it = bases.find(ref.module);
+    if (it != bases.end()) return reinterpret_cast<const void*>(it->second + ref.offset);
+  }
+  ResolveQuery q;
+  q.module = &ref.module;
+  q.offset = ref.offset;
+  dl_iterate_phdr(resolve_cb, &q);
+  if (!q.module_found) {
+    throw SerializationError("mproc: the task's code lives in module '" + ref.module +
+                             "', which is not loaded in this process. Load it (link it, or "
+                             "dlopen it before mproc::init) in every process.");
+  }
+  if (!q.in_exec_segment) {
+    throw SerializationError("mproc: code reference points outside the executable code of '" +
+                             (ref.module.empty() ? std::string("<main program>") : ref.module) +
+                             "': the child is not running the same binary as its parent");
+  }
+  std::lock_guard lock(mu);
+  bases.emplace(ref.module, q.base);
+  return reinterpret_cast<const void*>(q.base + ref.offset);
+}
+
+}  // namespace mproc::detail
+
+#include "mproc/task.hpp"
+
+namespace mproc::detail {
+
+Entry decode_entry(Reader& r) {
+  auto ref = load<CodeRef>(r);
+  auto id = load<std::uint64_t>(r);
+  auto entry = reinterpret_cast<Entry>(const_cast<void*>(resolve_code(ref)));
+  // The address lies in executable code of the right module; calling it with
+  // nullptr only returns the trampoline's identity, which must match.
+  if (entry(nullptr, nullptr) != id) {
+    throw SerializationError("mproc: the task's entry point does not match: the child is not "
+                             "running the same build of the program as its parent");
+  }
+  return entry;
+}
+
+}  // namespace mproc::detail
