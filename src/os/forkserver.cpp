@@ -134,6 +134,18 @@ void forkserver_forget_after_fork() noexcept {
   c.server = 0;
 }
 
+void forkserver_shutdown() noexcept {
+  Client& c = client();
+  std::lock_guard lock(c.mu);
+  stop_server_locked(c);
+}
+
+pid_t forkserver_pid() noexcept {
+  Client& c = client();
+  std::lock_guard lock(c.mu);
+  return c.server;
+}
+
 Launched launch_forkserver(std::span<const std::byte> payload, std::span<const int> fds, bool daemon) {
   if (fds.size() + 1 > kMaxFds) throw UsageError("mproc: a task may carry at most 62 file descriptors");
   int memfd = sys().memfd_create("mproc-task", MFD_CLOEXEC);

@@ -136,5 +136,14 @@ void check_can_start(StartMethod m);
 
 /// The forkserver client's state in a freshly forked child must not be shared.
 void forkserver_forget_after_fork() noexcept;
+/// Closes the connection to this process's forkserver and reaps it (it exits on EOF).
+void forkserver_shutdown() noexcept;
+/// Pid of this process's forkserver, 0 if none is running (for tests).
+pid_t forkserver_pid() noexcept;
+
+/// What a process does on its way out (Python's util._exit_function): terminate
+/// daemon children, join the others, stop the forkserver. Runs from atexit in the
+/// main program and before _exit in a child whose target returned or threw.
+void library_exit() noexcept;
 
 }  // namespace mproc::detail

@@ -155,18 +155,7 @@ void forget_child(const ProcessState* s) {
   std::erase_if(G.children, [s](const auto& c) { return c.get() == s; });
 }
 
-void at_exit() {
-  // Python's _exit_function: terminate daemonic children, then join all. A daemon
-  // that ignores SIGTERM gets SIGKILL after a grace period instead of hanging exit.
-  std::vector<Process> kids = active_children();
-  for (auto& p : kids) {
-    if (p.daemon()) p.terminate();
-  }
-  for (auto& p : kids) {
-    if (p.daemon() && !p.join(std::chrono::seconds(1))) p.kill();
-    p.join();
-  }
-}
+void at_exit() { library_exit(); }
 
 std::shared_ptr<ProcessState> self_state() {
   Globals& G = g();
@@ -184,6 +173,24 @@ std::shared_ptr<ProcessState> self_state() {
 }
 
 }  // namespace
+
+void library_exit() noexcept {
+  // Python's _exit_function: terminate daemonic children, then join all. A daemon
+  // that ignores SIGTERM gets SIGKILL after a grace period instead of hanging exit.
+  try {
+    std::vector<Process> kids = active_children();
+    for (auto& p : kids) {
+      if (p.daemon()) p.terminate();
+    }
+    for (auto& p : kids) {
+      if (p.daemon() && !p.join(std::chrono::seconds(1))) p.kill();
+      p.join();
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mproc: while joining children at exit: %s\n", e.what());
+  }
+  forkserver_shutdown();
+}
 
 const std::vector<std::string>& saved_argv() { return g().argv; }
 

@@ -71,6 +71,7 @@ void child_main(std::span<const std::byte> payload, std::span<const int> fds, in
     if (status_fd >= 0) write_status_record(status_fd, StatusTag::exception, to_bytes(info));
     code = 1;
   }
+  library_exit();
   child_exit(code);
 }
 
@@ -141,10 +142,19 @@ pid_t spawn_self(const std::vector<std::string>& env, std::span<const int> keep_
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
+  // Exec the file itself rather than /proc/self/exe, so the child's name in ps/top
+  // is the program's and not "exe"; fall back when the file was deleted or replaced.
+  std::string exe = "/proc/self/exe";
+  char path[4096];
+  ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  if (n > 0) {
+    std::string p(path, static_cast<std::size_t>(n));
+    if (p.find(" (deleted)") == std::string::npos && ::access(p.c_str(), X_OK) == 0) exe = p;
+  }
   pid_t pid = 0;
   // posix_spawn uses clone(CLONE_VM|CLONE_VFORK) + exec: safe in a multi-threaded
   // parent, unlike fork followed by arbitrary code.
-  int rc = sys().posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv.data(), envp.data());
+  int rc = sys().posix_spawn(&pid, exe.c_str(), &fa, &attr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
