@@ -618,7 +618,8 @@ std::vector<int> parse_fd_list(const char* s) {
 
 void init(int argc, char** argv) {
   auto& G = g();
-  G.argv.assign(argv, argv + argc);
+  G.argv.clear();
+  for (int i = 0; i < argc && argv && argv[i]; ++i) G.argv.emplace_back(argv[i]);
   G.initialized = true;
   if (const char* fs = std::getenv("MPROC_FORKSERVER")) {
     std::vector<int> v = parse_fd_list(fs);
