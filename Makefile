@@ -1,0 +1,33 @@
+# mproc — the two commands the README names:
+#
+#   make demo   install missing Debian packages, build (build/release), run the demo
+#   make test   install missing Debian packages, then run the whole test suite twice:
+#               in build/release, and in build/asan with AddressSanitizer + UBSan
+#
+# Anything else (other build types, single tests) is plain CMake/ctest in those directories.
+
+.PHONY: demo test
+
+# Ninja, plus ccache when it is there (scripts/deps.sh installs it).
+CONFIGURE = cmake -S . -G Ninja -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache || true)
+CTEST = ctest --output-on-failure -j2
+# Stop at the first error with a stack trace, in the tests and in every child they start.
+# Known non-leaks are listed, with reasons, in scripts/lsan-suppressions.txt.
+SANITIZER_ENV = ASAN_OPTIONS=halt_on_error=1:print_stacktrace=1:detect_leaks=1 \
+                UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+                LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan-suppressions.txt:print_suppressions=0
+
+demo:
+	scripts/deps.sh
+	$(CONFIGURE) -B build/release -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/release --target demo
+	build/release/examples/demo
+
+test:
+	scripts/deps.sh
+	$(CONFIGURE) -B build/release -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/release
+	cd build/release && $(CTEST)
+	$(CONFIGURE) -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMPROC_SANITIZE=ON
+	cmake --build build/asan
+	cd build/asan && $(SANITIZER_ENV) $(CTEST)
