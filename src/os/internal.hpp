@@ -145,5 +145,7 @@ pid_t forkserver_pid() noexcept;
 /// daemon children, join the others, stop the forkserver. Runs from atexit in the
 /// main program and before _exit in a child whose target returned or threw.
 void library_exit() noexcept;
+/// Registers f to run at the end of library_exit() (e.g. stopping helper processes).
+void add_exit_hook(void (*f)() noexcept);
 
 }  // namespace mproc::detail

@@ -174,6 +174,9 @@ std::shared_ptr<ProcessState> self_state() {
 
 }  // namespace
 
+std::vector<void (*)() noexcept>& exit_hooks();
+void ensure_exit_handler_locked();
+
 void library_exit() noexcept {
   // Python's _exit_function: terminate daemonic children, then join all. A daemon
   // that ignores SIGTERM gets SIGKILL after a grace period instead of hanging exit.
@@ -190,6 +193,27 @@ void library_exit() noexcept {
     std::fprintf(stderr, "mproc: while joining children at exit: %s\n", e.what());
   }
   forkserver_shutdown();
+  for (auto hook : exit_hooks()) hook();
+}
+
+std::vector<void (*)() noexcept>& exit_hooks() {
+  static auto* hooks = new std::vector<void (*)() noexcept>;
+  return *hooks;
+}
+
+void ensure_exit_handler_locked() {
+  Globals& G = g();
+  if (!G.atexit_registered) {
+    G.atexit_registered = true;
+    std::atexit(at_exit);
+  }
+}
+
+void add_exit_hook(void (*f)() noexcept) {
+  Globals& G = g();
+  std::lock_guard lock(G.mu);
+  exit_hooks().push_back(f);
+  ensure_exit_handler_locked();
 }
 
 const std::vector<std::string>& saved_argv() { return g().argv; }
@@ -372,10 +396,7 @@ void Process::start() {
   auto& G = g();
   std::lock_guard glock(G.mu);
   G.children.push_back(st_);
-  if (!G.atexit_registered) {
-    G.atexit_registered = true;
-    std::atexit(detail::at_exit);
-  }
+  detail::ensure_exit_handler_locked();
 }
 
 bool Process::join_for(std::chrono::nanoseconds timeout) {

@@ -71,6 +71,8 @@ void child_main(std::span<const std::byte> payload, std::span<const int> fds, in
     if (status_fd >= 0) write_status_record(status_fd, StatusTag::exception, to_bytes(info));
     code = 1;
   }
+  // The task's fds were duplicated by whatever decoded them; the originals go now.
+  for (std::size_t i = 1; i < fds.size(); ++i) close_fd(fds[i]);
   library_exit();
   child_exit(code);
 }

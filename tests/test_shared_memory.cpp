@@ -1,0 +1,198 @@
+// SharedMemory and SharedArray, after CPython's _TestSharedMemory, plus the
+// ownership and leak guarantees of mproc/shared_memory.hpp.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <csignal>
+#include <cstring>
+#include <mproc/process.hpp>
+#include <mproc/shared_memory.hpp>
+#include <numeric>
+#include <system_error>
+
+#include "util.hpp"
+
+using namespace std::chrono_literals;
+using mproc::Process;
+using mproc::ProcessOptions;
+using mproc::SharedArray;
+using mproc::SharedMemory;
+using mproc::StartMethod;
+
+namespace {
+
+bool shm_exists(const std::string& name) {
+  struct stat sb;
+  return ::stat(("/dev/shm/" + name).c_str(), &sb) == 0;
+}
+
+void write_greeting(SharedMemory m) {
+  const char msg[] = "hello from the child";
+  std::memcpy(m.buf().data(), msg, sizeof msg);
+  if (m.owner()) std::exit(3);  // a received handle never owns the segment
+}
+
+void fill_squares(SharedArray<std::int64_t> a) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<std::int64_t>(i * i);
+}
+
+void touch_last(SharedArray<std::uint8_t> a) { a[a.size() - 1] = 42; }
+
+void create_named_then_die(std::string name_path) {
+  auto m = SharedMemory::create(4096);
+  mproc_test::publish_file(name_path, m.name());
+  std::raise(SIGKILL);  // no destructor runs: only the tracker can clean up
+}
+
+ProcessOptions with(StartMethod m) {
+  ProcessOptions o;
+  o.start_method = m;
+  return o;
+}
+
+}  // namespace
+
+TEST(SharedMemory, CreateAttachAndUnlink) {
+  auto a = SharedMemory::create(1000);
+  EXPECT_EQ(a.size(), 1000u);
+  EXPECT_TRUE(a.owner());
+  EXPECT_EQ(a.name().rfind("mproc-", 0), 0u);
+  EXPECT_EQ(a.name().size(), 6u + 32u);  // 128 random bits in hex
+  struct stat sb;
+  ASSERT_EQ(::stat(("/dev/shm/" + a.name()).c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+
+  auto b = SharedMemory::attach(a.name());
+  EXPECT_FALSE(b.owner());
+  EXPECT_EQ(b.size(), 1000u);
+  a.buf()[10] = std::byte{7};
+  EXPECT_EQ(b.buf()[10], std::byte{7});  // the same pages
+
+  a.unlink();
+  a.unlink();  // idempotent
+  EXPECT_FALSE(shm_exists(a.name()));
+  b.buf()[11] = std::byte{8};  // existing mappings stay valid
+  EXPECT_EQ(a.buf()[11], std::byte{8});
+  EXPECT_THROW(SharedMemory::attach(a.name()), std::system_error);
+  a.close();
+  EXPECT_TRUE(a.buf().empty());
+}
+
+TEST(SharedMemory, OwnerUnlinksWhenItsLastHandleGoes) {
+  std::string name;
+  {
+    auto a = SharedMemory::create(64, "mproc-test-owner-" + std::to_string(::getpid()));
+    name = a.name();
+    auto copy = a;  // copies share the segment
+    EXPECT_TRUE(shm_exists(name));
+    { auto attached = SharedMemory::attach(name); }  // a non-owner going away unlinks nothing
+    EXPECT_TRUE(shm_exists(name));
+  }
+  EXPECT_FALSE(shm_exists(name));
+}
+
+TEST(SharedMemory, BadInput) {
+  EXPECT_THROW(SharedMemory::create(0), mproc::UsageError);
+  EXPECT_THROW(SharedMemory::create(10, "a/b"), mproc::UsageError);
+  EXPECT_THROW(SharedMemory::create(10, ".."), mproc::UsageError);
+  EXPECT_THROW(SharedMemory::create(10, std::string(300, 'x')), mproc::UsageError);
+  EXPECT_THROW(SharedMemory::attach("has space"), mproc::UsageError);
+  auto a = SharedMemory::create(10);
+  try {
+    SharedMemory::create(10, a.name());
+    FAIL() << "created a segment twice";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), EEXIST);
+  }
+  try {
+    SharedMemory::attach("mproc-no-such-segment");
+    FAIL();
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), ENOENT);
+  }
+}
+
+TEST(SharedMemory, CrashedOwnerLeavesNoEntry) {
+  // kill -9 of the creating process: the tracker unlinks the name.
+  mproc_test::TempDir dir;
+  Process p(with(StartMethod::fork), create_named_then_die, dir.file("name"));
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+  std::string name = mproc_test::read_file(dir.file("name"));
+  ASSERT_FALSE(name.empty());
+  name.pop_back();
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (shm_exists(name) && std::chrono::steady_clock::now() < deadline) ::usleep(2000);
+  EXPECT_FALSE(shm_exists(name)) << name << " survived its owner";
+}
+
+TEST(SharedMemory, ManyCyclesLeakNothing) {
+  { auto warm = SharedMemory::create(16); }  // starts the tracker
+  int fds = mproc_test::fd_count();
+  int entries = mproc_test::shm_entries();
+  for (int i = 0; i < 1000; ++i) {
+    auto m = SharedMemory::create(4096);
+    m.buf()[0] = std::byte{1};
+    auto peer = SharedMemory::attach(m.name());
+    ASSERT_EQ(peer.buf()[0], std::byte{1});
+  }
+  for (int i = 0; i < 1000; ++i) {
+    SharedArray<int> a(1024);
+    a[1023] = i;
+  }
+  EXPECT_EQ(mproc_test::fd_count(), fds);
+  EXPECT_EQ(mproc_test::shm_entries(), entries);
+}
+
+class SharedMemoryAcross : public ::testing::TestWithParam<StartMethod> {};
+
+TEST_P(SharedMemoryAcross, ChildWritesParentReads) {
+  auto m = SharedMemory::create(256);
+  Process p(with(GetParam()), write_greeting, m);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), 0);
+  EXPECT_STREQ(reinterpret_cast<const char*>(m.buf().data()), "hello from the child");
+  EXPECT_TRUE(shm_exists(m.name()));  // the child did not unlink it
+}
+
+TEST_P(SharedMemoryAcross, SharedArrayIsSharedNotCopied) {
+  SharedArray<std::int64_t> a(10'000);
+  Process p(with(GetParam()), fill_squares, a);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), 0);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], static_cast<std::int64_t>(i * i)) << i;
+}
+
+TEST_P(SharedMemoryAcross, GigabyteArrayTravelsAsAHandle) {
+  // 1 GiB of (untouched, so unbacked) memory: the task message carries an fd, not
+  // the bytes — the child maps the same pages and its write shows up here.
+  SharedArray<std::uint8_t> a(std::size_t{1} << 30);
+  Process p(with(GetParam()), touch_last, a);
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(a[a.size() - 1], 42);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, SharedMemoryAcross,
+                         ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::spawn),
+                         [](const auto& i) { return std::string(mproc::to_string(i.param)); });
+
+TEST(SharedArray, Construction) {
+  SharedArray<int> a{1, 2, 3};
+  EXPECT_EQ(a.size(), 3u);
+  EXPECT_EQ(std::accumulate(a.begin(), a.end(), 0), 6);
+  std::vector<double> v{0.5, 1.5};
+  auto b = SharedArray<double>::from_range(v);
+  EXPECT_EQ(b[1], 1.5);
+  auto c = b;  // a handle: same memory
+  c[0] = 9;
+  EXPECT_EQ(b[0], 9);
+  SharedArray<int> empty(0);
+  EXPECT_TRUE(empty.empty());
+  SharedArray<int> zero(100);
+  EXPECT_EQ(std::count(zero.begin(), zero.end(), 0), 100);
+}
