@@ -1,0 +1,75 @@
+// mproc/detail/futex.hpp — the one futex wrapper every shared-memory primitive uses.
+//
+// Shared (not FUTEX_PRIVATE) operations, because the words live in memory mapped
+// by several processes. Waits take an absolute CLOCK_MONOTONIC deadline so a
+// caller that loops on spurious wake-ups never stretches its timeout.
+#pragma once
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <ctime>
+#include <optional>
+
+namespace mproc::detail {
+
+using deadline_t = std::optional<std::chrono::steady_clock::time_point>;
+
+/// Deadline `timeout` from now; empty for "forever".
+inline deadline_t deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
+  if (!timeout) return std::nullopt;
+  return std::chrono::steady_clock::now() + *timeout;
+}
+
+enum class FutexWait { woken, timed_out, value_changed, interrupted };
+
+/// Sleeps while *word == expected, until woken or the deadline passes.
+/// std::chrono::steady_clock is CLOCK_MONOTONIC on Linux, which is what
+/// FUTEX_WAIT_BITSET with an absolute timeout measures against.
+inline FutexWait futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, deadline_t deadline) {
+  timespec ts{};
+  timespec* tsp = nullptr;
+  if (deadline) {
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
+    if (ns < 0) ns = 0;
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    tsp = &ts;
+  }
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+  long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET, expected, tsp, nullptr,
+                     FUTEX_BITSET_MATCH_ANY);
+  if (r == 0) return FutexWait::woken;
+  switch (errno) {
+    case ETIMEDOUT: return FutexWait::timed_out;
+    case EAGAIN: return FutexWait::value_changed;
+    default: return FutexWait::interrupted;  // EINTR
+  }
+}
+
+/// Wakes up to n waiters on word (INT_MAX: all). Returns how many were woken.
+inline int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) {
+  return static_cast<int>(::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, n, nullptr, nullptr, 0));
+}
+
+/// Identity of a process that survives pid reuse: pid plus its start time (in
+/// clock ticks since boot, from /proc/PID/stat). Fits in shared memory.
+struct ProcessToken {
+  std::int32_t pid = 0;
+  std::uint64_t start_time = 0;
+  friend bool operator==(const ProcessToken&, const ProcessToken&) = default;
+};
+
+/// The calling process's token (cached per process; fork-aware).
+ProcessToken self_token();
+/// Whether the process named by the token is still running (not a zombie, and
+/// its pid not reused by another process).
+bool token_alive(const ProcessToken& t);
+
+}  // namespace mproc::detail
