@@ -45,14 +45,21 @@ Globals& g() {
 
 void after_fork_child() noexcept {
   // Runs in the child of every fork() in this program (ours, the forkserver's, or a
-  // user's raw fork). Another thread may have held these mutexes at fork time and
-  // does not exist here, so they are re-created rather than unlocked. The old
-  // containers are abandoned (a small leak) instead of freed: the child must not
-  // depend on heap state another thread was changing.
+  // user's raw fork). The parent's children are not ours. If no thread held the
+  // registry lock at fork time the registry is consistent and is emptied normally
+  // (closing the inherited pidfds). Otherwise a thread that does not exist here was
+  // changing it: the lock is re-created and the containers are abandoned (a small
+  // leak) rather than freed, since their heap state may be half-written.
   Globals& G = g();
-  new (&G.mu) std::mutex;
-  new (&G.children) std::vector<std::shared_ptr<ProcessState>>;
-  new (&G.self) std::shared_ptr<ProcessState>;
+  if (G.mu.try_lock()) {
+    G.children.clear();
+    G.self.reset();
+    G.mu.unlock();
+  } else {
+    new (&G.mu) std::mutex;
+    new (&G.children) std::vector<std::shared_ptr<ProcessState>>;
+    new (&G.self) std::shared_ptr<ProcessState>;
+  }
   forkserver_forget_after_fork();
 }
 
