@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Python multiprocessing's side of the IPC benchmark (bench/ipc/ipc_bench.cpp runs it).
+
+Measures the same workloads as the C++ program, with the system python3's standard
+library only, and prints one JSON object on stdout. Medians of repeated runs; the
+machine is shared and noisy, so the C++ driver reports ratios, never gates on them.
+"""
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+
+def _echo_queue(q_in, q_out, n):
+    for _ in range(n):
+        q_out.put(q_in.get())
+
+
+def queue_pingpong(n):
+    a, b = mp.Queue(), mp.Queue()
+    p = mp.Process(target=_echo_queue, args=(a, b, n + 50))
+    p.start()
+    for _ in range(50):  # warm up
+        a.put(1)
+        b.get()
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        a.put(1)
+        b.get()
+        lat.append(time.perf_counter_ns() - t0)
+    p.join()
+    lat.sort()
+    return {"median_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+
+
+def _echo_pipe(conn, n):
+    for _ in range(n):
+        conn.send(conn.recv())
+
+
+def pipe_pingpong(n):
+    a, b = mp.Pipe()
+    p = mp.Process(target=_echo_pipe, args=(b, n + 50))
+    p.start()
+    for _ in range(50):
+        a.send(1)
+        a.recv()
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        a.send(1)
+        a.recv()
+        lat.append(time.perf_counter_ns() - t0)
+    p.join()
+    lat.sort()
+    return {"median_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+
+
+def _produce(q, n):
+    payload = b"12345678"
+    for _ in range(n):
+        q.put(payload)
+    q.put(None)
+
+
+def _consume(q, done):
+    count = 0
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        count += 1
+    done.put(count)
+
+
+def small_messages(producers, consumers, n_per_producer):
+    q, done = mp.Queue(), mp.Queue()
+    cons = [mp.Process(target=_consume, args=(q, done)) for _ in range(consumers)]
+    for c in cons:
+        c.start()
+    t0 = time.perf_counter()
+    prods = [mp.Process(target=_produce, args=(q, n_per_producer)) for _ in range(producers)]
+    for p in prods:
+        p.start()
+    for p in prods:
+        p.join()
+    # one poison pill per consumer beyond those the producers sent
+    for _ in range(consumers - producers):
+        q.put(None)
+    total = sum(done.get() for _ in range(consumers))
+    dt = time.perf_counter() - t0
+    for c in cons:
+        c.join()
+    return {"msgs_per_s": total / dt}
+
+
+def _recv_big(q, out):
+    data = q.get()
+    out.put(len(data))
+
+
+def big_message(size):
+    q, out = mp.Queue(), mp.Queue()
+    p = mp.Process(target=_recv_big, args=(q, out))
+    p.start()
+    data = bytes(size)
+    t0 = time.perf_counter()
+    q.put(data)
+    n = out.get()
+    dt = time.perf_counter() - t0
+    p.join()
+    assert n == size
+    return {"gib_per_s": size / dt / 2**30}
+
+
+def lock_uncontended(n):
+    lock = mp.Lock()
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+    return {"ns_per_pair": (time.perf_counter_ns() - t0) / n}
+
+
+def _hammer(lock, n):
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+
+
+def lock_contended(n):
+    lock = mp.Lock()
+    p = mp.Process(target=_hammer, args=(lock, n))
+    t0 = time.perf_counter_ns()
+    p.start()
+    _hammer(lock, n)
+    p.join()
+    return {"ns_per_pair": (time.perf_counter_ns() - t0) / (2 * n)}
+
+
+def median_of(fn, reps):
+    runs = [fn() for _ in range(reps)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main():
+    quick = "--quick" in sys.argv
+    reps = 1 if quick else 3
+    n = 2000 if quick else 10000
+    res = {
+        "python": sys.version.split()[0],
+        "queue_pingpong": median_of(lambda: queue_pingpong(n), reps),
+        "pipe_pingpong": median_of(lambda: pipe_pingpong(n), reps),
+        "small_1to1": median_of(lambda: small_messages(1, 1, 20000 if quick else 100000), reps),
+        "small_2to2": median_of(lambda: small_messages(2, 2, 10000 if quick else 50000), reps),
+        "big_64mib": median_of(lambda: big_message(64 << 20), reps),
+        "lock_uncontended": median_of(lambda: lock_uncontended(100000), reps),
+        "lock_contended": median_of(lambda: lock_contended(20000 if quick else 100000), reps),
+    }
+    json.dump(res, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    main()
