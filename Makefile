@@ -12,10 +12,8 @@
 CONFIGURE = cmake -S . -G Ninja -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache || true)
 CTEST = ctest --output-on-failure -j2
 # Stop at the first error with a stack trace, in the tests and in every child they start.
-# Known non-leaks are listed, with reasons, in scripts/lsan-suppressions.txt.
 SANITIZER_ENV = ASAN_OPTIONS=halt_on_error=1:print_stacktrace=1:detect_leaks=1 \
-                UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-                LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan-suppressions.txt:print_suppressions=0
+                UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 demo:
 	scripts/deps.sh
