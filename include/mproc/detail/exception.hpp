@@ -22,7 +22,7 @@ struct ExceptionInfo {
 
 /// Describes the exception being handled. Call only inside a catch block.
 /// Messages longer than max_message bytes are cut (and say so).
-ExceptionInfo capture_current_exception(std::size_t max_message = 16 * 1024);
+ExceptionInfo capture_current_exception(std::size_t max_message = std::size_t{16} * 1024);
 
 /// Demangles a C++ ABI type name; returns the input when it cannot.
 std::string demangle(const char* mangled);
