@@ -32,6 +32,34 @@ class TimeoutError : public Error {
   using Error::Error;
 };
 
+/// Queue::get_nowait() / get(timeout) found no item (Python's queue.Empty).
+class Empty : public TimeoutError {
+ public:
+  using TimeoutError::TimeoutError;
+};
+
+/// Queue::put_nowait() / put(timeout) found no room (Python's queue.Full).
+class Full : public TimeoutError {
+ public:
+  using TimeoutError::TimeoutError;
+};
+
+/// Nothing is left to receive and nothing can arrive any more: the other end of
+/// a Pipe is closed in every process, or every other process that held a Queue
+/// is gone (Python's EOFError from Connection.recv).
+class EOFError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// No one is left to receive: the other end of a Pipe is closed in every process,
+/// or a full Queue has no other process left to take from it (Python's
+/// BrokenPipeError from Connection.send).
+class BrokenPipeError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A process could not be started the way it was asked to be: for example the
 /// spawn or forkserver start method in a program whose main() does not call
 /// mproc::init(argc, argv).
