@@ -1,0 +1,184 @@
+// mproc/detail/channel.hpp — the one message channel under Queue, Pipe and the pool.
+//
+// A channel is one or two rings of variable-length byte records in a shared
+// memory Segment (memfd), plus a SOCK_SEQPACKET socketpair for what cannot live in
+// the ring: file descriptors a message carries, and messages larger than the
+// out-of-band threshold, which travel in their own memfd Segment whose fd goes
+// through the socket, in ring order. See docs/queue.md ("Design") for the layout,
+// the locking and what is detected when a process dies.
+//
+// ChannelEnd is a handle: copies in one process share one mapping and one
+// attachment. All members are safe to call from several threads and processes.
+// The typed wrappers (Queue<T>, Connection<T>) serialize with mproc::dump and
+// decode with mproc::load straight from the ring, through the callbacks below.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "mproc/detail/futex.hpp"
+#include "mproc/error.hpp"
+#include "mproc/serial.hpp"
+
+namespace mproc::detail {
+
+/// Tunables of one channel. Validated (and rounded) by ChannelEnd::create_*.
+struct ChannelOptions {
+  /// Bytes of each ring; rounded up to a power of two in [4 KiB, 64 MiB].
+  std::size_t capacity = std::size_t{1} << 20;
+  /// Most records a ring holds at once (Queue's maxsize); 0: only the bytes bound it.
+  std::size_t max_items = 0;
+  /// Messages whose encoding is longer go out of band (capped at capacity / 4).
+  std::size_t oob_threshold = std::size_t{64} << 10;
+  /// Keep Python's unfinished-task count (JoinableQueue).
+  bool joinable = false;
+};
+
+/// What the channel is, for error messages and for how peer loss is detected.
+enum class ChannelKind : std::uint8_t {
+  queue,  // many processes put and get; peers are tracked in the segment
+  pipe,   // two ends; a peer is gone when its socket is closed in every process
+};
+
+/// Counters of this process's traffic on one ChannelEnd (for tests and benchmarks).
+struct ChannelStats {
+  std::uint64_t sent = 0, sent_oob = 0, received = 0, received_oob = 0;
+};
+
+class Channel;  // process-local state; src/channel/channel.cpp
+
+/// One end of a channel: the whole queue, or one end of a pipe.
+class ChannelEnd {
+ public:
+  ChannelEnd() = default;
+
+  /// A new queue channel (one ring). Throws UsageError for bad options,
+  /// std::system_error if memory or sockets are refused.
+  static ChannelEnd create_queue(const ChannelOptions& options);
+  /// A new pipe: duplex (two rings) or one-way (first = receive-only end,
+  /// second = send-only end).
+  static std::pair<ChannelEnd, ChannelEnd> create_pipe(const ChannelOptions& options, bool duplex);
+
+  /// Sends one message (bytes plus the fds it carries, borrowed). Blocks while
+  /// the ring is full, until the deadline: returns false if it passed first.
+  /// Throws BrokenPipeError when no receiver can ever take it (see docs),
+  /// UsageError after close() or on a receive-only end.
+  bool send(std::span<const std::byte> bytes, std::span<const int> fds, deadline_t deadline) const;
+  bool send(const Writer& w, deadline_t deadline) const { return send(w.bytes(), w.fds(), deadline); }
+  /// Sends the messages buf[ends[i-1], ends[i]) in order, as many per lock as fit.
+  /// Messages without fds only. Returns how many went before the deadline.
+  std::size_t send_many(std::span<const std::byte> buf, std::span<const std::size_t> ends,
+                        deadline_t deadline) const;
+
+  /// Receives one message and calls f(Reader&) on it (the Reader sees the
+  /// message's bytes and fds, valid only during the call; an exception from f
+  /// still consumes the message). Blocks until the deadline: false if it passed
+  /// with nothing to receive. Throws EOFError when nothing can arrive any more.
+  template <class F>
+  bool recv(deadline_t deadline, F&& f) const {
+    return recv_erased(deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  /// Receives up to `max` messages (at least one, waiting until the deadline
+  /// for it), calling f(Reader&) on each. Returns how many.
+  template <class F>
+  std::size_t recv_many(std::size_t max, deadline_t deadline, F&& f) const {
+    return recv_many_erased(max, deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  /// Waits until a message can be received, or the peer is gone (then a recv
+  /// throws EOFError at once). False on timeout.
+  bool poll(deadline_t deadline) const;
+
+  /// Records in the ring now (approximate while others run). Non-blocking.
+  std::size_t size() const;
+  bool empty() const { return size() == 0; }
+  /// Whether a small message would have to wait now.
+  bool full() const;
+  std::size_t max_items() const;
+  std::size_t capacity() const;
+  std::size_t oob_threshold() const;
+
+  /// Closes this end in this process (every copy here): further calls throw
+  /// UsageError; other processes see this one leave. Idempotent.
+  void close() const;
+  bool closed() const;
+  bool readable() const;
+  bool writable() const;
+
+  /// JoinableQueue: one item processed; UsageError when called more often than
+  /// items were put.
+  void task_done() const;
+  /// JoinableQueue: waits until every item put has been task_done()'d. False on timeout.
+  bool join(deadline_t deadline) const;
+
+  ChannelStats stats() const;
+  ChannelKind kind() const;
+
+  /// Identity of the shared channel (equal for every handle of it, in any process).
+  std::uint64_t id() const;
+  explicit operator bool() const noexcept { return ch_ != nullptr; }
+
+  /// Handle transport (used by the codecs of Queue and Connection).
+  void encode(Writer& w) const;
+  static ChannelEnd decode(Reader& r);
+
+ private:
+  using RecvFn = void (*)(void* ctx, Reader& r);
+  template <class F>
+  static void call(void* ctx, Reader& r) {
+    (*static_cast<std::remove_reference_t<F>*>(ctx))(r);
+  }
+  bool recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const;
+  std::size_t recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const;
+  Channel& ch() const;
+
+  explicit ChannelEnd(std::shared_ptr<Channel> ch) : ch_(std::move(ch)) {}
+  std::shared_ptr<Channel> ch_;
+};
+
+/// Deadline for a user's timeout: UsageError naming `call` if negative (as Python's
+/// ValueError); "forever" for durations too long to add to the clock.
+template <class Rep, class Period>
+deadline_t timeout_deadline(std::chrono::duration<Rep, Period> d, const char* call) {
+  using namespace std::chrono;
+  if (d < d.zero()) throw UsageError(std::string("mproc: ") + call + ": timeout must be non-negative");
+  if (duration<double>(d) >= duration<double>(hours(24 * 365 * 100))) return std::nullopt;
+  return steady_clock::now() + ceil<nanoseconds>(d);
+}
+
+/// A deadline that has already passed: "do not block".
+inline deadline_t no_wait() { return std::chrono::steady_clock::time_point{}; }
+
+/// A per-thread Writer for encoding one message, reused across calls (its buffer
+/// is kept unless it grew past 64 MiB). Not reentrant: finish with it before
+/// encoding the next message on this thread.
+Writer& scratch_writer();
+/// Gives the scratch writer back, releasing its buffer if it grew too large.
+void release_scratch_writer(Writer& w) noexcept;
+
+/// Encodes v into the thread's scratch writer and calls f(const Writer&) with it.
+template <class T, class F>
+decltype(auto) with_encoded(const T& v, F&& f) {
+  Writer& w = scratch_writer();
+  struct Give {
+    Writer& w;
+    ~Give() { release_scratch_writer(w); }
+  } give{w};
+  dump(w, v);
+  return f(static_cast<const Writer&>(w));
+}
+
+/// Decodes one T that must use all of the message.
+template <class T>
+T load_message(Reader& r) {
+  T v = load<T>(r);
+  if (!r.at_end()) throw SerializationError("mproc: received message has trailing bytes (sent as another type?)");
+  return v;
+}
+
+}  // namespace mproc::detail

@@ -1,0 +1,640 @@
+// Ring traffic: the producer and consumer locks, sending and receiving records,
+// and every blocking wait of the channel layer (see docs/queue.md, "Design").
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "../os/internal.hpp"
+#include "internal.hpp"
+
+namespace mproc::detail {
+namespace {
+
+using std::memory_order_acq_rel;
+using std::memory_order_acquire;
+using std::memory_order_relaxed;
+using std::memory_order_release;
+using std::memory_order_seq_cst;
+using Clock = std::chrono::steady_clock;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+bool passed(const deadline_t& d) { return d && Clock::now() >= *d; }
+
+/// How long a waiter spins before it sleeps. A round trip through futex sleep and
+/// wake costs ~1.6 µs each way here; a peer that answers within the spin is caught
+/// without either. Kept short: on a 2-core machine a spinning waiter takes the
+/// core its peer may need.
+constexpr std::int64_t kSpinNs = 4'000;
+
+// ---- the shared locks -------------------------------------------------------------
+
+/// Takes l. Waits in slices; at the end of each, a holder that has died is
+/// detected (owner_dead) and the lock taken over. The wait for the lock itself
+/// lasts at least one slice even for non-blocking calls, since holders only keep
+/// it for a copy. False at the deadline.
+bool lock(Channel& c, SharedLock& l, deadline_t deadline) {
+  const std::uint32_t mine = c.owner_id() << 1;
+  std::uint32_t expected = 0;
+  if (l.word.compare_exchange_strong(expected, mine, memory_order_acquire, memory_order_relaxed)) return true;
+  for (int i = 0; i < 200; ++i) {
+    cpu_relax();
+    expected = 0;
+    if (l.word.load(memory_order_relaxed) == 0 &&
+        l.word.compare_exchange_weak(expected, mine, memory_order_acquire, memory_order_relaxed)) {
+      return true;
+    }
+  }
+  auto floor = Clock::now() + kSlice;
+  deadline_t until = deadline ? std::optional(std::max(*deadline, floor)) : std::nullopt;
+  for (;;) {
+    std::uint32_t w = l.word.load(memory_order_relaxed);
+    if (w == 0) {
+      // Taken as "contended": another waiter may be asleep behind us.
+      if (l.word.compare_exchange_weak(w, mine | 1, memory_order_acquire, memory_order_relaxed)) return true;
+      continue;
+    }
+    if (!(w & 1)) {
+      if (!l.word.compare_exchange_weak(w, w | 1, memory_order_relaxed, memory_order_relaxed)) continue;
+      w |= 1;
+    }
+    auto now = Clock::now();
+    if (until && now >= *until) return false;
+    auto slice_end = now + kSlice;
+    FutexWait r = futex_wait(&l.word, w, until ? std::min(*until, slice_end) : slice_end);
+    if (r == FutexWait::timed_out) {
+      std::uint32_t cur = l.word.load(memory_order_relaxed);
+      // The holder died inside its critical section. Every critical section keeps
+      // the ring consistent at each step (docs/queue.md), so taking over is safe.
+      if (cur != 0 && c.owner_dead(cur >> 1) &&
+          l.word.compare_exchange_strong(cur, mine | 1, memory_order_acquire, memory_order_relaxed)) {
+        return true;
+      }
+    }
+  }
+}
+
+void unlock(SharedLock& l) noexcept {
+  if (l.word.exchange(0, memory_order_release) & 1) futex_wake(&l.word, 1);
+}
+
+/// Holds a lock for a scope; unlock() early.
+class Held {
+ public:
+  explicit Held(SharedLock& l) : l_(&l) {}
+  ~Held() { unlock(); }
+  Held(const Held&) = delete;
+  Held& operator=(const Held&) = delete;
+  void unlock() noexcept {
+    if (l_) mproc::detail::unlock(*l_);
+    l_ = nullptr;
+  }
+
+ private:
+  SharedLock* l_;
+};
+
+// ---- wake-ups ----------------------------------------------------------------------
+// A side publishes (tail or head), then looks at the other side's waiter count; a
+// waiter counts itself, then reads the seq word, then re-checks the condition
+// before it sleeps on the seq word. The seq_cst fence on the publishing side and
+// the seq_cst increment on the waiting side order "publish → read waiters" against
+// "count myself → re-check", so one of the two always sees the other (Dekker), and
+// no wake-up is lost; a side that finds no waiter makes no system call.
+//
+// `pending` spares the waker repeated futex_wake calls while a woken sleeper has
+// not run yet (with a busy CPU that is many publishes). A sleeper clears it when
+// it registers and when it wakes, each time before it looks at the condition
+// again; a waker that skips because it is set has published before the clearing
+// store in the modification order of `pending`, so (seq_cst fence → seq_cst
+// store → seq_cst load) the sleeper's re-check sees the record. A consumer that
+// leaves records behind while others sleep wakes the next one (chain), so no
+// record waits for a slice with every consumer asleep.
+
+void notify(WaitWord& w, int n) noexcept {
+  std::atomic_thread_fence(memory_order_seq_cst);
+  if (w.waiters.load(memory_order_relaxed) != 0 && w.pending.load(memory_order_relaxed) == 0 &&
+      w.pending.exchange(1, memory_order_acq_rel) == 0) {
+    w.seq.fetch_add(1, memory_order_release);
+    futex_wake(&w.seq, n);
+  }
+}
+
+void notify_consumers(RingState& r, std::size_t n) noexcept {
+  notify(r.data, static_cast<int>(std::min<std::size_t>(n, INT_MAX)));
+}
+void notify_producers(RingState& r) noexcept { notify(r.space, INT_MAX); }
+
+/// After a consumer took records (and released clock): wake producers waiting for
+/// room, and another consumer if records remain.
+void after_consume(RingState& r) noexcept {
+  notify_producers(r);
+  if (r.data.waiters.load(memory_order_relaxed) != 0 &&
+      count_of(r.tail.load(memory_order_acquire)) != count_of(r.head.load(memory_order_relaxed))) {
+    notify(r.data, 1);
+  }
+}
+
+enum class Gone { send, recv, join };
+
+[[noreturn]] void throw_gone(const Channel& c, Gone what) {
+  bool queue = c.h->kind == ChannelKind::queue;
+  switch (what) {
+    case Gone::send:
+      if (queue) {
+        throw BrokenPipeError(
+            "mproc: Queue.put(): the queue is full and no other process can take from it any more: every other "
+            "process that held it has exited, been killed or closed it. Nothing will make room.");
+      }
+      throw BrokenPipeError("mproc: Connection.send(): the other end of the pipe is closed in every process");
+    case Gone::recv:
+      if (queue) {
+        throw EOFError(
+            "mproc: Queue.get(): the queue is empty and no other process can put into it any more: every other "
+            "process that held it has exited, been killed or closed it.");
+      }
+      throw EOFError(
+          "mproc: Connection.recv(): nothing left to receive and the other end of the pipe is closed in every "
+          "process");
+    case Gone::join:
+      throw BrokenPipeError(
+          "mproc: JoinableQueue.join(): tasks are unfinished and every other process that held the queue has "
+          "exited, been killed or closed it; no one is left to call task_done()");
+  }
+  std::abort();
+}
+
+[[noreturn]] void throw_closed(const Channel& c) {
+  throw UsageError(std::string("mproc: this ") + (c.role == EndRole::queue ? "Queue" : "Connection") +
+                   " was closed in this process while a call was waiting on it");
+}
+
+/// Waits until ready() or the deadline (false). Spins for kSpinNs, then sleeps on
+/// `seq` in slices. Before each sleep it asks whether the peers are gone (cached
+/// per slice for queues); if so and still not ready, throws the `what` error, or
+/// returns true when gone_is_ready (poll()).
+template <class Ready>
+bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false) {
+  if (ready()) return true;
+  if (passed(deadline)) return false;
+  std::int64_t spin_end = now_ns() + kSpinNs;
+  do {
+    for (int i = 0; i < 32; ++i) {
+      cpu_relax();
+      if (ready()) return true;
+    }
+  } while (now_ns() < spin_end);
+  for (;;) {
+    if (c.closed.load(memory_order_acquire)) throw_closed(c);
+    if (c.peers_gone(false)) {
+      // Whatever a departed peer published before it went is visible now.
+      if (ready() || gone_is_ready) return true;
+      throw_gone(c, what);
+    }
+    w.waiters.fetch_add(1, memory_order_seq_cst);
+    // Cleared on registering too, not only when woken: a waker that skipped its
+    // wake because `pending` was set published before that (its exchange precedes
+    // this store), so the re-check below sees its record; and no stale `pending`
+    // can outlive the sleepers it was meant for.
+    w.pending.store(0, memory_order_seq_cst);
+    std::uint32_t s = w.seq.load(memory_order_seq_cst);
+    if (ready()) {
+      w.waiters.fetch_sub(1, memory_order_relaxed);
+      return true;
+    }
+    auto slice_end = Clock::now() + kSlice;
+    futex_wait(&w.seq, s, deadline ? std::min(*deadline, slice_end) : slice_end);
+    w.waiters.fetch_sub(1, memory_order_relaxed);
+    w.pending.store(0, memory_order_seq_cst);
+    if (ready()) return true;
+    if (passed(deadline)) return false;
+  }
+}
+
+// ---- producer side -------------------------------------------------------------------
+
+std::uint64_t sideband_in_flight(const RingState& r) {
+  return r.sb_sent.load(memory_order_relaxed) - r.sb_received.load(memory_order_acquire);
+}
+
+/// Whether a record of `span` bytes fits after `tail`, given `head`.
+bool fits(const RingState& r, std::uint64_t head, std::uint64_t tail, std::size_t span) {
+  if (r.max_items && records_between(head, tail) >= r.max_items) return false;
+  std::uint64_t used = bytes_between(head, tail);
+  std::uint64_t off = pos_of(tail) & (r.capacity - 1);
+  std::uint64_t contiguous = r.capacity - off;
+  std::uint64_t need = span <= contiguous ? span : contiguous + span;  // padding to the end, then the record
+  return used + need <= r.capacity;
+}
+
+/// Under plock: room for a record after `tail`? Reads the consumers' head only
+/// when the producers' cached copy says no.
+bool has_room(RingState& r, std::uint64_t tail, std::size_t span, bool sideband) {
+  if (sideband && sideband_in_flight(r) >= kMaxSideband) return false;
+  if (fits(r, r.cached_head.load(memory_order_relaxed), tail, span)) return true;
+  std::uint64_t head = r.head.load(memory_order_acquire);
+  r.cached_head.store(head, memory_order_relaxed);
+  return fits(r, head, tail, span);
+}
+
+/// Lock-free estimate of has_room, for waiting.
+bool room_hint(const RingState& r, std::size_t span, bool sideband) {
+  if (sideband && sideband_in_flight(r) >= kMaxSideband) return false;
+  return fits(r, r.head.load(memory_order_acquire), r.tail.load(memory_order_acquire), span);
+}
+
+/// Under plock, after has_room: writes the record header (and a pad before it if
+/// it would cross the end), returns a pointer to its payload and the new tail.
+std::byte* place(const Channel& c, const RingState& r, std::uint64_t& tail, std::size_t payload, RecordKind kind) {
+  std::byte* base = c.ring_bytes(r);
+  std::uint64_t pos = pos_of(tail);
+  std::uint64_t off = pos & (r.capacity - 1);
+  std::size_t span = record_span(payload);
+  if (span > r.capacity - off) {
+    RecordHeader pad{static_cast<std::uint32_t>(r.capacity - off - sizeof(RecordHeader)), RecordKind::pad};
+    std::memcpy(base + off, &pad, sizeof pad);
+    pos += r.capacity - off;
+    off = 0;
+  }
+  RecordHeader hdr{static_cast<std::uint32_t>(payload), kind};
+  std::memcpy(base + off, &hdr, sizeof hdr);
+  tail = pack(pos + span, count_of(tail) + 1);
+  return base + off + sizeof hdr;
+}
+
+/// Checks the peer of a pipe now and then (every ms at most) on the send path,
+/// where a full ring would otherwise be the first sign: like Python, sending to a
+/// closed pipe fails rather than filling a buffer nobody reads.
+void check_pipe_peer(Channel& c) {
+  if (c.h->kind != ChannelKind::pipe) return;
+  std::int64_t now = now_ns();
+  if (now - c.last_check_ns.load(memory_order_relaxed) < 1'000'000) return;
+  c.last_check_ns.store(now, memory_order_relaxed);
+  if (c.peers_gone(true)) throw_gone(c, Gone::send);
+}
+
+RingState& tx_ring(Channel& c) {
+  if (c.tx < 0) throw UsageError("mproc: Connection.send(): this end of a one-way Pipe is receive-only");
+  return c.ring(c.tx);
+}
+RingState& rx_ring(Channel& c) {
+  if (c.rx < 0) throw UsageError("mproc: Connection.recv(): this end of a one-way Pipe is send-only");
+  return c.ring(c.rx);
+}
+
+/// Owns fds until released.
+struct FdList {
+  std::vector<int> fds;
+  ~FdList() { close_fds(fds); }
+};
+
+// ---- consumer side -------------------------------------------------------------------
+
+/// The record at `head` after skipping a pad (under clock, with a message present).
+const RecordHeader* record_at(const Channel& c, const RingState& r, std::uint64_t& head) {
+  const std::byte* base = c.ring_bytes(r);
+  auto at = [&] { return reinterpret_cast<const RecordHeader*>(base + (pos_of(head) & (r.capacity - 1))); };
+  const RecordHeader* h = at();
+  if (h->kind == RecordKind::pad) {
+    head = pack(pos_of(head) + sizeof(RecordHeader) + h->size, count_of(head));
+    h = at();
+  }
+  std::uint64_t off = pos_of(head) & (r.capacity - 1);
+  if ((h->kind != RecordKind::inline_ && h->kind != RecordKind::sideband) ||
+      h->size > r.capacity - off - sizeof(RecordHeader) ||
+      (h->kind == RecordKind::sideband && h->size < sizeof(SidebandInfo))) {
+    throw Error("mproc: channel ring corrupted (bad record header); was the shared memory written to by other code?");
+  }
+  return h;
+}
+
+bool messages_waiting(const RingState& r) {
+  return count_of(r.tail.load(memory_order_acquire)) != count_of(r.head.load(memory_order_relaxed));
+}
+
+/// Under clock: takes the side-band record at `head` out of the ring (its inline
+/// bytes copied out), receives its fds, and publishes the new head. Crash order:
+/// head first, then the socket, so a consumer dying in between leaves an orphan
+/// socket message (dropped by sequence number), never a record without its fds.
+struct Sideband {
+  SidebandInfo info;
+  std::vector<std::byte> bytes;
+  FdList fds;
+};
+
+void take_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHeader* h, Sideband& out) {
+  const auto* p = reinterpret_cast<const std::byte*>(h + 1);
+  std::memcpy(&out.info, p, sizeof out.info);
+  if (!out.info.oob) out.bytes.assign(p + sizeof out.info, p + h->size);
+  if (out.info.nfds > kMaxMessageFds || (out.info.oob && h->size != sizeof out.info)) {
+    throw Error("mproc: channel ring corrupted (bad side-band record)");
+  }
+  r.head.store(pack(pos_of(head) + record_span(h->size), count_of(head) + 1), memory_order_release);
+  out.fds.fds = sideband_recv(c, c.sock_rx, out.info.seq, out.info.nfds + out.info.oob);
+  r.sb_received.store(out.info.seq, memory_order_release);
+}
+
+/// After clock is released: decodes a side-band message.
+void deliver_sideband(Channel& c, Sideband& s, void (*fn)(void*, Reader&), void* ctx) {
+  if (s.info.oob) {
+    int fd = s.fds.fds[0];
+    s.fds.fds[0] = -1;  // owned by the mapping now
+    OobMessage m = oob_read(fd, static_cast<std::size_t>(s.info.oob_size));
+    Reader rd(m.bytes, std::span<const int>(s.fds.fds).subspan(1));
+    c.n_received_oob.fetch_add(1, memory_order_relaxed);
+    fn(ctx, rd);
+  } else {
+    Reader rd(s.bytes, s.fds.fds);
+    fn(ctx, rd);
+  }
+}
+
+}  // namespace
+
+// ---- sending ---------------------------------------------------------------------------
+
+bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds, deadline_t deadline) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = tx_ring(c);
+  if (fds.size() > kMaxMessageFds) {
+    throw UsageError("mproc: a message may carry at most " + std::to_string(kMaxMessageFds) +
+                     " file descriptors (shared-memory handles, queues, pipe ends)");
+  }
+  check_pipe_peer(c);
+  const bool oob = bytes.size() > r.oob_threshold;
+  const bool sideband = oob || !fds.empty();
+  const std::size_t payload = sideband ? sizeof(SidebandInfo) + (oob ? 0 : bytes.size()) : bytes.size();
+  const std::size_t span = record_span(payload);
+
+  // The out-of-band copy is made before taking the lock, so other producers are
+  // not held up while gigabytes are copied.
+  FdList send_fds;
+  if (oob) send_fds.fds.push_back(oob_create(bytes));
+  for (int fd : fds) send_fds.fds.push_back(fd);
+  const std::size_t own_fds = oob ? 1 : 0;
+  struct Release {  // the message's own fds are borrowed: never closed here
+    FdList& l;
+    std::size_t own;
+    ~Release() { l.fds.resize(own); }
+  } release_borrowed{send_fds, own_fds};
+
+  for (;;) {
+    if (!lock(c, r.plock, deadline)) return false;
+    Held held(r.plock);
+    std::uint64_t tail = r.tail.load(memory_order_relaxed);
+    if (has_room(r, tail, span, sideband)) {
+      std::byte* p = place(c, r, tail, payload, sideband ? RecordKind::sideband : RecordKind::inline_);
+      if (sideband) {
+        SidebandInfo info{r.sb_sent.load(memory_order_relaxed) + 1, oob ? bytes.size() : 0,
+                          static_cast<std::uint32_t>(fds.size()), oob ? 1u : 0u};
+        std::memcpy(p, &info, sizeof info);
+        if (!oob && !bytes.empty()) std::memcpy(p + sizeof info, bytes.data(), bytes.size());
+        // The sequence number is used up before the socket message goes: a
+        // producer dying after sending leaves an orphan with an older number,
+        // which the consumer drops, and the next producer takes a fresh one.
+        r.sb_sent.store(info.seq, memory_order_relaxed);
+        if (!sideband_send(c, c.sock_tx, info.seq, send_fds.fds, deadline)) return false;
+      } else if (!bytes.empty()) {
+        std::memcpy(p, bytes.data(), bytes.size());
+      }
+      r.tail.store(tail, memory_order_release);  // publishes bytes and count at once
+      held.unlock();
+      notify_consumers(r, 1);
+      c.n_sent.fetch_add(1, memory_order_relaxed);
+      if (oob) c.n_sent_oob.fetch_add(1, memory_order_relaxed);
+      return true;
+    }
+    held.unlock();
+    if (!wait_for(c, r.space, deadline, [&] { return room_hint(r, span, sideband); },
+                  Gone::send)) {
+      return false;
+    }
+  }
+}
+
+std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<const std::size_t> ends,
+                                  deadline_t deadline) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = tx_ring(c);
+  check_pipe_peer(c);
+  std::size_t i = 0;
+  auto msg = [&](std::size_t k) {
+    std::size_t b = k == 0 ? 0 : ends[k - 1];
+    return buf.subspan(b, ends[k] - b);
+  };
+  while (i < ends.size()) {
+    if (msg(i).size() > r.oob_threshold) {  // out of band: one at a time
+      if (!send(msg(i), {}, deadline)) return i;
+      ++i;
+      continue;
+    }
+    std::size_t sent = 0;
+    {
+      if (!lock(c, r.plock, deadline)) return i;
+      Held held(r.plock);
+      std::uint64_t tail = r.tail.load(memory_order_relaxed);
+      while (i + sent < ends.size()) {
+        auto m = msg(i + sent);
+        if (m.size() > r.oob_threshold || !has_room(r, tail, record_span(m.size()), false)) break;
+        std::byte* p = place(c, r, tail, m.size(), RecordKind::inline_);
+        if (!m.empty()) std::memcpy(p, m.data(), m.size());
+        ++sent;
+      }
+      if (sent) r.tail.store(tail, memory_order_release);
+    }
+    if (sent) {
+      notify_consumers(r, sent);
+      c.n_sent.fetch_add(sent, memory_order_relaxed);
+      i += sent;
+      continue;
+    }
+    std::size_t span = record_span(msg(i).size());
+    if (!wait_for(c, r.space, deadline, [&] { return room_hint(r, span, false); },
+                  Gone::send)) {
+      return i;
+    }
+  }
+  return i;
+}
+
+// ---- receiving ------------------------------------------------------------------------
+
+bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = rx_ring(c);
+  for (;;) {
+    if (!lock(c, r.clock, deadline)) return false;
+    Held held(r.clock);
+    std::uint64_t head = r.head.load(memory_order_relaxed);
+    if (count_of(head) != count_of(r.tail.load(memory_order_acquire))) {
+      const RecordHeader* h = record_at(c, r, head);
+      c.n_received.fetch_add(1, memory_order_relaxed);
+      if (h->kind == RecordKind::inline_) {
+        // Decoded straight from the ring, under the lock: the record cannot be
+        // overwritten until head moves past it. Consumed even if decoding throws.
+        struct Consume {
+          RingState& r;
+          std::uint64_t next;
+          Held& held;
+          ~Consume() {
+            r.head.store(next, memory_order_release);
+            held.unlock();
+            after_consume(r);
+          }
+        } consume{r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held};
+        Reader rd(std::span<const std::byte>(reinterpret_cast<const std::byte*>(h + 1), h->size));
+        fn(ctx, rd);
+        return true;
+      }
+      Sideband s;
+      try {
+        take_sideband(c, r, head, h, s);
+      } catch (...) {
+        held.unlock();
+        after_consume(r);
+        throw;
+      }
+      held.unlock();
+      after_consume(r);
+      deliver_sideband(c, s, fn, ctx);
+      return true;
+    }
+    if (head != r.head.load(memory_order_relaxed)) r.head.store(head, memory_order_release);
+    held.unlock();
+    if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
+      return false;
+    }
+  }
+}
+
+std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = rx_ring(c);
+  if (max == 0) return 0;
+  for (;;) {
+    if (!lock(c, r.clock, deadline)) return 0;
+    Held held(r.clock);
+    std::uint64_t head = r.head.load(memory_order_relaxed);
+    const std::uint64_t tail = r.tail.load(memory_order_acquire);
+    if (count_of(head) == count_of(tail)) {
+      held.unlock();
+      if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
+        return 0;
+      }
+      continue;
+    }
+    std::size_t n = 0;
+    std::uint64_t start = head;
+    struct Publish {  // the batch's head goes out once, whatever happens
+      RingState& r;
+      std::uint64_t& head;
+      std::uint64_t start;
+      Held& held;
+      ~Publish() {
+        if (head != start) r.head.store(head, memory_order_release);
+        held.unlock();
+        after_consume(r);
+      }
+    } publish{r, head, start, held};
+    while (n < max && count_of(head) != count_of(tail)) {
+      std::uint64_t at = head;
+      const RecordHeader* h = record_at(c, r, at);
+      if (h->kind == RecordKind::sideband) {
+        if (n > 0) break;  // delivered on its own, by the next call
+        Sideband s;
+        take_sideband(c, r, at, h, s);
+        head = r.head.load(memory_order_relaxed);
+        start = head;  // already published by take_sideband
+        publish.start = head;
+        held.unlock();
+        after_consume(r);
+        c.n_received.fetch_add(1, memory_order_relaxed);
+        deliver_sideband(c, s, fn, ctx);
+        return 1;
+      }
+      Reader rd(std::span<const std::byte>(reinterpret_cast<const std::byte*>(h + 1), h->size));
+      try {
+        fn(ctx, rd);
+      } catch (...) {
+        // A message that fails to decode is consumed only when it is the first of
+        // the batch (and then its error is thrown); otherwise the batch ends
+        // before it and the next call reports it, so no decoded message is lost.
+        if (n > 0) break;
+        head = pack(pos_of(at) + record_span(h->size), count_of(at) + 1);
+        c.n_received.fetch_add(1, memory_order_relaxed);
+        throw;
+      }
+      head = pack(pos_of(at) + record_span(h->size), count_of(at) + 1);
+      ++n;
+    }
+    c.n_received.fetch_add(n, memory_order_relaxed);
+    return n;
+  }
+}
+
+bool ChannelEnd::poll(deadline_t deadline) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = rx_ring(c);
+  // Like Python, true at end of file too, so that recv() reports it at once.
+  return wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
+         c.peers_gone(false);
+}
+
+bool ChannelEnd::full() const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  const RingState& r = c.ring(c.tx >= 0 ? c.tx : c.rx);
+  return !room_hint(r, record_span(sizeof(std::uint64_t)), false);
+}
+
+// ---- JoinableQueue -----------------------------------------------------------------------
+
+namespace {
+std::uint32_t unfinished(const RingState& r) {
+  return static_cast<std::uint32_t>((count_of(r.tail.load(memory_order_acquire)) - r.done.load(memory_order_acquire)) &
+                                    kCountMask);
+}
+RingState& joinable_ring(Channel& c) {
+  RingState& r = c.ring(0);
+  if (!r.joinable) throw UsageError("mproc: task_done()/join() need a JoinableQueue");
+  return r;
+}
+}  // namespace
+
+void ChannelEnd::task_done() const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = joinable_ring(c);
+  std::uint32_t d = r.done.load(memory_order_relaxed);
+  for (;;) {
+    std::uint64_t put = count_of(r.tail.load(memory_order_acquire));
+    if (((put - d) & kCountMask) == 0) {
+      throw UsageError("mproc: JoinableQueue.task_done() called more times than there were items put");
+    }
+    std::uint32_t next = static_cast<std::uint32_t>((d + 1) & kCountMask);
+    if (r.done.compare_exchange_weak(d, next, memory_order_acq_rel, memory_order_relaxed)) {
+      if (((put - next) & kCountMask) == 0) notify(r.join, INT_MAX);
+      return;
+    }
+  }
+}
+
+bool ChannelEnd::join(deadline_t deadline) const {
+  Channel& c = ch();
+  OpGuard guard(c);
+  RingState& r = joinable_ring(c);
+  return wait_for(c, r.join, deadline, [&] { return unfinished(r) == 0; }, Gone::join);
+}
+
+}  // namespace mproc::detail
