@@ -1,0 +1,162 @@
+// mproc/pipe.hpp — Pipe and Connection, mirroring multiprocessing.Pipe and
+// multiprocessing.connection.Connection.
+//
+//   auto [parent, child] = mproc::Pipe<std::string>();
+//   mproc::Process p(worker, child);        // worker(Connection<std::string> c): c.send(c.recv())
+//   p.start();
+//   child.close();                          // so that parent sees EOF once the worker is gone
+//   parent.send("ping");
+//   std::string s = parent.recv();          // throws mproc::EOFError if the worker ended first
+//
+// Pipe<T>(duplex = true) returns two connected ends. Duplex: each end sends to and
+// receives from the other (one shared-memory ring per direction). One-way
+// (duplex = false): the first end only receives, the second only sends.
+// Connections are handles like Queue: copies, copies sent to a Process and copies
+// inherited through fork are the same end. Each end is safe to use from several
+// threads and processes at once (Python's are not), though a pipe is meant for two.
+//
+// End of file, exactly as Python: recv() on an end with nothing left to receive
+// throws EOFError once the other end is closed in every process that had it —
+// closed explicitly, dropped, or its processes exited or were killed. (The kernel
+// tells us: each end owns one socket of a socketpair, which reports a hang-up when
+// its peer socket is closed everywhere.) As in Python, the creating process must
+// close() the end it handed to a child, or that copy keeps the pipe open.
+// send() to such an end throws BrokenPipeError (checked at least every
+// millisecond of sending, and before any wait). Details: docs/queue.md.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "mproc/detail/channel.hpp"
+#include "mproc/detail/type_name.hpp"
+#include "mproc/error.hpp"
+#include "mproc/serial.hpp"
+
+namespace mproc {
+
+template <class T>
+class Connection;
+
+template <class T>
+std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
+
+/// One end of a Pipe: sends and receives values of type T (which must be
+/// mproc::Serializable), or raw bytes.
+template <class T>
+class Connection {
+ public:
+  using value_type = T;
+
+  /// An unconnected end (every call but closed() throws UsageError); assign one
+  /// from Pipe(). Exists so that Connections can be decoded into containers.
+  Connection() = default;
+
+  /// Sends a value; blocks while the peer's ring is full. Throws BrokenPipeError if
+  /// the other end is closed everywhere, UsageError on a receive-only end or after
+  /// close().
+  void send(const T& obj) {
+    detail::with_encoded(obj, [&](const Writer& w) { ch_.send(w, std::nullopt); });
+  }
+  /// Receives the next value, blocking until one comes. Throws EOFError when
+  /// nothing is left and the other end is closed everywhere; UsageError on a
+  /// send-only end or after close(); SerializationError for undecodable bytes
+  /// (e.g. raw bytes sent with send_bytes()).
+  T recv() { return recv_until(std::nullopt); }
+  /// Blocks at most `timeout` (beyond Python); throws TimeoutError if nothing came.
+  template <class Rep, class Period>
+  T recv(std::chrono::duration<Rep, Period> timeout) {
+    return recv_until(detail::timeout_deadline(timeout, "Connection.recv()"));
+  }
+
+  /// Whether a message can be received now without blocking. Like Python, also
+  /// true when the other end is closed (so that recv() throws EOFError at once).
+  bool poll() { return ch_.poll(detail::no_wait()); }
+  /// Waits at most `timeout` for poll() to become true.
+  template <class Rep, class Period>
+  bool poll(std::chrono::duration<Rep, Period> timeout) {
+    return ch_.poll(detail::timeout_deadline(timeout, "Connection.poll()"));
+  }
+
+  /// Sends raw bytes as one message (recv_bytes() on the other end returns them).
+  void send_bytes(std::span<const std::byte> buf) { ch_.send(buf, {}, std::nullopt); }
+  void send_bytes(const void* data, std::size_t n) { send_bytes({static_cast<const std::byte*>(data), n}); }
+  /// Receives one message's bytes, whatever was sent (the encoding, for send()).
+  std::vector<std::byte> recv_bytes() { return recv_bytes_until(std::nullopt); }
+  template <class Rep, class Period>
+  std::vector<std::byte> recv_bytes(std::chrono::duration<Rep, Period> timeout) {
+    return recv_bytes_until(detail::timeout_deadline(timeout, "Connection.recv_bytes()"));
+  }
+
+  /// Closes this end in this process (every copy here). The other end sees EOF once
+  /// no process holds this end. Idempotent.
+  void close() { ch_.close(); }
+  bool closed() const { return ch_.closed(); }
+  bool readable() const { return ch_.readable(); }
+  bool writable() const { return ch_.writable(); }
+
+  /// The channel underneath (statistics, tests).
+  const detail::ChannelEnd& channel() const noexcept { return ch_; }
+
+ private:
+  friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool);
+  friend struct codec<Connection<T>>;
+  explicit Connection(detail::ChannelEnd ch) : ch_(std::move(ch)) { detail::diagnose<T>(); }
+
+  T recv_until(detail::deadline_t deadline) {
+    std::optional<T> out;
+    if (!ch_.recv(deadline, [&](Reader& r) {
+          out.emplace(detail::load_message<T>(r));
+        })) {
+      throw TimeoutError("mproc: Connection.recv(): nothing received before the timeout");
+    }
+    return std::move(*out);
+  }
+  std::vector<std::byte> recv_bytes_until(detail::deadline_t deadline) {
+    std::vector<std::byte> out;
+    if (!ch_.recv(deadline, [&](Reader& r) {
+          std::size_t n = r.remaining();
+          const std::byte* p = r.take(n);
+          out.assign(p, p + n);
+        })) {
+      throw TimeoutError("mproc: Connection.recv_bytes(): nothing received before the timeout");
+    }
+    return out;
+  }
+
+  detail::ChannelEnd ch_;
+};
+
+/// Returns two connected ends. duplex: both send and receive. One-way: the first
+/// end receives, the second sends. Throws std::system_error if shared memory or
+/// sockets are refused.
+template <class T>
+std::pair<Connection<T>, Connection<T>> Pipe(bool duplex) {
+  auto [a, b] = detail::ChannelEnd::create_pipe(detail::ChannelOptions{}, duplex);
+  return {Connection<T>(std::move(a)), Connection<T>(std::move(b))};
+}
+
+/// A Connection travels as a handle to the same end.
+template <class T>
+struct codec<Connection<T>> {
+  static void encode(Writer& w, const Connection<T>& c) {
+    std::uint64_t tag = detail::type_hash<T>();
+    w.write(&tag, sizeof tag);
+    c.ch_.encode(w);
+  }
+  static Connection<T> decode(Reader& r) {
+    std::uint64_t tag;
+    r.read(&tag, sizeof tag);
+    if (tag != detail::type_hash<T>()) {
+      throw SerializationError("mproc: a Connection handle was received with a different item type");
+    }
+    return Connection<T>(detail::ChannelEnd::decode(r));
+  }
+};
+
+}  // namespace mproc
