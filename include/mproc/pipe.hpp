@@ -53,8 +53,8 @@ class Connection {
  public:
   using value_type = T;
 
-  /// An unconnected end (every call but closed() throws UsageError); assign one
-  /// from Pipe(). Exists so that Connections can be decoded into containers.
+  /// An unconnected end (every call throws UsageError); assign one from Pipe().
+  /// Exists so that Connections can be decoded into containers and tuples.
   Connection() = default;
 
   /// Sends a value; blocks while the peer's ring is full. Throws BrokenPipeError if

@@ -18,7 +18,7 @@
 //   * get() on an empty queue throws EOFError, and put() on a full one
 //     BrokenPipeError, once no other process can ever put (get): every other
 //     process that held the queue has exited, been killed or called close(), and
-//     no handle to it is on its way to another process. Detected within ~100 ms
+//     no handle to it is on its way to another process. Detected within ~200 ms
 //     (a death) or at once (close, exit). Only other processes count, and only
 //     once one has held the queue: threads of a single process never see it.
 // Details, capacity semantics and the design: docs/queue.md.
