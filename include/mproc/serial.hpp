@@ -99,7 +99,10 @@ class Reader {
 
   /// Copies n bytes out. Throws SerializationError when fewer remain.
   void read(void* dst, std::size_t n) {
-    std::memcpy(dst, take(n), n);
+    const std::byte* src = take(n);
+    // n == 0 happens for empty vectors/strings, whose data() may be null; memcpy
+    // with a null pointer is undefined even for 0 bytes (UBSan aborts on it).
+    if (n != 0) std::memcpy(dst, src, n);
   }
 
   /// Returns a pointer to the next n bytes and skips them.
@@ -452,7 +455,13 @@ template <class T>
 consteval std::size_t min_wire_size() {
   constexpr Kind k = kind_of<T>();
   if constexpr (k == Kind::bytes) return sizeof(T);
-  else if constexpr (k == Kind::empty || k == Kind::tuple || k == Kind::cereal || k == Kind::custom) return 0;
+  else if constexpr (k == Kind::empty || k == Kind::cereal || k == Kind::custom) return 0;
+  // A tuple/pair is its elements back to back (was 0, which let a corrupt count
+  // of vector<pair<...>> pass read_size and allocate up to 2^24 elements).
+  else if constexpr (k == Kind::tuple)
+    return []<template <class...> class Tmpl, class... A>(std::type_identity<Tmpl<A...>>) consteval {
+      return (std::size_t{0} + ... + min_wire_size<A>());
+    }(std::type_identity<T>{});
   else if constexpr (k == Kind::optional) return 1;
   else if constexpr (k == Kind::array) return min_wire_size<typename T::value_type>() * std::tuple_size_v<T>;
   else return 4;  // strings, containers, variants start with a count or index
@@ -516,6 +525,13 @@ void decode_into(Reader& r, T& v) {
   constexpr Kind k = kind_of<U>();
   if constexpr (k == Kind::custom) {
     v = codec<U>::decode(r);
+  } else if constexpr (std::is_same_v<U, bool>) {
+    // Only 0 and 1 are bools: loading any other byte as bool is undefined
+    // (UBSan aborts on corrupt input otherwise). Same wire format as memcpy.
+    std::uint8_t b;
+    r.read(&b, 1);
+    if (b > 1) throw SerializationError("mproc: corrupt message: bad bool");
+    v = b != 0;
   } else if constexpr (k == Kind::bytes) {
     r.read(&v, sizeof v);
   } else if constexpr (k == Kind::empty) {
@@ -527,15 +543,24 @@ void decode_into(Reader& r, T& v) {
   } else if constexpr (k == Kind::contiguous) {
     using E = typename U::value_type;
     std::size_t n = read_size(r, min_wire_size<E>());
-    v.resize(n);
     if constexpr (kind_of<E>() == Kind::bytes) {
+      v.resize(n);
       r.read(v.data(), n * sizeof(E));
+    } else if constexpr (min_wire_size<E>() == 0) {
+      // read_size cannot bound n by the bytes left (user types may encode to
+      // nothing), so grow as elements actually decode instead of allocating n
+      // up front: a corrupt count then fails at the first missing element.
+      v.clear();
+      for (std::size_t i = 0; i < n; ++i) {
+        decode_into(r, v.emplace_back());
+      }
     } else {
+      v.resize(n);
       for (auto& e : v) decode_into(r, e);
     }
   } else if constexpr (k == Kind::array) {
     using E = typename U::value_type;
-    if constexpr (kind_of<E>() == Kind::bytes) {
+    if constexpr (kind_of<E>() == Kind::bytes && !std::is_same_v<E, bool>) {  // bools are checked one by one
       r.read(v.data(), v.size() * sizeof(E));
     } else {
       for (auto& e : v) decode_into(r, e);
@@ -595,16 +620,59 @@ void decode_into(Reader& r, T& v) {
 // Everything mproc encodes natively is visible to cereal through these two
 // overloads, so a user's serialize() can name std containers directly. They are
 // constrained to non-cereal kinds, which keeps the lookup free of recursion.
+// Enums are excluded: cereal.hpp (types/common.hpp) already gives every enum a
+// save_minimal/load_minimal, and a second candidate made cereal reject any user
+// type with an enum member ("more than one compatible serialization function").
+// cereal's version sends the underlying integer, the same bytes as a memcpy.
 template <class T>
-  requires(kind_of<T>() != Kind::unsupported && kind_of<T>() != Kind::cereal)
+  requires(kind_of<T>() != Kind::unsupported && kind_of<T>() != Kind::cereal && !std::is_enum_v<T>)
 void CEREAL_SAVE_FUNCTION_NAME(CerealOut& ar, const T& v) {
   encode(ar.writer(), v);
 }
 
 template <class T>
-  requires(kind_of<T>() != Kind::unsupported && kind_of<T>() != Kind::cereal)
+  requires(kind_of<T>() != Kind::unsupported && kind_of<T>() != Kind::cereal && !std::is_enum_v<T>)
 void CEREAL_LOAD_FUNCTION_NAME(CerealIn& ar, T& v) {
   decode_into(ar.reader(), v);
+}
+
+// A member that can never be sent (string_view, span, std::ref, std::function,
+// smart pointer, capturing lambda, member pointer) named in a user's serialize():
+// give cereal a candidate whose body is mproc's explanation, instead of cereal's
+// "could not find any output serialization functions". Limited to these types so
+// that types cereal handles on its own (non-member save/load, save_minimal) keep
+// working as members. Raw pointers get their own overloads, more specialized than
+// cereal's, whose message ("use a smart pointer") would be wrong advice here; C
+// arrays are left to cereal, which sends them element by element.
+template <class T>
+consteval bool never_sendable() {
+  if constexpr (kind_of<T>() != Kind::unsupported) {
+    return false;
+  } else {
+    return is_specialization_v<T, std::basic_string_view> || is_span_v<T> ||
+           is_specialization_v<T, std::reference_wrapper> || is_specialization_v<T, std::function> ||
+           is_specialization_v<T, std::unique_ptr> || is_specialization_v<T, std::shared_ptr> ||
+           is_specialization_v<T, std::weak_ptr> || std::is_member_pointer_v<T> ||
+           std::is_null_pointer_v<T> || is_closure_type<T>();
+  }
+}
+template <class T>
+  requires(never_sendable<T>())
+void CEREAL_SAVE_FUNCTION_NAME(CerealOut&, const T&) {
+  diagnose<T>();
+}
+template <class T>
+  requires(never_sendable<T>())
+void CEREAL_LOAD_FUNCTION_NAME(CerealIn&, T&) {
+  diagnose<T>();
+}
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(CerealOut&, T*&) {
+  diagnose<T*>();
+}
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(CerealIn&, T*&) {
+  diagnose<T*>();
 }
 
 // cereal wraps members in name-value pairs and size tags; a binary archive

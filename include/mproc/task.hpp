@@ -180,11 +180,18 @@ F decode_callable(Reader& r);
 /// `mproc::bind(f, values...)`: a callable that calls f(values..., rest...).
 /// The values are serialized with it, so a bound task carries its own copies
 /// into the child. This is the sanctioned way to give a task state.
+///
+/// Checked with static_asserts rather than a requires-clause: a bare
+/// "constraints not satisfied" did not say why, and the constraint tested F
+/// undecayed, so `bind(f, ...)` with f a function name (F = function reference)
+/// was rejected.
 template <class F, class... V>
-  requires(detail::SendableCallable<F>)
 [[nodiscard]] auto bind(F&& f, V&&... values) {
   using Fn = std::decay_t<F>;
-  using T = std::tuple<std::remove_cvref_t<V>...>;
+  // decay, not remove_cvref: a string literal is stored as const char* and gets the
+  // raw-pointer message; as char[N] it broke std::tuple's constructor in a cascade.
+  using T = std::tuple<std::decay_t<V>...>;
+  if constexpr (!detail::SendableCallable<Fn>) detail::diagnose_callable<Fn>();
   if constexpr (!Serializable<T>) detail::diagnose<T>();
   return detail::Bound<Fn, T>(std::forward<F>(f), T(std::forward<V>(values)...));
 }
@@ -283,15 +290,22 @@ void encode_process_task(Writer& w, F&& f, Args&&... args) {
     diagnose_callable<Fn>();
   } else {
     using Stored = stored_args_t<Fn, Args...>;
-    if constexpr (callable_params<Fn>::known) {
-      static_assert(!callable_params<Fn>::type::has_mutable_lvalue_ref,
+    // Each check below stops the instantiation when it fails (the if-constexpr
+    // chain), so the user sees that one static_assert, not a cascade of errors
+    // from encoding a task that was already rejected.
+    constexpr bool mutable_ref = [] {
+      if constexpr (callable_params<Fn>::known) return callable_params<Fn>::type::has_mutable_lvalue_ref;
+      else return false;
+    }();
+    constexpr bool convertible = std::is_constructible_v<Stored, Args&&...>;
+    if constexpr (mutable_ref) {
+      static_assert(!mutable_ref,
                     "mproc: the target takes a parameter by non-const reference. The child works "
                     "on its own copy, so the change would silently never reach this process. Take "
                     "it by value or const&, and share state through a Value/Array or a result.");
-    }
-    static_assert(std::is_constructible_v<Stored, Args&&...>,
-                  "mproc: these arguments do not convert to the target's parameter types.");
-    if constexpr (!Serializable<Stored>) {
+    } else if constexpr (!convertible) {
+      static_assert(convertible, "mproc: these arguments do not convert to the target's parameter types.");
+    } else if constexpr (!Serializable<Stored>) {
       diagnose<Stored>();
     } else {
       constexpr bool invocable = []<class... S>(std::type_identity<std::tuple<S...>>) {
