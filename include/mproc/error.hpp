@@ -6,6 +6,7 @@
 // to do about it.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -96,6 +97,52 @@ class RemoteError : public Error {
   std::string type_name_;
   std::string message_;
   std::string traceback_;
+};
+
+/// A pool task raised: the remote exception (type name, what(), trace) plus the
+/// index of the argument it ran on (0 for apply/submit).
+class TaskError : public RemoteError {
+ public:
+  TaskError(std::string type_name, std::string message, std::string traceback, std::size_t index)
+      : RemoteError(std::move(type_name), std::move(message), std::move(traceback)), index_(index) {}
+  /// Position of the failing argument in the input (0 for apply/submit).
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  std::size_t index_;
+};
+
+/// The worker process running a task died (segfault, abort, kill -9, exit() inside
+/// the task): that task fails with this error; the pool replaces the worker and
+/// goes on. exitcode() follows Process::exitcode(): -SIG for a signal, N for exit(N).
+class WorkerLostError : public Error {
+ public:
+  WorkerLostError(const std::string& what, int exitcode, std::size_t index)
+      : Error(what), exitcode_(exitcode), index_(index) {}
+  int exitcode() const noexcept { return exitcode_; }
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  int exitcode_;
+  std::size_t index_;
+};
+
+/// A pool task ran past the pool's per-task timeout: its worker was killed and
+/// replaced.
+class TaskTimeoutError : public TimeoutError {
+ public:
+  TaskTimeoutError(const std::string& what, std::size_t index) : TimeoutError(what), index_(index) {}
+  std::size_t index() const noexcept { return index_; }
+
+ private:
+  std::size_t index_;
+};
+
+/// The task will never run or finish: it was cancelled, or its pool/executor was
+/// terminated first (concurrent.futures.CancelledError).
+class CancelledError : public Error {
+ public:
+  using Error::Error;
 };
 
 }  // namespace mproc

@@ -256,11 +256,13 @@ F decode_callable(Reader& r) {
 
 /// A task entry point. Called with nullptr it returns its identity hash and does
 /// nothing else: the child checks that hash before trusting the address it resolved.
-/// Called with a reader it decodes and runs the task; the result (if any) goes to out.
-using Entry = std::uint64_t (*)(Reader* in, Writer* out);
+/// Called with a reader it decodes and runs the task; `ctx` is what the kind of
+/// task needs to report results (nothing for a Process; the worker's result sink
+/// for a pool task).
+using Entry = std::uint64_t (*)(Reader* in, void* ctx);
 
 template <class F, class Stored>
-std::uint64_t process_entry(Reader* in, Writer*) {
+std::uint64_t process_entry(Reader* in, void*) {
   constexpr std::uint64_t id = fnv1a(pretty_name<Bound<F, Stored>>());
   if (!in) return id;
   F f = decode_callable<F>(*in);
@@ -269,12 +271,12 @@ std::uint64_t process_entry(Reader* in, Writer*) {
   return id;
 }
 
-/// Writes the entry reference and its identity hash.
-template <class F, class Stored>
+/// Writes the reference to entry point `E` and its identity hash.
+template <Entry E>
 void encode_entry(Writer& w) {
-  static const CodeRef ref = locate_code(reinterpret_cast<const void*>(&process_entry<F, Stored>));
+  static const CodeRef ref = locate_code(reinterpret_cast<const void*>(E));
   dump(w, ref);
-  std::uint64_t id = process_entry<F, Stored>(nullptr, nullptr);
+  std::uint64_t id = E(nullptr, nullptr);
   dump(w, id);
 }
 
@@ -312,7 +314,7 @@ void encode_process_task(Writer& w, F&& f, Args&&... args) {
         return std::is_invocable_v<Fn&, S&&...>;
       }(std::type_identity<Stored>{});
       static_assert(invocable, "mproc: the target cannot be called with these arguments.");
-      encode_entry<Fn, Stored>(w);
+      encode_entry<&process_entry<Fn, Stored>>(w);
       const Fn& callable = f;  // a function reference decays to its pointer here
       encode_callable<Fn>(w, callable);
       dump(w, Stored(std::forward<Args>(args)...));

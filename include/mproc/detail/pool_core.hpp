@@ -1,0 +1,121 @@
+// mproc/detail/pool_core.hpp — the untyped engine under Pool: workers, their
+// supervision, and the task/result channels. Typed code (pool.hpp) encodes chunks
+// and decodes results; everything here works on bytes and is compiled once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mproc/detail/exception.hpp"
+#include "mproc/process.hpp"
+#include "mproc/serial.hpp"
+
+namespace mproc::detail {
+
+/// Layout of the fixed header at the start of every task message.
+struct ChunkHeader {
+  std::uint64_t job;    // 0: "stop" (the worker exits)
+  std::uint64_t first;  // index of the first item in the job's input
+  std::uint64_t count;  // items in this chunk
+};
+
+/// When and where an item ran (CLOCK_MONOTONIC ns, comparable across processes).
+struct ItemTiming {
+  std::uint32_t worker = 0;  // worker slot
+  std::int64_t start_ns = 0;
+  std::int64_t end_ns = 0;
+};
+
+/// How an item failed, when it did.
+enum class Failure : std::uint8_t { raised, worker_lost, timeout, cancelled };
+
+/// Receives the outcome of every item of one job, on the pool's result thread.
+/// Implementations must not throw (they run in the pool's thread) and must be
+/// quick (callbacks run here too).
+class JobSink {
+ public:
+  virtual ~JobSink() = default;
+  /// Items [first, first + count) ran. For each, in order, `payload` holds its
+  /// encoded result (status[k] == 0) or an ExceptionInfo (status[k] == 1).
+  /// Items with fresh[k] == 0 were already delivered (a re-run after a lost
+  /// worker): decode and drop them.
+  virtual void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status,
+                        const std::uint8_t* fresh, Reader& payload, const ItemTiming& t) noexcept = 0;
+  /// Item `index` failed without running to the end (lost worker, timeout, cancel).
+  virtual void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
+                          const ItemTiming& t) noexcept = 0;
+};
+
+/// What the typed layer hands the core for one chunk: the whole task message
+/// (header, entry, callable, items) and where each item starts, so the core can
+/// re-send the items after a lost one.
+struct ChunkMessage {
+  std::vector<std::byte> bytes;
+  std::vector<int> fds;              // owned duplicates (closed by the core)
+  std::size_t prefix = 0;            // header + entry + callable
+  std::vector<std::size_t> offsets;  // item i starts at offsets[i]
+};
+
+struct PoolConfig {
+  int processes = 1;
+  StartMethod method = StartMethod::forkserver;
+  std::size_t maxtasksperchild = 0;
+  std::optional<std::chrono::nanoseconds> timeout;
+  int retries = 0;
+  std::size_t max_memory_mb = 0;
+  std::vector<std::byte> initializer;  // an encoded process task, or empty
+};
+
+class PoolCore {
+ public:
+  explicit PoolCore(PoolConfig config);
+  ~PoolCore();
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
+
+  /// Registers a job of `items` items (may grow with add_items for lazy input).
+  /// Throws UsageError when the pool no longer accepts work.
+  std::uint64_t open_job(std::shared_ptr<JobSink> sink);
+  /// Queues a chunk of job `job` covering items [first, first + offsets.size()).
+  /// Never blocks on workers: a feeder thread moves chunks into the task channel.
+  void submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk);
+  /// No more chunks will come for `job`; it is forgotten once all its items are in.
+  void seal_job(std::uint64_t job);
+
+  /// Stop accepting work; workers exit once the queued work is done.
+  void close();
+  /// Stop now: kill workers, fail everything pending with CancelledError.
+  void terminate();
+  /// Wait for the workers to exit (after close() or terminate()).
+  void join();
+  bool accepting() const;
+  int processes() const;
+  /// Pids of the current workers (for tests and tools).
+  std::vector<pid_t> worker_pids() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// The worker side: what a pool task entry reports through its `ctx`. Results
+/// are batched: an item's result is encoded into result_writer() and recorded by
+/// ok(); the sink sends a batch at the end of the chunk, or sooner when the batch
+/// grows large or old (so a crash re-runs little).
+class ItemSink {
+ public:
+  virtual ~ItemSink() = default;
+  /// The entry is about to run item `index` (for crash attribution and timeouts).
+  virtual void starting(std::uint64_t index) noexcept = 0;
+  /// Where to encode the result of the item being run.
+  virtual Writer& result_writer() = 0;
+  virtual void ok(std::uint64_t index) = 0;
+  virtual void failed(std::uint64_t index, const ExceptionInfo& info) = 0;
+};
+
+}  // namespace mproc::detail

@@ -1,0 +1,837 @@
+// mproc/pool.hpp — multiprocessing.Pool for C++.
+//
+//   mproc::Pool pool({.processes = 4});
+//   std::vector<int> squares = pool.map(square, std::views::iota(0, 100));
+//   auto r = pool.apply_async(slow, 3).then([](const int& v) { ... });
+//   for (int v : pool.imap_unordered(square, inputs)) ...
+//
+// What Python's Pool gets wrong and this one does not (docs/pool.md):
+//   * a worker that dies mid-task (segfault, abort, kill -9, exit()) fails exactly
+//     that task with WorkerLostError; the worker is replaced, the rest completes;
+//   * a per-task timeout that really stops the task (the worker is killed);
+//   * imap/imap_unordered read their input lazily with bounded read-ahead and an
+//     adaptive chunk size, so memory stays flat over unbounded streams;
+//   * a task's exception comes back with its type, what(), and argument index;
+//   * argument and result types are checked at compile time.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "mproc/detail/pool_core.hpp"
+#include "mproc/error.hpp"
+#include "mproc/process.hpp"
+#include "mproc/task.hpp"
+
+namespace mproc {
+
+/// Pool settings, validated at construction (UsageError with what to change).
+struct PoolOptions {
+  /// Worker processes; 0 means cpu_count(). Negative: UsageError.
+  int processes = 0;
+  /// Start method of the workers; empty means the global default (forkserver).
+  std::optional<StartMethod> start_method;
+  /// Replace a worker after this many chunks (Python's maxtasksperchild); 0 = never.
+  long long maxtasksperchild = 0;
+  /// Per-task time limit: a task still running after it is killed with its worker
+  /// and fails with TaskTimeoutError. Empty: no limit.
+  std::optional<std::chrono::nanoseconds> timeout;
+  /// Re-run a task whose worker died this many times before failing it.
+  int retries = 0;
+};
+
+/// Per-call options of the map family. `pool.map(f, xs, 10)` sets the chunk size,
+/// as in Python.
+struct MapOptions {
+  /// Items per chunk; 0 picks one (docs/pool.md). Negative: UsageError.
+  long long chunksize = 0;
+  MapOptions() = default;
+  MapOptions(long long chunk) : chunksize(chunk) {}  // NOLINT: implicit, like Python's positional arg
+};
+
+namespace detail {
+
+template <class T>
+using stored_value_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+/// Shared state behind AsyncResult<T>.
+template <class T>
+struct ResultCore {
+  using V = stored_value_t<T>;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool ready = false;
+  std::optional<V> value;
+  std::exception_ptr error;
+  std::vector<std::function<void(const V&)>> callbacks;
+  std::vector<std::function<void(const std::exception&)>> error_callbacks;
+
+  static void run_callbacks(const std::exception_ptr& error, const std::optional<V>& value,
+                            const std::vector<std::function<void(const V&)>>& cbs,
+                            const std::vector<std::function<void(const std::exception&)>>& ecbs) noexcept {
+    // A throwing callback must not take the pool's result thread down (Python's
+    // pool dies here); it is reported and ignored.
+    try {
+      if (error) {
+        try {
+          std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+          for (auto& f : ecbs) f(e);
+        }
+      } else {
+        for (auto& f : cbs) f(*value);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mproc: a result callback threw %s; ignored\n", e.what());
+    } catch (...) {
+      std::fprintf(stderr, "mproc: a result callback threw; ignored\n");
+    }
+  }
+
+  void finish(std::optional<V> v, std::exception_ptr e) {
+    std::vector<std::function<void(const V&)>> cbs;
+    std::vector<std::function<void(const std::exception&)>> ecbs;
+    {
+      std::lock_guard lock(mu);
+      if (ready) return;
+      ready = true;
+      value = std::move(v);
+      error = e;
+      cbs.swap(callbacks);
+      ecbs.swap(error_callbacks);
+    }
+    cv.notify_all();
+    run_callbacks(error, value, cbs, ecbs);
+  }
+};
+
+}  // namespace detail
+
+/// The result of an asynchronous call (Python's AsyncResult / MapResult).
+/// A handle; safe to use from several threads.
+template <class T>
+class [[nodiscard]] AsyncResult {
+  using Core = detail::ResultCore<T>;
+  using V = typename Core::V;
+
+ public:
+  explicit AsyncResult(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+
+  /// Blocks until ready; returns the value or throws the task's error
+  /// (TaskError, WorkerLostError, TaskTimeoutError, CancelledError).
+  T get() const {
+    wait();
+    return take();
+  }
+  /// As get(), but throws TimeoutError if not ready within `timeout` (the task
+  /// keeps running; call get() again later).
+  template <class Rep, class Period>
+  T get(std::chrono::duration<Rep, Period> timeout) const {
+    if (!wait(timeout)) throw TimeoutError("mproc: result not ready within the timeout");
+    return take();
+  }
+  void wait() const {
+    std::unique_lock lock(core_->mu);
+    core_->cv.wait(lock, [&] { return core_->ready; });
+  }
+  /// Waits at most `timeout` (negative: UsageError); true when ready.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) const {
+    if (timeout < timeout.zero()) throw UsageError("mproc: wait timeout must not be negative");
+    std::unique_lock lock(core_->mu);
+    return core_->cv.wait_for(lock, timeout, [&] { return core_->ready; });
+  }
+  bool ready() const {
+    std::lock_guard lock(core_->mu);
+    return core_->ready;
+  }
+  /// Whether it finished without error. UsageError if not ready (Python's ValueError).
+  bool successful() const {
+    std::lock_guard lock(core_->mu);
+    if (!core_->ready) throw UsageError("mproc: successful() called before the result is ready");
+    return !core_->error;
+  }
+
+  /// Python's callback= / error_callback=: `callback(value)` or
+  /// `error_callback(exception)` runs once the result is ready — on the pool's
+  /// result thread, or right here if it already is. A callback that throws is
+  /// reported on stderr and ignored; the pool carries on.
+  template <class C, class E = std::nullptr_t>
+  AsyncResult& then(C&& callback, E&& error_callback = nullptr) {
+    std::unique_lock lock(core_->mu);
+    std::vector<std::function<void(const V&)>> cbs;
+    std::vector<std::function<void(const std::exception&)>> ecbs;
+    if constexpr (!std::is_null_pointer_v<std::remove_cvref_t<C>>) {
+      if constexpr (std::is_void_v<T>) {
+        cbs.emplace_back([cb = std::forward<C>(callback)](const V&) { cb(); });
+      } else {
+        cbs.emplace_back(std::forward<C>(callback));
+      }
+    }
+    if constexpr (!std::is_null_pointer_v<std::remove_cvref_t<E>>) ecbs.emplace_back(std::forward<E>(error_callback));
+    if (!core_->ready) {
+      for (auto& f : cbs) core_->callbacks.push_back(std::move(f));
+      for (auto& f : ecbs) core_->error_callbacks.push_back(std::move(f));
+      return *this;
+    }
+    lock.unlock();
+    Core::run_callbacks(core_->error, core_->value, cbs, ecbs);
+    return *this;
+  }
+
+ private:
+  T take() const {
+    std::lock_guard lock(core_->mu);
+    if (core_->error) std::rethrow_exception(core_->error);
+    if constexpr (!std::is_void_v<T>) return *core_->value;
+  }
+  std::shared_ptr<Core> core_;
+};
+
+namespace detail {
+
+/// Turns a failed item into the exception the user sees.
+std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int exitcode, std::uint64_t index);
+
+/// A job whose results are gathered into one value (apply) or a vector (map).
+template <class V, bool Single>
+class GatherJob final : public JobSink {
+ public:
+  using T = std::conditional_t<Single, V, std::vector<V>>;
+  using CoreT = ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>;
+  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(n), have_(n, 0), left_(n), core_(std::move(core)) {}
+
+  void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
+                Reader& payload, const ItemTiming&) noexcept override {
+    bool done = false;
+    try {
+      std::lock_guard lock(mu_);
+      for (std::uint64_t k = 0; k < count; ++k) {
+        std::uint64_t i = first + k;
+        if (status[k] != 0) {
+          ExceptionInfo info = load<ExceptionInfo>(payload);
+          if (fresh[k]) {
+            // Like Python's MapResult: the first failure makes the whole result ready.
+            failed_ = true;
+            error_ = make_item_error(Failure::raised, info, 1, i);
+            break;
+          }
+          continue;
+        }
+        if (fresh[k] && i < values_.size() && !have_[i]) {
+          decode_into(payload, values_[i]);
+          have_[i] = 1;
+          --left_;
+        } else {
+          (void)load<V>(payload);
+        }
+      }
+      done = left_ == 0 || failed_;
+    } catch (...) {
+      core_->finish(std::nullopt, std::current_exception());
+      return;
+    }
+    if (done) complete();
+  }
+  void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
+                  const ItemTiming&) noexcept override {
+    core_->finish(std::nullopt, make_item_error(kind, info, exitcode, index));
+  }
+
+ private:
+  void complete() noexcept {
+    try {
+      if (failed_) {
+        core_->finish(std::nullopt, error_);
+      } else if constexpr (Single) {
+        core_->finish(std::move(values_[0]), nullptr);
+      } else {
+        core_->finish(std::move(values_), nullptr);
+      }
+    } catch (...) {
+      core_->finish(std::nullopt, std::current_exception());
+    }
+  }
+  std::mutex mu_;
+  std::vector<V> values_;
+  std::vector<std::uint8_t> have_;
+  std::size_t left_;
+  bool failed_ = false;
+  std::exception_ptr error_;
+  std::shared_ptr<CoreT> core_;
+};
+
+/// Items of a lazily-fed job, buffered until the iterating thread takes them.
+template <class V>
+class StreamJob final : public JobSink {
+ public:
+  using Outcome = std::variant<V, std::exception_ptr>;
+
+  void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
+                Reader& payload, const ItemTiming&) noexcept override {
+    {
+      std::lock_guard lock(mu_);
+      for (std::uint64_t k = 0; k < count; ++k) {
+        Outcome o;
+        try {
+          if (status[k] != 0) {
+            ExceptionInfo info = load<ExceptionInfo>(payload);
+            o = make_item_error(Failure::raised, info, 1, first + k);
+          } else {
+            o = load<V>(payload);
+          }
+        } catch (...) {
+          o = std::current_exception();
+          if (fresh[k]) buffered_.emplace(first + k, std::move(o));
+          break;  // the rest of the batch cannot be decoded
+        }
+        if (fresh[k]) buffered_.emplace(first + k, std::move(o));
+      }
+    }
+    cv_.notify_all();
+  }
+  void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
+                  const ItemTiming&) noexcept override {
+    {
+      std::lock_guard lock(mu_);
+      buffered_.emplace(index, make_item_error(kind, info, exitcode, index));
+    }
+    cv_.notify_all();
+  }
+
+  /// Waits for item `index` (ordered) or any item (unordered). Returns it and its index.
+  std::pair<std::uint64_t, Outcome> take(std::optional<std::uint64_t> index) {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      auto it = index ? buffered_.find(*index) : buffered_.begin();
+      if (it != buffered_.end()) {
+        auto out = std::make_pair(it->first, std::move(it->second));
+        buffered_.erase(it);
+        return out;
+      }
+      cv_.wait(lock);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, Outcome> buffered_;
+};
+
+// ---- pool task entries (run in the worker) ------------------------------------------
+
+/// Stands in for the result type when the function cannot be called with the
+/// arguments, so that check_types() can say so in one clear message.
+struct not_invocable {};
+
+template <class F, class Arg, bool Star, class = void>
+struct pool_result {
+  using type = not_invocable;
+};
+template <class F, class Arg>
+struct pool_result<F, Arg, false, std::enable_if_t<std::is_invocable_v<F&, Arg&&>>> {
+  using type = std::invoke_result_t<F&, Arg&&>;
+};
+template <class F, class... A>
+struct pool_result<F, std::tuple<A...>, true, std::enable_if_t<std::is_invocable_v<F&, A&&...>>> {
+  using type = std::invoke_result_t<F&, A&&...>;
+};
+template <class F, class Arg, bool Star>
+using pool_result_t = std::remove_cvref_t<typename pool_result<F, Arg, Star>::type>;
+
+template <class F, class Arg, bool Star>
+struct PoolEntryTag {};
+
+/// Worker-side view of the chunk being run (ctx of a pool entry).
+struct PoolEntryCtx {
+  ItemSink* sink;
+  std::uint64_t first;
+  std::uint64_t count;
+};
+
+template <class F, class Arg, bool Star>
+std::uint64_t pool_entry(Reader* in, void* ctx) {
+  constexpr std::uint64_t id = fnv1a(pretty_name<PoolEntryTag<F, Arg, Star>>());
+  if (!in) return id;
+  auto& c = *static_cast<PoolEntryCtx*>(ctx);
+  F f = decode_callable<F>(*in);
+  using R = pool_result_t<F, Arg, Star>;
+  for (std::uint64_t k = 0; k < c.count; ++k) {
+    std::uint64_t index = c.first + k;
+    std::optional<Arg> arg;
+    try {
+      arg.emplace(load<Arg>(*in));
+    } catch (...) {
+      // Misaligned from here on: every remaining item of the chunk fails the same way.
+      ExceptionInfo info = capture_current_exception();
+      for (; k < c.count; ++k) c.sink->failed(c.first + k, info);
+      return id;
+    }
+    c.sink->starting(index);
+    try {
+      if constexpr (std::is_void_v<R>) {
+        if constexpr (Star) std::apply(f, std::move(*arg));
+        else std::invoke(f, std::move(*arg));
+        c.sink->result_writer();
+      } else {
+        R r = [&]() -> R {
+          if constexpr (Star) return std::apply(f, std::move(*arg));
+          else return std::invoke(f, std::move(*arg));
+        }();
+        dump(c.sink->result_writer(), r);
+      }
+      c.sink->ok(index);
+    } catch (...) {
+      c.sink->failed(index, capture_current_exception());
+    }
+  }
+  return id;
+}
+
+/// The argument type sent for one item of `map(f, range)`: f's parameter type
+/// when f has exactly one signature with one parameter, else the range's.
+template <class Fn, class Elem>
+auto map_arg_for() {
+  if constexpr (callable_params<Fn>::known) {
+    using P = typename callable_params<Fn>::type;
+    if constexpr (P::size == 1) {
+      return std::type_identity<std::tuple_element_t<0, typename P::stored>>{};
+    } else {
+      return std::type_identity<std::remove_cvref_t<Elem>>{};
+    }
+  } else {
+    return std::type_identity<std::remove_cvref_t<Elem>>{};
+  }
+}
+/// For starmap: f's parameters as a tuple when known, else the element (tuple-like).
+template <class Fn, class Elem>
+auto star_arg_for() {
+  if constexpr (callable_params<Fn>::known) {
+    return std::type_identity<typename callable_params<Fn>::type::stored>{};
+  } else {
+    return std::type_identity<std::remove_cvref_t<Elem>>{};
+  }
+}
+
+/// Encodes chunks of one call: the prefix (header, entry, callable) once, then items.
+template <class Fn, class Arg, bool Star>
+class ChunkEncoder {
+ public:
+  explicit ChunkEncoder(const Fn& f) {
+    ChunkHeader h{};
+    prefix_.write(&h, sizeof h);
+    encode_entry<&pool_entry<Fn, Arg, Star>>(prefix_);
+    encode_callable<Fn>(prefix_, f);
+  }
+  /// Starts a chunk.
+  void begin() {
+    msg_ = ChunkMessage{};
+    w_.clear();
+    w_.write(prefix_.bytes().data(), prefix_.size());
+  }
+  template <class E>
+  void add(E&& elem) {
+    msg_.offsets.push_back(w_.size());
+    if constexpr (Star) {
+      dump(w_, std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem)));
+    } else {
+      dump(w_, static_cast<Arg>(std::forward<E>(elem)));
+    }
+  }
+  std::size_t items() const { return msg_.offsets.size(); }
+  /// Finishes the chunk: owned copies of the fds its items carry.
+  ChunkMessage finish();
+
+ private:
+  Writer prefix_;
+  Writer w_;
+  ChunkMessage msg_;
+};
+
+/// Owned duplicates of fds (F_DUPFD_CLOEXEC). Throws std::system_error.
+std::vector<int> dup_fds(std::span<const int> fds);
+
+template <class Fn, class Arg, bool Star>
+ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {
+  msg_.prefix = prefix_.size();
+  msg_.fds = dup_fds(w_.fds());
+  auto bytes = w_.bytes();
+  msg_.bytes.assign(bytes.begin(), bytes.end());
+  return std::move(msg_);
+}
+
+/// Python's map chunk size rule: ceil(n / (4 * workers)).
+inline std::size_t auto_chunksize(std::size_t n, int workers) {
+  std::size_t d = static_cast<std::size_t>(workers) * 4;
+  return n == 0 ? 1 : std::max<std::size_t>(1, (n + d - 1) / d);
+}
+
+std::size_t checked_chunksize(long long c);
+
+}  // namespace detail
+
+/// Lazily fed, lazily read results of imap/imap_unordered: an input range.
+/// Iterate it once, from one thread. Input is read ahead by a bounded window.
+template <class V, class Source>
+class IMapResults {
+ public:
+  using value_type = V;
+
+  class iterator {
+   public:
+    using value_type = V;
+    using difference_type = std::ptrdiff_t;
+    using iterator_category = std::input_iterator_tag;
+    iterator() = default;
+    explicit iterator(IMapResults* owner) : owner_(owner) { advance(); }
+    const V& operator*() const { return *current_; }
+    const V* operator->() const { return &*current_; }
+    iterator& operator++() {
+      advance();
+      return *this;
+    }
+    void operator++(int) { advance(); }
+    friend bool operator==(const iterator& a, std::default_sentinel_t) { return !a.current_; }
+
+   private:
+    void advance() {
+      current_.reset();
+      if (auto v = owner_->next()) current_.emplace(std::move(*v));
+    }
+    IMapResults* owner_ = nullptr;
+    std::optional<V> current_;
+  };
+
+  /// Builds the source in place (it holds iterators into itself, so it never moves).
+  template <class... A>
+  explicit IMapResults(std::in_place_t, A&&... args) : src_(std::forward<A>(args)...) {}
+  IMapResults(const IMapResults&) = delete;
+  IMapResults& operator=(const IMapResults&) = delete;
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+  /// The next result (throws the item's error), or empty at the end.
+  std::optional<V> next() { return src_.next(); }
+
+ private:
+  Source src_;
+};
+
+/// A pool of worker processes (multiprocessing.Pool). All members may be called
+/// from several threads. The destructor terminates the pool, like leaving
+/// Python's `with Pool() as p:` block: call close() and join() first to let
+/// queued work finish.
+class Pool {
+ public:
+  /// Starts the workers. Throws UsageError for invalid options, StartError /
+  /// std::system_error if processes cannot be started.
+  explicit Pool(PoolOptions options = {}) { start(options, {}); }
+  /// With a per-worker initializer, run once in each worker before any task
+  /// (e.g. to set up a library that must be initialised inside the process).
+  template <class F, class... Args>
+  Pool(PoolOptions options, F&& initializer, Args&&... initargs) {
+    Writer w;
+    detail::encode_process_task(w, std::forward<F>(initializer), std::forward<Args>(initargs)...);
+    auto b = w.bytes();
+    start(options, std::vector<std::byte>(b.begin(), b.end()));
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  ~Pool();
+
+  // ---- apply -------------------------------------------------------------------
+
+  /// f(args...) in a worker, asynchronously.
+  template <class F, class... Args>
+  auto apply_async(F&& f, Args&&... args) {
+    using Fn = std::decay_t<F>;
+    using Stored = detail::stored_args_t<Fn, Args...>;
+    using R = detail::pool_result_t<Fn, Stored, true>;
+    using V = detail::stored_value_t<R>;
+    check_types<Fn, Stored, R>();
+    auto core = std::make_shared<detail::ResultCore<R>>();
+    auto job = std::make_shared<detail::GatherJob<V, true>>(1, core);
+    detail::ChunkEncoder<Fn, Stored, true> enc(f);
+    enc.begin();
+    enc.add(std::forward_as_tuple(std::forward<Args>(args)...));
+    run_job(job, [&](std::uint64_t id) { core_->submit(id, 0, enc.finish()); });
+    return AsyncResult<R>(core);
+  }
+  /// f(args...) in a worker; blocks for the result.
+  template <class F, class... Args>
+  auto apply(F&& f, Args&&... args) {
+    return apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+  }
+
+  // ---- map / starmap -----------------------------------------------------------------
+
+  template <class F, std::ranges::input_range R>
+  auto map_async(F&& f, R&& input, MapOptions options = {}) {
+    return gather<false>(std::forward<F>(f), std::forward<R>(input), options);
+  }
+  /// [f(x) for x in input], in input order. Blocks. Throws the first failure.
+  template <class F, std::ranges::input_range R>
+  auto map(F&& f, R&& input, MapOptions options = {}) {
+    return map_async(std::forward<F>(f), std::forward<R>(input), options).get();
+  }
+  template <class F, std::ranges::input_range R>
+  auto starmap_async(F&& f, R&& input, MapOptions options = {}) {
+    return gather<true>(std::forward<F>(f), std::forward<R>(input), options);
+  }
+  /// [f(*args) for args in input]: each element is a tuple of arguments.
+  template <class F, std::ranges::input_range R>
+  auto starmap(F&& f, R&& input, MapOptions options = {}) {
+    return starmap_async(std::forward<F>(f), std::forward<R>(input), options).get();
+  }
+
+  // ---- imap ----------------------------------------------------------------------------
+
+  /// Results in input order, as they become available. The input is read lazily
+  /// (it may be unbounded), a bounded window ahead of the results taken.
+  template <class F, std::ranges::input_range R>
+  auto imap(F&& f, R&& input, MapOptions options = {}) {
+    return stream<true>(std::forward<F>(f), std::forward<R>(input), options);
+  }
+  /// Results in completion order.
+  template <class F, std::ranges::input_range R>
+  auto imap_unordered(F&& f, R&& input, MapOptions options = {}) {
+    return stream<false>(std::forward<F>(f), std::forward<R>(input), options);
+  }
+
+  // ---- lifetime ------------------------------------------------------------------------
+
+  /// No new work; workers exit when the queued work is done. Idempotent.
+  void close();
+  /// Kill the workers now; unfinished results fail with CancelledError. Idempotent.
+  void terminate();
+  /// Wait for the workers to exit. UsageError unless close() or terminate() came first.
+  void join();
+  /// Number of worker processes.
+  int processes() const;
+  /// Pids of the current workers (they change as workers are replaced).
+  std::vector<pid_t> worker_pids() const;
+
+ private:
+  void start(const PoolOptions& options, std::vector<std::byte> initializer);
+  void run_job(std::shared_ptr<detail::JobSink> sink, const std::function<void(std::uint64_t)>& submit_all);
+
+  // One clear compile-time message per mistake, in this order.
+  template <class Fn, class Arg, class R>
+  static constexpr bool check_types() {
+    if constexpr (!detail::SendableCallable<Fn>) {
+      detail::diagnose_callable<Fn>();
+      return false;
+    } else if constexpr (std::is_same_v<R, detail::not_invocable>) {
+      static_assert(detail::dependent_false<Fn>,
+                    "mproc: the pool function cannot be called with the input's elements (map/imap: "
+                    "f(element); starmap: f(elements of the tuple...); apply: f(args...)). With "
+                    "mproc::bind(f, values...), the bound values come first.");
+      return false;
+    } else if constexpr (!Serializable<Arg>) {
+      detail::diagnose<Arg>();
+      return false;
+    } else if constexpr (!std::is_void_v<R> && !Serializable<R>) {
+      detail::diagnose<R>();
+      return false;
+    } else {
+      return true;
+    }
+  }
+
+  template <bool Star, class F, class R>
+  auto gather(F&& f, R&& input, MapOptions options) {
+    using Fn = std::decay_t<F>;
+    using Elem = std::ranges::range_reference_t<R>;
+    using Arg = typename std::conditional_t<Star, decltype(detail::star_arg_for<Fn, Elem>()),
+                                            decltype(detail::map_arg_for<Fn, Elem>())>::type;
+    using Res = detail::pool_result_t<Fn, Arg, Star>;
+    using V = detail::stored_value_t<Res>;
+    check_types<Fn, Arg, Res>();
+    std::size_t chunk = detail::checked_chunksize(options.chunksize);
+    // Python materializes the input first, so an exception while reading it comes
+    // out of map() before any task runs. Same here.
+    std::vector<std::remove_cvref_t<Elem>> items;
+    if constexpr (std::ranges::sized_range<R>) items.reserve(std::ranges::size(input));
+    for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
+    if (chunk == 0) chunk = detail::auto_chunksize(items.size(), processes());
+    auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
+    if (items.empty()) {
+      core->finish(std::vector<V>{}, nullptr);
+      return AsyncResult<std::vector<V>>(core);
+    }
+    auto job = std::make_shared<detail::GatherJob<V, false>>(items.size(), core);
+    detail::ChunkEncoder<Fn, Arg, Star> enc(f);
+    run_job(job, [&](std::uint64_t id) {
+      for (std::size_t i = 0; i < items.size(); i += chunk) {
+        enc.begin();
+        for (std::size_t k = i; k < std::min(items.size(), i + chunk); ++k) enc.add(std::move(items[k]));
+        core_->submit(id, i, enc.finish());
+      }
+    });
+    return AsyncResult<std::vector<V>>(core);
+  }
+
+  template <bool Ordered, class F, class R>
+  auto stream(F&& f, R&& input, MapOptions options);
+
+  std::unique_ptr<detail::PoolCore> core_;
+  int processes_ = 0;
+};
+
+namespace detail {
+
+/// Adaptive chunking for imap (docs/pool.md): start at 1 item per chunk, then
+/// size chunks so each takes ~2 ms of worker time, from the running mean item
+/// time, capped at 1024 items; an explicit chunksize is used as given.
+struct AdaptiveChunk {
+  std::size_t fixed = 0;
+  std::uint64_t items_done = 0;
+  std::int64_t ns_done = 0;
+  std::size_t next() const {
+    if (fixed) return fixed;
+    if (items_done < 8 || ns_done <= 0) return 1;
+    std::int64_t mean = std::max<std::int64_t>(1, ns_done / static_cast<std::int64_t>(items_done));
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(2'000'000 / mean, 1, 1024));
+  }
+};
+
+/// The feeding side of imap: reads the input, encodes chunks, keeps a bounded
+/// number of items in flight, and hands results to the iterating thread.
+template <bool Ordered, class Fn, class Arg, bool Star, class Range>
+class StreamSource {
+  using Res = pool_result_t<Fn, Arg, Star>;
+  using V = stored_value_t<Res>;
+
+ public:
+  StreamSource(PoolCore* core, int workers, const Fn& f, Range&& input, std::size_t chunk)
+      : core_(core),
+        workers_(workers),
+        enc_(std::make_unique<ChunkEncoder<Fn, Arg, Star>>(f)),
+        input_(std::views::all(std::forward<Range>(input))),
+        it_(std::ranges::begin(input_)),
+        job_(std::make_shared<TimedStream>()) {
+    chunk_.fixed = chunk;
+    id_ = core_->open_job(job_);
+  }
+  StreamSource(const StreamSource&) = delete;
+  StreamSource& operator=(const StreamSource&) = delete;
+  ~StreamSource() {
+    if (core_ && !sealed_) core_->seal_job(id_);
+  }
+
+  std::optional<V> next() {
+    if (!core_) return std::nullopt;
+    refill();
+    if (taken_ == submitted_) {
+      if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+      return std::nullopt;
+    }
+    auto [index, outcome] = job_->take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt);
+    ++taken_;
+    chunk_.items_done = job_->items();
+    chunk_.ns_done = job_->ns();
+    if (auto* e = std::get_if<std::exception_ptr>(&outcome)) std::rethrow_exception(*e);
+    return std::move(std::get<V>(outcome));
+  }
+
+ private:
+  // StreamJob plus the per-item worker time the adaptive chunk size needs.
+  class TimedStream final : public JobSink {
+   public:
+    void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
+                  Reader& payload, const ItemTiming& t) noexcept override {
+      ns_ += t.end_ns - t.start_ns;
+      items_ += count;
+      inner_.on_batch(first, count, status, fresh, payload, t);
+    }
+    void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
+                    const ItemTiming& t) noexcept override {
+      inner_.on_failure(index, kind, info, exitcode, t);
+    }
+    auto take(std::optional<std::uint64_t> i) { return inner_.take(i); }
+    std::uint64_t items() const { return items_.load(); }
+    std::int64_t ns() const { return ns_.load(); }
+
+   private:
+    StreamJob<V> inner_;
+    std::atomic<std::uint64_t> items_{0};
+    std::atomic<std::int64_t> ns_{0};
+  };
+
+  void refill() {
+    // Window: in flight + buffered results at most ~4 chunks per worker (never
+    // fewer than 2 * workers items), so memory does not grow with the input.
+    std::size_t chunk = chunk_.next();
+    std::uint64_t window = std::max<std::uint64_t>(2 * static_cast<std::uint64_t>(workers_),
+                                                   4 * static_cast<std::uint64_t>(workers_) * chunk);
+    while (!sealed_ && submitted_ - taken_ < window) {
+      enc_->begin();
+      std::uint64_t first = submitted_;
+      try {
+        while (enc_->items() < chunk && it_ != std::ranges::end(input_)) {
+          enc_->add(*it_);
+          ++it_;
+        }
+      } catch (...) {
+        // An exception while reading the input surfaces once the results before it
+        // have been taken (Python raises it at that point of the iteration).
+        input_error_ = std::current_exception();
+        seal();
+      }
+      std::size_t n = enc_->items();
+      if (n) {
+        core_->submit(id_, first, enc_->finish());
+        submitted_ += n;
+      }
+      if (it_ == std::ranges::end(input_)) seal();
+    }
+  }
+  void seal() {
+    if (!sealed_) core_->seal_job(id_);
+    sealed_ = true;
+  }
+
+  PoolCore* core_;
+  int workers_;
+  std::unique_ptr<ChunkEncoder<Fn, Arg, Star>> enc_;
+  std::views::all_t<Range> input_;  // a reference to an lvalue range, the range itself otherwise
+  std::ranges::iterator_t<std::views::all_t<Range>> it_;
+  std::shared_ptr<TimedStream> job_;
+  std::uint64_t id_ = 0;
+  std::uint64_t submitted_ = 0;
+  std::uint64_t taken_ = 0;
+  bool sealed_ = false;
+  std::exception_ptr input_error_;
+  AdaptiveChunk chunk_;
+};
+
+}  // namespace detail
+
+template <bool Ordered, class F, class R>
+auto Pool::stream(F&& f, R&& input, MapOptions options) {
+  using Fn = std::decay_t<F>;
+  using Elem = std::ranges::range_reference_t<R>;
+  using Arg = typename decltype(detail::map_arg_for<Fn, Elem>())::type;
+  using Res = detail::pool_result_t<Fn, Arg, false>;
+  using V = detail::stored_value_t<Res>;
+  check_types<Fn, Arg, Res>();
+  std::size_t chunk = detail::checked_chunksize(options.chunksize);
+  if (!core_ || !core_->accepting()) throw UsageError("mproc: Pool is not running (closed or terminated)");
+  using Src = detail::StreamSource<Ordered, Fn, Arg, false, R>;
+  return IMapResults<V, Src>(std::in_place, core_.get(), processes_, f, std::forward<R>(input), chunk);
+}
+
+}  // namespace mproc

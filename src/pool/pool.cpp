@@ -1,0 +1,893 @@
+// The pool engine (see mproc/detail/pool_core.hpp and docs/pool.md).
+//
+// Parent side, three threads (as in Python's Pool, for the same reasons):
+//   feeder     — moves queued chunks into the task channel (which may be full);
+//   collector  — takes results off the result channel and hands them to jobs;
+//   supervisor — watches worker pidfds: attributes a death to the item the worker
+//                was running (from its slot in the shared worker table), kills
+//                workers that overrun the per-task timeout, replaces workers.
+// Workers are mproc::Processes started with the pool's start method. With the
+// default (forkserver) a replacement is forked by the single-threaded server, so
+// respawning from the supervisor thread never forks this multi-threaded process.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "mproc/detail/channel.hpp"
+#include "mproc/detail/futex.hpp"
+#include "mproc/detail/segment.hpp"
+#include "mproc/pool.hpp"
+
+namespace mproc {
+
+/// Pool workers receive their channels as Process arguments.
+template <>
+struct codec<detail::ChannelEnd> {
+  static void encode(Writer& w, const detail::ChannelEnd& c) { c.encode(w); }
+  static detail::ChannelEnd decode(Reader& r) { return detail::ChannelEnd::decode(r); }
+};
+
+namespace detail {
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+}
+
+// One per worker, in shared memory: what the worker holds right now. Written
+// only by the worker, read by the supervisor after the worker died or to check
+// timeouts. Relaxed/acquire-release is enough: the supervisor reads a dead
+// worker's slot after reaping it (the reap orders everything the worker wrote),
+// and a live worker's slot only for a timeout, where a stale value costs at
+// most one extra check.
+enum class SlotPhase : std::uint32_t { idle = 0, holding = 1, running = 2 };
+struct alignas(64) WorkerSlot {
+  std::atomic<std::uint64_t> job;
+  std::atomic<std::uint64_t> begin;  // the items held: [begin, end)
+  std::atomic<std::uint64_t> end;
+  std::atomic<std::uint64_t> index;  // the item running (phase running)
+  std::atomic<std::int64_t> started_ns;
+  std::atomic<std::uint32_t> phase;
+};
+
+enum class ResultKind : std::uint8_t { batch = 1, lost = 3, timeout = 4, wake = 5, init_failed = 6 };
+
+// Result messages. batch: items [first, first + count), then `count` status bytes,
+// then each item's result or ExceptionInfo. lost/timeout: the worker held
+// [first, first + count) and was running `index` (start_ns == 0: had not started it).
+struct ResultHeader {
+  ResultKind kind;
+  std::uint32_t worker;
+  std::int32_t exitcode;
+  std::uint64_t job;
+  std::uint64_t first;
+  std::uint64_t count;
+  std::uint64_t index;
+  std::int64_t start_ns;
+  std::int64_t end_ns;
+};
+
+// ---- the worker ---------------------------------------------------------------
+
+class WorkerSink final : public ItemSink {
+ public:
+  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, std::uint64_t job)
+      : results_(results), slot_(slot), id_(id), job_(job) {}
+
+  void starting(std::uint64_t index) noexcept override {
+    std::int64_t t = now_ns();
+    slot_.index.store(index, std::memory_order_relaxed);
+    slot_.started_ns.store(t, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::running), std::memory_order_release);
+    if (status_.empty()) {
+      first_ = index;
+      start_ = t;
+    }
+  }
+  Writer& result_writer() override { return payload_; }
+  void ok(std::uint64_t) override {
+    status_.push_back(0);
+    maybe_flush();
+  }
+  void failed(std::uint64_t index, const ExceptionInfo& info) override {
+    if (status_.empty()) {
+      first_ = index;
+      start_ = now_ns();
+    }
+    dump(payload_, info);
+    status_.push_back(1);
+    maybe_flush();
+  }
+  /// Sends what is batched (the end of a chunk).
+  void flush() {
+    if (status_.empty()) return;
+    ResultHeader h{ResultKind::batch, id_, 0, job_, first_, status_.size(), 0, start_, now_ns()};
+    msg_.clear();
+    msg_.write(&h, sizeof h);
+    msg_.write(status_.data(), status_.size());
+    msg_.write(payload_.bytes().data(), payload_.size());
+    results_.send(msg_.bytes(), payload_.fds(), std::nullopt);
+    status_.clear();
+    payload_.clear();
+  }
+
+ private:
+  // Results go out in batches: one message per chunk normally, sooner when the
+  // batch passes 256 KiB or 1 ms of work, so that a worker crash loses (and the
+  // pool re-runs) little, and a long chunk still shows progress.
+  void maybe_flush() {
+    if (payload_.size() > (std::size_t{256} << 10) || (status_.size() % 64 == 0 && now_ns() - start_ > 1'000'000)) {
+      flush();
+    }
+  }
+  const ChannelEnd& results_;
+  WorkerSlot& slot_;
+  std::uint32_t id_;
+  std::uint64_t job_;
+  std::uint64_t first_ = 0;
+  std::int64_t start_ = 0;
+  std::vector<std::uint8_t> status_;
+  Writer payload_;
+  Writer msg_;
+};
+
+void send_init_failure(const ChannelEnd& results, std::uint32_t id, const ExceptionInfo& info) {
+  Writer w;
+  ResultHeader h{ResultKind::init_failed, id, 1, 0, 0, 0, 0, now_ns(), now_ns()};
+  w.write(&h, sizeof h);
+  dump(w, info);
+  results.send(w, std::nullopt);
+}
+
+void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
+                      std::vector<std::byte> initializer, long long maxtasks) {
+  auto* slot = reinterpret_cast<WorkerSlot*>(table.data()) + id;
+  if (!initializer.empty()) {
+    try {
+      Reader r(initializer);
+      Entry e = decode_entry(r);
+      e(&r, nullptr);
+    } catch (...) {
+      send_init_failure(results, id, capture_current_exception());
+      throw;  // the worker exits with 1 and prints the error, like any target
+    }
+  }
+  std::vector<std::byte> buf;
+  std::vector<int> fds;
+  for (long long done = 0; maxtasks <= 0 || done < maxtasks; ++done) {
+    ChunkHeader h{};
+    try {
+      tasks.recv(std::nullopt, [&](Reader& r) {
+        r.read(&h, sizeof h);
+        if (h.job == 0) return;
+        // Claimed inside the receive, before the record is released: if this worker
+        // dies from here on, the supervisor knows which chunk it held.
+        slot->job.store(h.job, std::memory_order_relaxed);
+        slot->begin.store(h.first, std::memory_order_relaxed);
+        slot->end.store(h.first + h.count, std::memory_order_relaxed);
+        slot->phase.store(static_cast<std::uint32_t>(SlotPhase::holding), std::memory_order_release);
+        std::size_t n = r.remaining();
+        const std::byte* p = r.take(n);
+        buf.assign(p, p + n);
+        fds.clear();
+        for (std::uint32_t i = 0;; ++i) {
+          int fd;
+          try {
+            fd = r.fd(i);
+          } catch (const SerializationError&) {
+            break;
+          }
+          fds.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+        }
+      });
+    } catch (const EOFError&) {
+      return;  // the pool's process is gone: nothing more will come
+    }
+    if (h.job == 0) return;  // stop message: close() or a shrinking pool
+    {
+      Reader r(buf, fds);
+      WorkerSink sink(results, *slot, id, h.job);
+      PoolEntryCtx ctx{&sink, h.first, h.count};
+      try {
+        Entry e = decode_entry(r);
+        e(&r, &ctx);
+      } catch (...) {
+        ExceptionInfo info = capture_current_exception();
+        for (std::uint64_t i = 0; i < h.count; ++i) sink.failed(h.first + i, info);
+      }
+      sink.flush();
+    }
+    for (int fd : fds) ::close(fd);
+    slot->phase.store(static_cast<std::uint32_t>(SlotPhase::idle), std::memory_order_release);
+  }
+}
+
+}  // namespace
+
+// ---- errors and helpers used by the typed layer -------------------------------------
+
+std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int exitcode, std::uint64_t index) {
+  auto i = static_cast<std::size_t>(index);
+  switch (kind) {
+    case Failure::raised:
+      return std::make_exception_ptr(TaskError(info.type_name, info.message, info.traceback, i));
+    case Failure::worker_lost:
+      return std::make_exception_ptr(WorkerLostError(info.message, exitcode, i));
+    case Failure::timeout:
+      return std::make_exception_ptr(TaskTimeoutError(info.message, i));
+    case Failure::cancelled:
+      return std::make_exception_ptr(CancelledError(info.message));
+  }
+  return std::make_exception_ptr(Error(info.message));
+}
+
+std::vector<int> dup_fds(std::span<const int> fds) {
+  std::vector<int> out;
+  for (int fd : fds) {
+    int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+      for (int x : out) ::close(x);
+      throw std::system_error(errno, std::generic_category(), "mproc: fcntl(F_DUPFD_CLOEXEC) failed");
+    }
+    out.push_back(d);
+  }
+  return out;
+}
+
+std::size_t checked_chunksize(long long c) {
+  if (c < 0) throw UsageError("mproc: chunksize must be >= 0 (0 picks one), got " + std::to_string(c));
+  return static_cast<std::size_t>(c);
+}
+
+// ---- the parent side ------------------------------------------------------------------
+
+namespace {
+
+std::string describe_exit(int code) {
+  if (code < 0) {
+    const char* name = sigabbrev_np(-code);
+    return "killed by signal " + std::to_string(-code) + (name ? std::string(" (SIG") + name + ")" : "");
+  }
+  return "exited with code " + std::to_string(code);
+}
+
+}  // namespace
+
+struct PoolCore::Impl {
+  PoolConfig cfg;
+  ChannelEnd tasks;
+  ChannelEnd results;
+  Segment table;
+  WorkerSlot* slots = nullptr;
+
+  struct Chunk {
+    std::uint64_t job;
+    std::uint64_t first;
+    ChunkMessage msg;
+    std::vector<bool> delivered;
+    std::size_t left;
+    int retries_left;
+  };
+  struct Job {
+    std::shared_ptr<JobSink> sink;
+    std::uint64_t outstanding = 0;  // submitted, not yet delivered
+    bool sealed = false;
+    std::map<std::uint64_t, std::shared_ptr<Chunk>> chunks;  // by first item
+  };
+  struct Pending {  // a (sub)chunk waiting for the feeder
+    std::shared_ptr<Chunk> chunk;
+    std::uint64_t from = 0, to = 0;  // item range (absolute indices)
+  };
+  struct Worker {
+    Process proc;
+    bool timed_out = false;
+  };
+
+  mutable std::mutex mu;
+  std::condition_variable feed_cv;
+  std::condition_variable idle_cv;
+  std::condition_variable workers_cv;  // a worker slot was emptied
+  enum class State { running, closing, terminated } state = State::running;
+  bool stopping = false;  // threads must exit
+  bool stop_sent = false;
+  int init_failures = 0;
+  std::unordered_map<std::uint64_t, Job> jobs;
+  std::uint64_t next_job = 1;
+  std::deque<Pending> feed;
+  std::vector<std::optional<Worker>> workers;
+  int wake_fd = -1;  // eventfd: wakes the supervisor
+  std::thread feeder, collector, supervisor;
+
+  // -- workers --
+
+  void spawn_worker(std::size_t id) {
+    ProcessOptions o;
+    o.name = "PoolWorker-" + std::to_string(id + 1);
+    o.daemon = true;
+    o.start_method = cfg.method;
+    slots[id].phase.store(0, std::memory_order_relaxed);
+    slots[id].job.store(0, std::memory_order_relaxed);
+    Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
+              static_cast<long long>(cfg.maxtasksperchild));
+    p.start();
+    workers[id] = Worker{std::move(p), false};
+  }
+
+  void wake_supervisor() const {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(wake_fd, &one, sizeof one);
+  }
+
+  // -- chunks --
+
+  // Builds the message for items [from, to) of a chunk (the whole chunk, or what
+  // is left of it after a lost worker), with the header patched.
+  std::vector<std::byte> message_for(const Chunk& c, std::uint64_t from, std::uint64_t to) const {
+    const auto& m = c.msg;
+    std::size_t a = m.offsets[from - c.first];
+    std::size_t b = to - c.first < m.offsets.size() ? m.offsets[to - c.first] : m.bytes.size();
+    std::vector<std::byte> out;
+    out.reserve(m.prefix + (b - a));
+    out.insert(out.end(), m.bytes.begin(), m.bytes.begin() + static_cast<std::ptrdiff_t>(m.prefix));
+    out.insert(out.end(), m.bytes.begin() + static_cast<std::ptrdiff_t>(a), m.bytes.begin() + static_cast<std::ptrdiff_t>(b));
+    ChunkHeader h{c.job, from, to - from};
+    std::memcpy(out.data(), &h, sizeof h);
+    return out;
+  }
+
+  // With mu held: the chunk of job `job` that contains item `index`.
+  std::shared_ptr<Chunk> chunk_of(std::unordered_map<std::uint64_t, Job>::iterator jt, std::uint64_t index) {
+    auto& chunks = jt->second.chunks;
+    auto ct = chunks.upper_bound(index);
+    if (ct == chunks.begin()) return nullptr;
+    --ct;
+    if (index - ct->second->first >= ct->second->delivered.size()) return nullptr;
+    return ct->second;
+  }
+
+  // With mu held: items [first, first + count) of job `job` have outcomes. Marks
+  // them delivered; fresh[k] says whether item first + k was new (re-runs after a
+  // lost worker can deliver an item twice). Returns the job's sink, or null if
+  // the job is gone (terminated) — then nothing is to be delivered.
+  std::shared_ptr<JobSink> settle(std::uint64_t job, std::uint64_t first, std::uint64_t count,
+                                  std::vector<std::uint8_t>& fresh) {
+    fresh.assign(count, 0);
+    auto jt = jobs.find(job);
+    if (jt == jobs.end()) return nullptr;
+    auto chunk = chunk_of(jt, first);
+    if (!chunk) return nullptr;
+    Job& j = jt->second;
+    auto sink = j.sink;
+    for (std::uint64_t k = 0; k < count; ++k) {
+      std::uint64_t pos = first + k - chunk->first;
+      if (pos >= chunk->delivered.size() || chunk->delivered[pos]) continue;
+      chunk->delivered[pos] = true;
+      fresh[k] = 1;
+      --j.outstanding;
+      --chunk->left;
+    }
+    if (chunk->left == 0) {
+      for (int fd : chunk->msg.fds) ::close(fd);
+      j.chunks.erase(chunk->first);
+    }
+    maybe_finish_job(jt);
+    return sink;
+  }
+
+  void maybe_finish_job(std::unordered_map<std::uint64_t, Job>::iterator jt) {
+    if (jt->second.sealed && jt->second.outstanding == 0) {
+      jobs.erase(jt);
+      if (jobs.empty()) {
+        idle_cv.notify_all();
+        if (state == State::closing) send_stops_locked();
+      }
+    }
+  }
+
+  void send_stops_locked() {
+    if (stop_sent) return;
+    stop_sent = true;
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      Pending p;
+      p.chunk = nullptr;
+      feed.push_back(p);
+    }
+    feed_cv.notify_all();
+  }
+
+  // -- threads --
+
+  void feeder_loop() {
+    for (;;) {
+      Pending p;
+      {
+        std::unique_lock lock(mu);
+        feed_cv.wait(lock, [&] { return stopping || !feed.empty(); });
+        if (stopping) return;
+        p = std::move(feed.front());
+        feed.pop_front();
+      }
+      std::vector<std::byte> msg;
+      std::span<const int> fds;
+      if (!p.chunk) {
+        ChunkHeader stop{0, 0, 0};
+        msg.resize(sizeof stop);
+        std::memcpy(msg.data(), &stop, sizeof stop);
+      } else {
+        msg = message_for(*p.chunk, p.from, p.to);
+        fds = p.chunk->msg.fds;
+      }
+      for (;;) {
+        try {
+          if (tasks.send(msg, fds, clock::now() + std::chrono::milliseconds(50))) break;
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "mproc: pool feeder: %s\n", e.what());
+          return;
+        }
+        std::lock_guard lock(mu);
+        if (stopping) return;
+      }
+    }
+  }
+
+  void collector_loop() {
+    std::vector<std::vector<std::byte>> batch;
+    std::vector<std::uint8_t> fresh;
+    for (;;) {
+      batch.clear();
+      try {
+        // Copied out of the ring: the sinks (and user callbacks) run without the
+        // channel's lock held.
+        results.recv_many(64, std::nullopt, [&](Reader& r) {
+          std::size_t n = r.remaining();
+          const std::byte* p = r.take(n);
+          batch.emplace_back(p, p + n);
+        });
+      } catch (const EOFError&) {
+        // Every worker is gone at this instant (e.g. the only one crashed and its
+        // replacement has not attached yet). Nothing is lost: wait and look again.
+        std::unique_lock lock(mu);
+        if (stopping) return;
+        feed_cv.wait_for(lock, std::chrono::milliseconds(5));
+        continue;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+        return;
+      }
+      for (auto& m : batch) handle_result(m, fresh);
+      std::lock_guard lock(mu);
+      if (stopping) return;  // stop_threads() sent a wake message to get us here
+    }
+  }
+
+  void handle_result(const std::vector<std::byte>& m, std::vector<std::uint8_t>& fresh) {
+    if (m.size() < sizeof(ResultHeader)) return;
+    ResultHeader h;
+    std::memcpy(&h, m.data(), sizeof h);
+    auto rest = std::span<const std::byte>(m).subspan(sizeof h);
+    ItemTiming t{h.worker, h.start_ns, h.end_ns};
+    try {
+      switch (h.kind) {
+        case ResultKind::wake:
+          return;
+        case ResultKind::init_failed: {
+          Reader payload(rest);
+          handle_init_failure(payload);
+          return;
+        }
+        case ResultKind::batch: {
+          if (rest.size() < h.count) return;
+          auto status = reinterpret_cast<const std::uint8_t*>(rest.data());
+          Reader payload(rest.subspan(h.count));
+          std::shared_ptr<JobSink> sink;
+          {
+            std::lock_guard lock(mu);
+            sink = settle(h.job, h.first, h.count, fresh);
+          }
+          if (sink) sink->on_batch(h.first, h.count, status, fresh.data(), payload, t);
+          return;
+        }
+        case ResultKind::lost:
+        case ResultKind::timeout: {
+          Reader payload(rest);
+          ExceptionInfo info = load<ExceptionInfo>(payload);
+          std::shared_ptr<JobSink> sink;
+          {
+            std::lock_guard lock(mu);
+            sink = on_lost(h);
+          }
+          if (sink) {
+            sink->on_failure(h.index, h.kind == ResultKind::timeout ? Failure::timeout : Failure::worker_lost, info,
+                             h.exitcode, t);
+          }
+          return;
+        }
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+    }
+  }
+
+  // With mu held. A worker died holding items [h.first, h.first + h.count) of
+  // job h.job, running h.index (h.start_ns == 0: before starting it). Every item
+  // of that range not yet delivered goes back to the feeder, except the running
+  // one, which fails (or is retried). Returns the sink to tell, if the item failed.
+  std::shared_ptr<JobSink> on_lost(const ResultHeader& h) {
+    auto jt = jobs.find(h.job);
+    if (jt == jobs.end()) return nullptr;
+    auto chunk = chunk_of(jt, h.first);
+    if (!chunk) return nullptr;
+    bool started = h.start_ns != 0;
+    std::uint64_t lo = h.first, hi = h.first + h.count;
+    auto undelivered = [&](std::uint64_t i) {
+      return !chunk->delivered[i - chunk->first] && !(started && i == h.index);
+    };
+    for (std::uint64_t from = lo; from < hi;) {
+      while (from < hi && !undelivered(from)) ++from;
+      std::uint64_t to = from;
+      while (to < hi && undelivered(to)) ++to;
+      if (from < to && state != State::terminated) feed.push_back(Pending{chunk, from, to});
+      from = to;
+    }
+    feed_cv.notify_all();
+    if (!started || chunk->delivered[h.index - chunk->first]) return nullptr;
+    if (h.kind == ResultKind::lost && chunk->retries_left > 0) {
+      --chunk->retries_left;
+      feed.push_back(Pending{chunk, h.index, h.index + 1});
+      feed_cv.notify_all();
+      return nullptr;
+    }
+    std::vector<std::uint8_t> fresh;
+    auto sink = settle(h.job, h.index, 1, fresh);
+    return fresh[0] ? sink : nullptr;
+  }
+
+  void handle_init_failure(Reader& payload) {
+    ExceptionInfo info = load<ExceptionInfo>(payload);
+    std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>> fail;
+    {
+      std::lock_guard lock(mu);
+      // A worker whose initializer fails cannot run anything. Python's pool
+      // respawns such workers forever; after three in a row mproc fails every
+      // pending task with the initializer's error and refuses new work.
+      if (++init_failures < 3) return;
+      state = State::terminated;
+      collect_outstanding(fail);
+    }
+    ExceptionInfo why{info.type_name, "the pool's initializer failed in a worker: " + info.message, info.traceback};
+    for (auto& [sink, index] : fail) sink->on_failure(index, Failure::raised, why, 1, ItemTiming{});
+  }
+
+  // With mu held: every item submitted and not settled, settled now; jobs cleared.
+  void collect_outstanding(std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
+    for (auto& [id, j] : jobs) {
+      for (auto& [first, c] : j.chunks) {
+        for (std::size_t k = 0; k < c->delivered.size(); ++k) {
+          if (!c->delivered[k]) out.emplace_back(j.sink, c->first + k);
+        }
+        for (int fd : c->msg.fds) ::close(fd);
+      }
+    }
+    jobs.clear();
+    feed.clear();
+    idle_cv.notify_all();
+  }
+
+  void post_lost(std::uint32_t id, ResultKind kind, int exitcode, const std::string& what) {
+    WorkerSlot& s = slots[id];
+    auto phase = static_cast<SlotPhase>(s.phase.load(std::memory_order_acquire));
+    if (phase == SlotPhase::idle) return;
+    std::uint64_t begin = s.begin.load(), end = s.end.load();
+    ResultHeader h{kind, id, exitcode, s.job.load(), begin, end - begin, s.index.load(),
+                   phase == SlotPhase::running ? s.started_ns.load() : 0, now_ns()};
+    Writer w;
+    w.write(&h, sizeof h);
+    dump(w, ExceptionInfo{kind == ResultKind::timeout ? "mproc::TaskTimeoutError" : "mproc::WorkerLostError", what, {}});
+    // Through the result channel, so it arrives after anything the worker sent
+    // before it died (the collector then knows what was already delivered).
+    results.send(w, std::nullopt);
+  }
+
+  void supervisor_loop() {
+    std::vector<pollfd> pfds;
+    std::vector<std::size_t> ids;
+    for (;;) {
+      pfds.assign(1, pollfd{wake_fd, POLLIN, 0});
+      ids.clear();
+      int wait_ms = -1;
+      {
+        std::lock_guard lock(mu);
+        if (stopping) return;
+        for (std::size_t i = 0; i < workers.size(); ++i) {
+          if (!workers[i]) continue;
+          pfds.push_back(pollfd{workers[i]->proc.sentinel(), POLLIN, 0});
+          ids.push_back(i);
+        }
+        if (cfg.timeout) {
+          // Next deadline among running items.
+          std::int64_t limit = cfg.timeout->count();
+          std::int64_t now = now_ns();
+          for (std::size_t i : ids) {
+            if (slots[i].phase.load(std::memory_order_acquire) != static_cast<std::uint32_t>(SlotPhase::running)) continue;
+            std::int64_t left = slots[i].started_ns.load() + limit - now;
+            if (left <= 0 && !workers[i]->timed_out) {
+              workers[i]->timed_out = true;
+              workers[i]->proc.kill();
+              left = 0;
+            }
+            int ms = static_cast<int>(std::max<std::int64_t>(left / 1'000'000 + 1, 1));
+            wait_ms = wait_ms < 0 ? ms : std::min(wait_ms, ms);
+          }
+          if (wait_ms < 0) wait_ms = 100;  // a task may start any moment
+        }
+      }
+      int r = ::poll(pfds.data(), pfds.size(), wait_ms);
+      if (r < 0 && errno != EINTR) return;
+      if (pfds[0].revents & POLLIN) {
+        std::uint64_t v;
+        [[maybe_unused]] auto n = ::read(wake_fd, &v, sizeof v);
+      }
+      for (std::size_t k = 1; k < pfds.size(); ++k) {
+        if (!(pfds[k].revents & POLLIN)) continue;
+        std::size_t id = ids[k - 1];
+        std::optional<Worker> w;
+        {
+          std::lock_guard lock(mu);
+          w = std::move(workers[id]);
+          workers[id].reset();
+        }
+        w->proc.join();
+        int code = w->proc.exitcode().value_or(255);
+        std::string what = "worker " + w->proc.name() + " (pid " + std::to_string(w->proc.pid()) + ") " +
+                           (w->timed_out ? "was killed: the task ran past the pool's timeout" : describe_exit(code) +
+                                                                                                 " while running this task");
+        try {
+          post_lost(static_cast<std::uint32_t>(id), w->timed_out ? ResultKind::timeout : ResultKind::lost, code, what);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "mproc: pool supervisor: %s\n", e.what());
+        }
+        w->proc.close();
+        std::lock_guard lock(mu);
+        bool needed = state == State::running || (state == State::closing && !jobs.empty());
+        if (needed && !stopping) {
+          try {
+            spawn_worker(id);
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "mproc: pool could not replace worker %zu: %s\n", id + 1, e.what());
+          }
+        }
+        workers_cv.notify_all();
+      }
+    }
+  }
+
+  void stop_threads() {
+    {
+      std::lock_guard lock(mu);
+      if (stopping) return;
+      stopping = true;
+    }
+    feed_cv.notify_all();
+    wake_supervisor();
+    ResultHeader h{ResultKind::wake, 0, 0, 0, 0, 0, 0, 0, 0};
+    try {
+      results.send(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&h), sizeof h), {}, std::nullopt);
+    } catch (...) {
+    }
+    if (feeder.joinable()) feeder.join();
+    if (collector.joinable()) collector.join();
+    if (supervisor.joinable()) supervisor.join();
+  }
+};
+
+PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  I.cfg = std::move(config);
+  ChannelOptions copt;
+  I.tasks = ChannelEnd::create_queue(copt);
+  I.results = ChannelEnd::create_queue(copt);
+  I.table = Segment::create(sizeof(WorkerSlot) * static_cast<std::size_t>(I.cfg.processes), "mproc-pool");
+  I.slots = reinterpret_cast<WorkerSlot*>(I.table.data());
+  I.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (I.wake_fd < 0) throw std::system_error(errno, std::generic_category(), "mproc: eventfd failed");
+  I.workers.resize(static_cast<std::size_t>(I.cfg.processes));
+  try {
+    // Workers first, then threads: with the fork start method the workers are
+    // forked before this pool adds any thread to the process.
+    for (std::size_t i = 0; i < I.workers.size(); ++i) I.spawn_worker(i);
+  } catch (...) {
+    for (auto& w : I.workers) {
+      if (w) {
+        w->proc.kill();
+        w->proc.join();
+      }
+    }
+    ::close(I.wake_fd);
+    throw;
+  }
+  I.feeder = std::thread([&I] { I.feeder_loop(); });
+  I.collector = std::thread([&I] { I.collector_loop(); });
+  I.supervisor = std::thread([&I] { I.supervisor_loop(); });
+}
+
+PoolCore::~PoolCore() {
+  terminate();
+  join();
+  ::close(impl_->wake_fd);
+}
+
+std::uint64_t PoolCore::open_job(std::shared_ptr<JobSink> sink) {
+  Impl& I = *impl_;
+  std::lock_guard lock(I.mu);
+  if (I.state != Impl::State::running) throw UsageError("mproc: Pool is not running (closed or terminated)");
+  std::uint64_t id = I.next_job++;
+  I.jobs[id].sink = std::move(sink);
+  return id;
+}
+
+void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk) {
+  Impl& I = *impl_;
+  std::size_t n = chunk.offsets.size();
+  if (n == 0) return;
+  auto c = std::make_shared<Impl::Chunk>();
+  c->job = job;
+  c->first = first;
+  c->delivered.assign(n, false);
+  c->left = n;
+  c->retries_left = I.cfg.retries;
+  c->msg = std::move(chunk);
+  std::lock_guard lock(I.mu);
+  auto jt = I.jobs.find(job);
+  if (jt == I.jobs.end() || I.state == Impl::State::terminated) {
+    for (int fd : c->msg.fds) ::close(fd);
+    throw CancelledError("mproc: the pool was terminated");
+  }
+  jt->second.outstanding += n;
+  jt->second.chunks.emplace(first, c);
+  I.feed.push_back(Impl::Pending{c, first, first + n});
+  I.feed_cv.notify_one();
+}
+
+void PoolCore::seal_job(std::uint64_t job) {
+  Impl& I = *impl_;
+  std::lock_guard lock(I.mu);
+  auto jt = I.jobs.find(job);
+  if (jt == I.jobs.end()) return;
+  jt->second.sealed = true;
+  I.maybe_finish_job(jt);
+}
+
+void PoolCore::close() {
+  Impl& I = *impl_;
+  std::lock_guard lock(I.mu);
+  if (I.state != Impl::State::running) return;
+  I.state = Impl::State::closing;
+  if (I.jobs.empty()) I.send_stops_locked();
+}
+
+void PoolCore::terminate() {
+  Impl& I = *impl_;
+  std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>> fail;
+  {
+    std::lock_guard lock(I.mu);
+    if (I.state == Impl::State::terminated && I.stopping) return;
+    I.state = Impl::State::terminated;
+    I.collect_outstanding(fail);
+  }
+  I.stop_threads();
+  // Python sends SIGTERM; a task has nothing to clean up that its process exit
+  // does not, and SIGKILL cannot be ignored or caught by a stuck task.
+  for (auto& w : I.workers) {
+    if (w) w->proc.kill();
+  }
+  for (auto& w : I.workers) {
+    if (w) {
+      w->proc.join();
+      w.reset();
+    }
+  }
+  I.workers_cv.notify_all();
+  ExceptionInfo why{"mproc::CancelledError", "mproc: the pool was terminated before this task finished", {}};
+  for (auto& [sink, index] : fail) sink->on_failure(index, Failure::cancelled, why, 0, ItemTiming{});
+}
+
+void PoolCore::join() {
+  Impl& I = *impl_;
+  {
+    std::unique_lock lock(I.mu);
+    if (I.state == Impl::State::running) throw UsageError("mproc: join() needs close() or terminate() first");
+    // After close(): the queued work finishes, the workers get their stop messages
+    // and exit, and the supervisor, seeing no work left, does not replace them.
+    I.workers_cv.wait(lock, [&] {
+      if (I.state == Impl::State::terminated) return true;
+      return I.jobs.empty() && std::none_of(I.workers.begin(), I.workers.end(), [](const auto& w) { return w.has_value(); });
+    });
+  }
+  I.stop_threads();
+  for (auto& w : I.workers) {
+    if (w) {
+      w->proc.kill();
+      w->proc.join();
+      w.reset();
+    }
+  }
+}
+
+bool PoolCore::accepting() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->state == Impl::State::running;
+}
+
+int PoolCore::processes() const { return impl_->cfg.processes; }
+
+std::vector<pid_t> PoolCore::worker_pids() const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<pid_t> out;
+  for (auto& w : impl_->workers) {
+    if (w) out.push_back(w->proc.pid());
+  }
+  return out;
+}
+
+}  // namespace detail
+
+// ---- Pool (non-template parts) -------------------------------------------------------
+
+void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer) {
+  if (options.processes < 0) {
+    throw UsageError("mproc: Pool needs processes >= 1 (or 0 for cpu_count()), got " + std::to_string(options.processes));
+  }
+  if (options.maxtasksperchild < 0) {
+    throw UsageError("mproc: maxtasksperchild must be >= 1 (or 0 for no limit), got " +
+                     std::to_string(options.maxtasksperchild));
+  }
+  if (options.timeout && *options.timeout <= std::chrono::nanoseconds::zero()) {
+    throw UsageError("mproc: the per-task timeout must be positive");
+  }
+  if (options.retries < 0) throw UsageError("mproc: retries must be >= 0");
+  detail::PoolConfig cfg;
+  cfg.processes = options.processes ? options.processes : cpu_count();
+  cfg.method = options.start_method.value_or(get_start_method());
+  cfg.maxtasksperchild = static_cast<std::size_t>(options.maxtasksperchild);
+  cfg.timeout = options.timeout;
+  cfg.retries = options.retries;
+  cfg.initializer = std::move(initializer);
+  processes_ = cfg.processes;
+  core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
+}
+
+Pool::~Pool() = default;  // PoolCore's destructor terminates
+
+void Pool::run_job(std::shared_ptr<detail::JobSink> sink, const std::function<void(std::uint64_t)>& submit_all) {
+  std::uint64_t id = core_->open_job(std::move(sink));
+  try {
+    submit_all(id);
+  } catch (...) {
+    core_->seal_job(id);
+    throw;
+  }
+  core_->seal_job(id);
+}
+
+void Pool::close() { core_->close(); }
+void Pool::terminate() { core_->terminate(); }
+void Pool::join() { core_->join(); }
+int Pool::processes() const { return processes_; }
+std::vector<pid_t> Pool::worker_pids() const { return core_->worker_pids(); }
+
+}  // namespace mproc

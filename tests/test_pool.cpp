@@ -1,0 +1,424 @@
+// Pool: the scenarios of CPython's _TestPool, _TestPoolWorkerErrors,
+// _TestPoolWorkerLifetime and TestInitializers, plus what Python cannot do
+// (crash-proof workers, per-task timeouts, retries), with 1, 2 and 4 workers.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <map>
+#include <mproc/pool.hpp>
+#include <mproc/shared_memory.hpp>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <thread>
+
+#include "util.hpp"
+
+using namespace std::chrono_literals;
+using mproc::Pool;
+using mproc::PoolOptions;
+using mproc::StartMethod;
+
+namespace {
+
+int square(int x) { return x * x; }
+long long add(int a, long long b) { return a + b; }
+std::string shout(std::string s) { return s + "!"; }
+void nothing(int) {}
+int slow_square(int x) {
+  ::usleep(static_cast<useconds_t>(20000 * (x % 3)));
+  return x * x;
+}
+int raise_on_7(int x) {
+  if (x == 7) throw std::invalid_argument("seven is not allowed");
+  return x;
+}
+int crash_on(int x, int bad) {
+  if (x == bad) {
+    std::signal(SIGSEGV, SIG_DFL);
+    std::raise(SIGSEGV);
+  }
+  return x;
+}
+int segv_on_5(int x) { return crash_on(x, 5); }
+int abort_on_2(int x) {
+  if (x == 2) {
+    std::signal(SIGABRT, SIG_DFL);
+    std::abort();
+  }
+  return x;
+}
+int exit_on_4(int x) {
+  if (x == 4) std::exit(3);
+  return x;
+}
+int loop_on_1(int x) {
+  if (x == 1) {
+    for (;;) ::pause();
+  }
+  return x;
+}
+int sleep_ms(int ms) {
+  ::usleep(static_cast<useconds_t>(ms) * 1000);
+  return ms;
+}
+pid_t my_pid(int) { return ::getpid(); }
+
+int g_initialized = 0;
+void init_worker(int value) { g_initialized = value; }
+int read_init(int) { return g_initialized; }
+void failing_init() { throw std::runtime_error("no GPU here"); }
+
+// Crashes the first time it sees x == 3 (marker file), succeeds on the retry.
+int crash_once(std::string marker, int x) {
+  if (x == 3 && ::access(marker.c_str(), F_OK) != 0) {
+    mproc_test::write_file(marker, "x");
+    std::signal(SIGSEGV, SIG_DFL);
+    std::raise(SIGSEGV);
+  }
+  return x;
+}
+
+long long sum_slice(mproc::SharedArray<std::int64_t> a, std::size_t lo, std::size_t hi) {
+  long long s = 0;
+  for (std::size_t i = lo; i < hi; ++i) s += a[i];
+  return s;
+}
+
+struct Params {
+  int workers;
+  StartMethod method;
+};
+
+std::string param_name(const ::testing::TestParamInfo<Params>& i) {
+  return std::string(mproc::to_string(i.param.method)) + "_" + std::to_string(i.param.workers);
+}
+
+}  // namespace
+
+class PoolTest : public ::testing::TestWithParam<Params> {
+ protected:
+  PoolOptions opts() const {
+    PoolOptions o;
+    o.processes = GetParam().workers;
+    o.start_method = GetParam().method;
+    return o;
+  }
+};
+
+TEST_P(PoolTest, ApplyAndMap) {
+  Pool pool(opts());
+  EXPECT_EQ(pool.processes(), GetParam().workers);
+  EXPECT_EQ(pool.apply(square, 7), 49);
+  EXPECT_EQ(pool.apply(add, 2, 40LL), 42);
+  EXPECT_EQ(pool.apply(shout, "hi"), "hi!");  // const char* converts to the std::string parameter
+  pool.apply(nothing, 1);                     // void result
+
+  std::vector<int> xs(100);
+  std::iota(xs.begin(), xs.end(), 0);
+  std::vector<int> expect;
+  for (int x : xs) expect.push_back(x * x);
+  EXPECT_EQ(pool.map(square, xs), expect);
+  for (long long chunk : {1LL, 3LL, 7LL, 100LL, 1000LL}) EXPECT_EQ(pool.map(square, xs, chunk), expect) << chunk;
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 100)), expect);  // any input range
+  EXPECT_TRUE(pool.map(square, std::vector<int>{}).empty());
+
+  std::vector<std::tuple<int, long long>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  EXPECT_EQ(pool.starmap(add, pairs), (std::vector<long long>{3, 7, 11}));
+
+  auto r = pool.map_async(slow_square, std::vector<int>{1, 2, 3, 4});
+  EXPECT_EQ(r.get(), (std::vector<int>{1, 4, 9, 16}));
+  EXPECT_TRUE(r.ready());
+  EXPECT_TRUE(r.successful());
+}
+
+TEST_P(PoolTest, ImapOrderedAndUnordered) {
+  Pool pool(opts());
+  std::vector<int> got;
+  for (int v : pool.imap(slow_square, std::views::iota(0, 30))) got.push_back(v);
+  std::vector<int> expect;
+  for (int i = 0; i < 30; ++i) expect.push_back(i * i);
+  EXPECT_EQ(got, expect);
+
+  std::multiset<int> unordered;
+  for (int v : pool.imap_unordered(slow_square, std::views::iota(0, 30), 2)) unordered.insert(v);
+  EXPECT_EQ(unordered, std::multiset<int>(expect.begin(), expect.end()));
+
+  auto empty = pool.imap(square, std::vector<int>{});
+  EXPECT_TRUE(empty.begin() == empty.end());
+}
+
+TEST_P(PoolTest, ImapReadsUnboundedInputLazily) {
+  Pool pool(opts());
+  // An endless input: imap may only read a bounded window ahead of what we take.
+  std::atomic<long> read{0};
+  auto counting = std::views::iota(0) | std::views::transform([&read](int x) {
+                    ++read;
+                    return x;
+                  });
+  long taken = 0;
+  for (int v : pool.imap(square, counting)) {
+    EXPECT_EQ(v, static_cast<int>(taken * taken));
+    if (++taken == 2000) break;
+  }
+  EXPECT_LT(read.load(), taken + 20000) << "imap read far ahead of its consumer";
+}
+
+TEST_P(PoolTest, TaskExceptionsCarryTypeMessageAndIndex) {
+  Pool pool(opts());
+  try {
+    pool.map(raise_on_7, std::views::iota(0, 20), 3);
+    FAIL() << "map did not raise";
+  } catch (const mproc::TaskError& e) {
+    EXPECT_EQ(e.type_name(), "std::invalid_argument");
+    EXPECT_EQ(e.message(), "seven is not allowed");
+    EXPECT_EQ(e.index(), 7u);
+  }
+  auto r = pool.apply_async(raise_on_7, 7);
+  r.wait();
+  EXPECT_FALSE(r.successful());
+  EXPECT_THROW(r.get(), mproc::RemoteError);
+  // imap raises at the failing position; the other results still arrive.
+  int ok = 0, errors = 0;
+  auto results = pool.imap(raise_on_7, std::views::iota(0, 10));
+  for (auto it = results.begin();;) {
+    try {
+      if (it == results.end()) break;
+      ++ok;
+      ++it;
+    } catch (const mproc::TaskError& e) {
+      ++errors;
+      EXPECT_EQ(e.index(), 7u);
+      ++it;
+    }
+  }
+  EXPECT_EQ(ok, 9);
+  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(pool.apply(square, 3), 9);  // the pool is fine
+}
+
+TEST_P(PoolTest, CallbacksAndThrowingCallbacks) {
+  Pool pool(opts());
+  std::atomic<int> seen{0};
+  std::atomic<int> errors{0};
+  auto r = pool.apply_async(square, 6).then([&](const int& v) { seen = v; });
+  r.wait();
+  auto e = pool.apply_async(raise_on_7, 7).then(nullptr, [&](const std::exception&) { ++errors; });
+  e.wait();
+  // Registered after the result was ready: runs at once.
+  pool.apply_async(square, 2).then([&](const int& v) { seen += v; }).wait();
+  // A callback that throws must not hurt the pool.
+  pool.apply_async(square, 1).then([](const int&) { throw std::runtime_error("bad callback"); }).wait();
+  pool.map_async(square, std::vector<int>{1, 2}).then([&](const std::vector<int>& v) { seen += v[1]; }).wait();
+  EXPECT_EQ(pool.apply(square, 5), 25);
+  // then() on a ready result runs inline, so by now every callback has run.
+  EXPECT_EQ(seen.load(), 36 + 4 + 4);
+  EXPECT_EQ(errors.load(), 1);
+}
+
+TEST_P(PoolTest, GetWithTimeoutLeavesThePoolUsable) {
+  Pool pool(opts());
+  auto r = pool.apply_async(sleep_ms, 2000);
+  EXPECT_THROW(r.get(50ms), mproc::TimeoutError);
+  EXPECT_FALSE(r.ready());
+  if (GetParam().workers > 1) {
+    EXPECT_EQ(pool.apply(square, 4), 16);
+  }
+  pool.terminate();
+  EXPECT_THROW(r.get(), mproc::CancelledError);
+}
+
+TEST_P(PoolTest, CrashedWorkerFailsOnlyItsTask) {
+  Pool pool(opts());
+  for (auto f : {segv_on_5, abort_on_2, exit_on_4}) {
+    int ok = 0, lost = 0;
+    auto results = pool.imap_unordered(f, std::views::iota(0, 12), 1);
+    for (auto it = results.begin();;) {
+      try {
+        if (it == results.end()) break;
+        ++ok;
+        ++it;
+      } catch (const mproc::WorkerLostError& e) {
+        ++lost;
+        EXPECT_TRUE(e.exitcode() == -SIGSEGV || e.exitcode() == -SIGABRT || e.exitcode() == 3) << e.what();
+        EXPECT_NE(std::string(e.what()).find("PoolWorker-"), std::string::npos) << e.what();
+        ++it;
+      }
+    }
+    EXPECT_EQ(ok, 11);
+    EXPECT_EQ(lost, 1);
+  }
+  // map over a chunk holding the crashing item: only that item fails; the error says which.
+  try {
+    pool.map(segv_on_5, std::views::iota(0, 10), 10);
+    FAIL();
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.index(), 5u);
+    EXPECT_EQ(e.exitcode(), -SIGSEGV);
+  }
+  EXPECT_EQ(pool.apply(square, 9), 81);
+  EXPECT_EQ(static_cast<int>(pool.worker_pids().size()), GetParam().workers);
+}
+
+TEST_P(PoolTest, TimeoutKillsTheTask) {
+  auto o = opts();
+  o.timeout = 300ms;
+  Pool pool(o);
+  auto results = pool.imap(loop_on_1, std::views::iota(0, 4), 1);
+  std::vector<int> got;
+  int timeouts = 0;
+  for (auto it = results.begin();;) {
+    try {
+      if (it == results.end()) break;
+      got.push_back(*it);
+      ++it;
+      continue;
+    } catch (const mproc::TaskTimeoutError& e) {
+      ++timeouts;
+      EXPECT_EQ(e.index(), 1u);
+      ++it;
+    }
+  }
+  EXPECT_EQ(got, (std::vector<int>{0, 2, 3}));
+  EXPECT_EQ(timeouts, 1);
+  EXPECT_EQ(pool.apply(square, 3), 9);
+}
+
+TEST_P(PoolTest, RetriesRerunLostTasks) {
+  mproc_test::TempDir dir;
+  auto o = opts();
+  o.retries = 1;
+  Pool pool(o);
+  auto f = mproc::bind(crash_once, dir.file("marker"));
+  EXPECT_EQ(pool.map(f, std::views::iota(0, 6)), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST_P(PoolTest, MaxTasksPerChildReplacesWorkers) {
+  auto o = opts();
+  o.maxtasksperchild = 1;
+  Pool pool(o);
+  std::set<pid_t> pids;
+  for (int i = 0; i < 6; ++i) pids.insert(pool.apply(my_pid, i));
+  EXPECT_EQ(pids.size(), 6u);  // every task ran in a fresh worker
+}
+
+TEST_P(PoolTest, InitializerRunsInEachWorker) {
+  Pool pool(opts(), init_worker, 42);
+  for (int v : pool.map(read_init, std::views::iota(0, 8), 1)) EXPECT_EQ(v, 42);
+}
+
+TEST_P(PoolTest, SharedArrayArgumentsAreNotCopied) {
+  mproc::SharedArray<std::int64_t> a(100000);
+  std::iota(a.begin(), a.end(), 0);
+  std::vector<std::tuple<mproc::SharedArray<std::int64_t>, std::size_t, std::size_t>> slices;
+  for (std::size_t lo = 0; lo < a.size(); lo += 25000) slices.emplace_back(a, lo, lo + 25000);
+  auto parts = Pool(opts()).starmap(sum_slice, slices);
+  EXPECT_EQ(std::accumulate(parts.begin(), parts.end(), 0LL), 99999LL * 100000 / 2);
+}
+
+TEST_P(PoolTest, CloseJoinTerminate) {
+  {
+    Pool pool(opts());
+    auto r = pool.map_async(slow_square, std::views::iota(0, 10));
+    pool.close();
+    EXPECT_THROW(pool.apply(square, 1), mproc::UsageError);
+    EXPECT_THROW(pool.map(square, std::vector<int>{1}), mproc::UsageError);
+    pool.join();  // waits for the queued work
+    EXPECT_TRUE(r.ready());
+    EXPECT_EQ(r.get()[9], 81);
+    EXPECT_TRUE(pool.worker_pids().empty());
+  }
+  {
+    Pool pool(opts());
+    EXPECT_THROW(pool.join(), mproc::UsageError);  // join before close/terminate
+    auto r = pool.apply_async(sleep_ms, 5000);
+    pool.terminate();
+    EXPECT_THROW(r.get(), mproc::CancelledError);
+    pool.join();
+  }
+  {
+    Pool pool(opts());
+    auto r = pool.apply_async(sleep_ms, 5000);
+  }  // the destructor terminates: no hang
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Workers, PoolTest,
+                         ::testing::Values(Params{1, StartMethod::forkserver}, Params{2, StartMethod::forkserver},
+                                           Params{4, StartMethod::forkserver}, Params{2, StartMethod::spawn},
+                                           Params{2, StartMethod::fork}),
+                         param_name);
+
+TEST(Pool, BadOptions) {
+  EXPECT_THROW(Pool(PoolOptions{.processes = -1}), mproc::UsageError);
+  EXPECT_THROW(Pool(PoolOptions{.processes = 1, .maxtasksperchild = -1}), mproc::UsageError);
+  EXPECT_THROW(Pool(PoolOptions{.processes = 1, .timeout = std::chrono::nanoseconds(-1)}), mproc::UsageError);
+  Pool pool(PoolOptions{.processes = 1});
+  EXPECT_THROW(pool.map(square, std::vector<int>{1, 2}, -1), mproc::UsageError);
+  EXPECT_GE(Pool().processes(), 1);  // default: cpu_count()
+}
+
+TEST(Pool, FailingInitializerFailsTasksInsteadOfLoopingForever) {
+  Pool pool(PoolOptions{.processes = 1}, failing_init);
+  auto r = pool.apply_async(square, 2);
+  EXPECT_THROW(r.get(30s), mproc::TaskError);
+}
+
+TEST(Pool, InputErrorsSurfaceFromMap) {
+  Pool pool(PoolOptions{.processes = 2});
+  auto bad_input = std::views::iota(0, 10) | std::views::transform([](int x) {
+                     if (x == 4) throw std::runtime_error("bad input");
+                     return x;
+                   });
+  EXPECT_THROW(pool.map(square, bad_input), std::runtime_error);
+  std::vector<int> got;
+  auto results = pool.imap(square, bad_input);
+  try {
+    for (int v : results) got.push_back(v);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "bad input");
+  }
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 4, 9}));  // everything before the bad element
+}
+
+TEST(Pool, KilledWorkersUnderLoadLoseNothing) {
+  // Fault injection: a 10,000-task map while workers are killed at random. Every
+  // task ends up with a result or WorkerLostError; nothing hangs.
+  Pool pool(PoolOptions{.processes = 2});
+  std::atomic<bool> stop{false};
+  std::thread killer([&] {
+    unsigned seed = 12345;
+    int kills = 0;
+    while (!stop && kills < 10) {
+      auto pids = pool.worker_pids();
+      if (!pids.empty()) {
+        seed = seed * 1103515245 + 12345;
+        ::kill(pids[seed % pids.size()], SIGKILL);
+        ++kills;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  std::size_t ok = 0, lost = 0;
+  auto results = pool.imap_unordered(sleep_ms, std::views::iota(0, 10000) | std::views::transform([](int) { return 0; }), 16);
+  for (auto it = results.begin();;) {
+    try {
+      if (it == results.end()) break;
+      ++ok;
+      ++it;
+    } catch (const mproc::WorkerLostError&) {
+      ++lost;
+      ++it;
+    }
+  }
+  stop = true;
+  killer.join();
+  EXPECT_EQ(ok + lost, 10000u);
+  EXPECT_LE(lost, 10u);
+  pool.close();
+  pool.join();
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
