@@ -172,6 +172,7 @@ void Channel::attach() {
     if (!s.pid.compare_exchange_strong(expected, -1, std::memory_order_acq_rel)) return false;
     slot_gen = (s.gen.fetch_add(1, std::memory_order_relaxed) + 1) & 0x3F'FFFF;
     s.start_time.store(me.start_time, std::memory_order_relaxed);
+    s.closed.store(0, std::memory_order_relaxed);
     s.pid.store(me.pid, std::memory_order_release);
     slot = i;
     return true;
@@ -236,20 +237,16 @@ namespace {
 }  // namespace
 
 void Channel::drop_inherited() noexcept {
+  // In a fork child, before any other thread exists: nothing else uses these fds.
   inherited.store(true, std::memory_order_relaxed);
   closed.store(true, std::memory_order_relaxed);
-  released.store(true, std::memory_order_relaxed);
   int own[2] = {socks[0], socks[1]};
   socks[0] = socks[1] = sock_tx = sock_rx = -1;
   close_fds(own);
 }
 
 void Channel::enter() {
-  // seq_cst pairs with close(): either close() sees this operation in `ops` and
-  // leaves the release to it, or this operation sees `closed`.
-  ops.fetch_add(1, std::memory_order_seq_cst);
-  if (closed.load(std::memory_order_seq_cst)) {
-    leave();
+  if (closed.load(std::memory_order_acquire)) {
     if (inherited.load(std::memory_order_relaxed)) {
       throw UsageError(
           "mproc: this Connection was inherited through fork, and pipe ends are closed in a fork child; "
@@ -268,23 +265,34 @@ void Channel::enter() {
   }
 }
 
-void Channel::leave() noexcept {
-  if (ops.fetch_sub(1, std::memory_order_seq_cst) == 1 && closed.load(std::memory_order_seq_cst)) release();
-}
-
-void Channel::release() noexcept {
-  if (released.exchange(true)) return;
-  if (!h) return;
-  detach();
-  int own[2] = {socks[0], socks[1]};
-  socks[0] = socks[1] = sock_tx = sock_rx = -1;
-  close_fds(own);
-  // The mapping goes with the last handle (~Channel): reading h after close()
-  // (closed(), kind()) stays valid, and nothing here can touch freed memory.
+void Channel::close_here() noexcept {
+  if (closed.exchange(true, std::memory_order_acq_rel)) return;
+  // Other processes stop counting this one as a peer at once. The slot itself is
+  // kept until ~Channel: a thread of ours may still be inside a call, holding a
+  // ring lock under our owner id, which must not look like a dead owner's.
+  if (attached.load(std::memory_order_acquire) && fork_gen.load(std::memory_order_relaxed) == fork_generation() &&
+      slot >= 0) {
+    h->slots[slot].closed.store(1, std::memory_order_release);
+  }
+  // Our sockets are replaced (dup3, atomically) by a dead unconnected one: the
+  // kernel drops our reference to the real socket now, so a pipe's other end sees
+  // the hang-up at once, while a call still running here keeps a valid fd number
+  // that can never name someone else's file.
+  for (int fd : socks) {
+    if (fd < 0) continue;
+    int dead = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (dead < 0) continue;  // out of fds: the real socket closes with ~Channel instead
+    ::dup3(dead, fd, O_CLOEXEC);
+    close_fd(dead);
+  }
+  h->membership_seq.fetch_add(1, std::memory_order_seq_cst);
+  wake_all();  // threads of ours blocked on the channel wake up and see `closed`
 }
 
 Channel::~Channel() {
-  release();
+  if (!h) return;
+  detach();
+  close_fds(socks);
 }
 
 void Channel::wake_all() const noexcept {
@@ -321,7 +329,7 @@ bool Channel::peers_gone(bool force) {
     if (h->handles_in_flight.load(std::memory_order_acquire) > 0) return false;  // on its way to someone
     for (const Slot& s : h->slots) {
       std::int32_t p = s.pid.load(std::memory_order_acquire);
-      if (p == 0 || p == pid) continue;
+      if (p == 0 || p == pid || s.closed.load(std::memory_order_acquire)) continue;
       if (p < 0) return false;  // being claimed
       if (token_alive({p, s.start_time.load(std::memory_order_relaxed)})) return false;
     }
@@ -374,7 +382,7 @@ Channel& ChannelEnd::ch() const {
 
 std::size_t ChannelEnd::size() const {
   Channel& c = ch();
-  OpGuard g(c);
+  c.enter();
   const RingState& r = c.ring(c.rx >= 0 ? c.rx : c.tx);
   return records_between(r.head.load(std::memory_order_acquire), r.tail.load(std::memory_order_acquire));
 }
@@ -386,13 +394,7 @@ std::size_t ChannelEnd::max_items() const {
 std::size_t ChannelEnd::capacity() const { return ch().ring(0).capacity; }
 std::size_t ChannelEnd::oob_threshold() const { return ch().ring(0).oob_threshold; }
 
-void ChannelEnd::close() const {
-  Channel& c = ch();
-  if (c.closed.exchange(true, std::memory_order_seq_cst)) return;
-  // Threads of this process blocked on the channel wake up and see `closed`.
-  c.wake_all();
-  if (c.ops.load(std::memory_order_seq_cst) == 0) c.release();
-}
+void ChannelEnd::close() const { ch().close_here(); }
 
 bool ChannelEnd::closed() const { return ch().closed.load(std::memory_order_acquire); }
 bool ChannelEnd::readable() const { return ch().rx >= 0; }
@@ -421,7 +423,7 @@ struct WireHandle {
 
 void ChannelEnd::encode(Writer& w) const {
   Channel& c = ch();
-  OpGuard g(c);
+  c.enter();
   WireHandle wh{};
   wh.magic = kChannelMagic;
   wh.role = static_cast<std::uint8_t>(c.role);

@@ -134,6 +134,7 @@ struct Slot {
   std::atomic<std::int32_t> pid;
   std::atomic<std::uint32_t> gen;
   std::atomic<std::uint64_t> start_time;
+  std::atomic<std::uint32_t> closed;  // the holder called close(): no longer a peer
 };
 
 struct ChannelHeader {
@@ -184,12 +185,10 @@ class Channel {
   std::int32_t pid = 0;
   std::atomic<bool> attached{false};
 
-  // Closing: operations in progress hold `ops`; the last one out after close()
-  // releases the fds and the mapping (so a close from one thread never pulls the
-  // memory from under another).
-  std::atomic<int> ops{0};
+  // close() only marks the end closed and swaps its sockets for dead ones (see
+  // close_here); fds and mapping are released by ~Channel, when no call can be
+  // running on it any more (each call holds a ChannelEnd, which holds the Channel).
   std::atomic<bool> closed{false};
-  std::atomic<bool> released{false};
   std::atomic<bool> inherited{false};  // a pipe end this fork child got from its parent
 
   // Cached peer check (see peers_gone).
@@ -203,10 +202,10 @@ class Channel {
   std::byte* ring_bytes(const RingState& r) const { return seg.data() + r.offset; }
 
   /// Called at the start of every operation: throws UsageError when closed, and
-  /// attaches this process after a fork. Pair with leave() (OpGuard does).
+  /// attaches this process after a fork.
   void enter();
-  void leave() noexcept;
-  void release() noexcept;
+  /// close() for this process: see ChannelEnd::close.
+  void close_here() noexcept;
   /// This process's lock-owner id (never 0).
   std::uint32_t owner_id() const noexcept;
   /// Whether the holder identified by a lock word's owner field has ended.
@@ -222,14 +221,6 @@ class Channel {
   void drop_inherited() noexcept;
   void attach();  // claims a slot for this process
   void detach() noexcept;
-};
-
-struct OpGuard {
-  explicit OpGuard(Channel& c) : ch(c) { ch.enter(); }
-  ~OpGuard() { ch.leave(); }
-  OpGuard(const OpGuard&) = delete;
-  OpGuard& operator=(const OpGuard&) = delete;
-  Channel& ch;
 };
 
 /// Incremented in every fork child (pthread_atfork), so handles notice they were

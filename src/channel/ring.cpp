@@ -27,6 +27,12 @@ inline void cpu_relax() noexcept {
 
 bool passed(const deadline_t& d) { return d && Clock::now() >= *d; }
 
+/// Statistics: a plain load and store, not a locked add (threads racing on one end
+/// may lose a count; the hot path stays free of another atomic read-modify-write).
+void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
 /// How long a waiter spins before it sleeps. A round trip through futex sleep and
 /// wake costs ~1.6 µs each way here; a peer that answers within the spin is caught
 /// without either. Kept short: on a 2-core machine a spinning waiter takes the
@@ -103,23 +109,23 @@ class Held {
 // ---- wake-ups ----------------------------------------------------------------------
 // A side publishes (tail or head), then looks at the other side's waiter count; a
 // waiter counts itself, then reads the seq word, then re-checks the condition
-// before it sleeps on the seq word. The seq_cst fence on the publishing side and
-// the seq_cst increment on the waiting side order "publish → read waiters" against
-// "count myself → re-check", so one of the two always sees the other (Dekker), and
-// no wake-up is lost; a side that finds no waiter makes no system call.
+// before it sleeps on the seq word. Publication, waiter count and re-check are all
+// seq_cst, so "publish → read waiters" and "count myself → re-check" are in one
+// total order and one of the two always sees the other (Dekker): no wake-up is
+// lost, and a side that finds no waiter makes no system call. (On x86 the seq_cst
+// store is one xchg, cheaper than a release store plus a fence.)
 //
 // `pending` spares the waker repeated futex_wake calls while a woken sleeper has
 // not run yet (with a busy CPU that is many publishes). A sleeper clears it when
 // it registers and when it wakes, each time before it looks at the condition
 // again; a waker that skips because it is set has published before the clearing
-// store in the modification order of `pending`, so (seq_cst fence → seq_cst
+// store in the modification order of `pending`, so (seq_cst publish → seq_cst
 // store → seq_cst load) the sleeper's re-check sees the record. A consumer that
 // leaves records behind while others sleep wakes the next one (chain), so no
 // record waits for a slice with every consumer asleep.
 
 void notify(WaitWord& w, int n) noexcept {
-  std::atomic_thread_fence(memory_order_seq_cst);
-  if (w.waiters.load(memory_order_relaxed) != 0 && w.pending.load(memory_order_relaxed) == 0 &&
+  if (w.waiters.load(memory_order_seq_cst) != 0 && w.pending.load(memory_order_relaxed) == 0 &&
       w.pending.exchange(1, memory_order_acq_rel) == 0) {
     w.seq.fetch_add(1, memory_order_release);
     futex_wake(&w.seq, n);
@@ -246,7 +252,7 @@ bool has_room(RingState& r, std::uint64_t tail, std::size_t span, bool sideband)
 /// Lock-free estimate of has_room, for waiting.
 bool room_hint(const RingState& r, std::size_t span, bool sideband) {
   if (sideband && sideband_in_flight(r) >= kMaxSideband) return false;
-  return fits(r, r.head.load(memory_order_acquire), r.tail.load(memory_order_acquire), span);
+  return fits(r, r.head.load(memory_order_seq_cst), r.tail.load(memory_order_seq_cst), span);
 }
 
 /// Under plock, after has_room: writes the record header (and a pad before it if
@@ -315,7 +321,7 @@ const RecordHeader* record_at(const Channel& c, const RingState& r, std::uint64_
 }
 
 bool messages_waiting(const RingState& r) {
-  return count_of(r.tail.load(memory_order_acquire)) != count_of(r.head.load(memory_order_relaxed));
+  return count_of(r.tail.load(memory_order_seq_cst)) != count_of(r.head.load(memory_order_relaxed));
 }
 
 /// Under clock: takes the side-band record at `head` out of the ring (its inline
@@ -335,7 +341,7 @@ void take_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHea
   if (out.info.nfds > kMaxMessageFds || (out.info.oob && h->size != sizeof out.info)) {
     throw Error("mproc: channel ring corrupted (bad side-band record)");
   }
-  r.head.store(pack(pos_of(head) + record_span(h->size), count_of(head) + 1), memory_order_release);
+  r.head.store(pack(pos_of(head) + record_span(h->size), count_of(head) + 1), memory_order_seq_cst);
   out.fds.fds = sideband_recv(c, c.sock_rx, out.info.seq, out.info.nfds + out.info.oob);
   r.sb_received.store(out.info.seq, memory_order_release);
 }
@@ -347,7 +353,7 @@ void deliver_sideband(Channel& c, Sideband& s, void (*fn)(void*, Reader&), void*
     s.fds.fds[0] = -1;  // owned by the mapping now
     OobMessage m = oob_read(fd, static_cast<std::size_t>(s.info.oob_size));
     Reader rd(m.bytes, std::span<const int>(s.fds.fds).subspan(1));
-    c.n_received_oob.fetch_add(1, memory_order_relaxed);
+    bump(c.n_received_oob, 1);
     fn(ctx, rd);
   } else {
     Reader rd(s.bytes, s.fds.fds);
@@ -361,7 +367,7 @@ void deliver_sideband(Channel& c, Sideband& s, void (*fn)(void*, Reader&), void*
 
 bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds, deadline_t deadline) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = tx_ring(c);
   if (fds.size() > kMaxMessageFds) {
     throw UsageError("mproc: a message may carry at most " + std::to_string(kMaxMessageFds) +
@@ -404,11 +410,11 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
       } else if (!bytes.empty()) {
         std::memcpy(p, bytes.data(), bytes.size());
       }
-      r.tail.store(tail, memory_order_release);  // publishes bytes and count at once
+      r.tail.store(tail, memory_order_seq_cst);  // publishes bytes and count at once
       held.unlock();
       notify_consumers(r, 1);
-      c.n_sent.fetch_add(1, memory_order_relaxed);
-      if (oob) c.n_sent_oob.fetch_add(1, memory_order_relaxed);
+      bump(c.n_sent, 1);
+      if (oob) bump(c.n_sent_oob, 1);
       return true;
     }
     held.unlock();
@@ -422,7 +428,7 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
 std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<const std::size_t> ends,
                                   deadline_t deadline) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = tx_ring(c);
   check_pipe_peer(c);
   std::size_t i = 0;
@@ -448,11 +454,11 @@ std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<cons
         if (!m.empty()) std::memcpy(p, m.data(), m.size());
         ++sent;
       }
-      if (sent) r.tail.store(tail, memory_order_release);
+      if (sent) r.tail.store(tail, memory_order_seq_cst);
     }
     if (sent) {
       notify_consumers(r, sent);
-      c.n_sent.fetch_add(sent, memory_order_relaxed);
+      bump(c.n_sent, sent);
       i += sent;
       continue;
     }
@@ -469,7 +475,7 @@ std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<cons
 
 bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = rx_ring(c);
   for (;;) {
     if (!lock(c, r.clock, deadline)) return false;
@@ -477,7 +483,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
     std::uint64_t head = r.head.load(memory_order_relaxed);
     if (count_of(head) != count_of(r.tail.load(memory_order_acquire))) {
       const RecordHeader* h = record_at(c, r, head);
-      c.n_received.fetch_add(1, memory_order_relaxed);
+      bump(c.n_received, 1);
       if (h->kind == RecordKind::inline_) {
         // Decoded straight from the ring, under the lock: the record cannot be
         // overwritten until head moves past it. Consumed even if decoding throws.
@@ -486,7 +492,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
           std::uint64_t next;
           Held& held;
           ~Consume() {
-            r.head.store(next, memory_order_release);
+            r.head.store(next, memory_order_seq_cst);
             held.unlock();
             after_consume(r);
           }
@@ -508,7 +514,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
       deliver_sideband(c, s, fn, ctx);
       return true;
     }
-    if (head != r.head.load(memory_order_relaxed)) r.head.store(head, memory_order_release);
+    if (head != r.head.load(memory_order_relaxed)) r.head.store(head, memory_order_seq_cst);
     held.unlock();
     if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
       return false;
@@ -518,7 +524,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
 
 std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = rx_ring(c);
   if (max == 0) return 0;
   for (;;) {
@@ -541,7 +547,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
       std::uint64_t start;
       Held& held;
       ~Publish() {
-        if (head != start) r.head.store(head, memory_order_release);
+        if (head != start) r.head.store(head, memory_order_seq_cst);
         held.unlock();
         after_consume(r);
       }
@@ -558,7 +564,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
         publish.start = head;
         held.unlock();
         after_consume(r);
-        c.n_received.fetch_add(1, memory_order_relaxed);
+        bump(c.n_received, 1);
         deliver_sideband(c, s, fn, ctx);
         return 1;
       }
@@ -571,20 +577,20 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
         // before it and the next call reports it, so no decoded message is lost.
         if (n > 0) break;
         head = pack(pos_of(at) + record_span(h->size), count_of(at) + 1);
-        c.n_received.fetch_add(1, memory_order_relaxed);
+        bump(c.n_received, 1);
         throw;
       }
       head = pack(pos_of(at) + record_span(h->size), count_of(at) + 1);
       ++n;
     }
-    c.n_received.fetch_add(n, memory_order_relaxed);
+    bump(c.n_received, n);
     return n;
   }
 }
 
 bool ChannelEnd::poll(deadline_t deadline) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = rx_ring(c);
   // Like Python, true at end of file too, so that recv() reports it at once.
   return wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
@@ -593,7 +599,7 @@ bool ChannelEnd::poll(deadline_t deadline) const {
 
 bool ChannelEnd::full() const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   const RingState& r = c.ring(c.tx >= 0 ? c.tx : c.rx);
   return !room_hint(r, record_span(sizeof(std::uint64_t)), false);
 }
@@ -602,7 +608,7 @@ bool ChannelEnd::full() const {
 
 namespace {
 std::uint32_t unfinished(const RingState& r) {
-  return static_cast<std::uint32_t>((count_of(r.tail.load(memory_order_acquire)) - r.done.load(memory_order_acquire)) &
+  return static_cast<std::uint32_t>((count_of(r.tail.load(memory_order_seq_cst)) - r.done.load(memory_order_seq_cst)) &
                                     kCountMask);
 }
 RingState& joinable_ring(Channel& c) {
@@ -614,7 +620,7 @@ RingState& joinable_ring(Channel& c) {
 
 void ChannelEnd::task_done() const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = joinable_ring(c);
   std::uint32_t d = r.done.load(memory_order_relaxed);
   for (;;) {
@@ -623,7 +629,7 @@ void ChannelEnd::task_done() const {
       throw UsageError("mproc: JoinableQueue.task_done() called more times than there were items put");
     }
     std::uint32_t next = static_cast<std::uint32_t>((d + 1) & kCountMask);
-    if (r.done.compare_exchange_weak(d, next, memory_order_acq_rel, memory_order_relaxed)) {
+    if (r.done.compare_exchange_weak(d, next, memory_order_seq_cst, memory_order_relaxed)) {
       if (((put - next) & kCountMask) == 0) notify(r.join, INT_MAX);
       return;
     }
@@ -632,7 +638,7 @@ void ChannelEnd::task_done() const {
 
 bool ChannelEnd::join(deadline_t deadline) const {
   Channel& c = ch();
-  OpGuard guard(c);
+  c.enter();
   RingState& r = joinable_ring(c);
   return wait_for(c, r.join, deadline, [&] { return unfinished(r) == 0; }, Gone::join);
 }
