@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace mproc::detail {
 namespace {
@@ -33,26 +34,35 @@ int locate_cb(dl_phdr_info* info, std::size_t, void* data) {
   return 0;
 }
 
+// What the child needs to check a code reference against a module: its load
+// bias and its executable segments (as offsets from the bias).
+struct ModuleCode {
+  std::uintptr_t base = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> exec;  // [lo, hi)
+
+  bool contains(std::uint64_t offset) const {
+    for (auto [lo, hi] : exec) {
+      if (offset >= lo && offset < hi) return true;
+    }
+    return false;
+  }
+};
+
 struct ResolveQuery {
   const std::string* module = nullptr;
-  std::uint64_t offset = 0;
-  bool module_found = false;
-  bool in_exec_segment = false;
-  std::uintptr_t base = 0;
+  bool found = false;
+  ModuleCode code;
 };
 
 int resolve_cb(dl_phdr_info* info, std::size_t, void* data) {
   auto* q = static_cast<ResolveQuery*>(data);
   const char* name = info->dlpi_name ? info->dlpi_name : "";
   if (*q->module != name) return 0;
-  q->module_found = true;
-  q->base = info->dlpi_addr;
+  q->found = true;
+  q->code.base = info->dlpi_addr;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
     const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X) && q->offset >= ph.p_vaddr &&
-        q->offset < ph.p_vaddr + ph.p_memsz) {
-      q->in_exec_segment = true;
-    }
+    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X)) q->code.exec.emplace_back(ph.p_vaddr, ph.p_vaddr + ph.p_memsz);
   }
   return 1;
 }
@@ -71,32 +81,35 @@ CodeRef locate_code(const void* addr) {
 }
 
 const void* resolve_code(const CodeRef& ref) {
-  // Modules do not move once loaded; remember the answers (dl_iterate_phdr takes a
-  // loader lock and walks every module).
+  // Modules do not move once loaded; remember them (dl_iterate_phdr takes a loader
+  // lock and walks every module). The offset is checked on every call, cached or not.
   static std::mutex mu;
-  static std::unordered_map<std::string, std::uintptr_t> bases;
+  static std::unordered_map<std::string, ModuleCode> modules;
+  ModuleCode code;
   {
     std::lock_guard lock(mu);
-    auto it = bases.find(ref.module);
-    if (it != bases.end()) return reinterpret_cast<const void*>(it->second + ref.offset);
+    auto it = modules.find(ref.module);
+    if (it != modules.end()) code = it->second;
   }
-  ResolveQuery q;
-  q.module = &ref.module;
-  q.offset = ref.offset;
-  dl_iterate_phdr(resolve_cb, &q);
-  if (!q.module_found) {
-    throw SerializationError("mproc: the task's code lives in module '" + ref.module +
-                             "', which is not loaded in this process. Load it (link it, or "
-                             "dlopen it before mproc::init) in every process.");
+  if (code.exec.empty()) {
+    ResolveQuery q;
+    q.module = &ref.module;
+    dl_iterate_phdr(resolve_cb, &q);
+    if (!q.found) {
+      throw SerializationError("mproc: the task's code lives in module '" + ref.module +
+                               "', which is not loaded in this process. Load it (link it, or "
+                               "dlopen it before mproc::init) in every process.");
+    }
+    code = q.code;
+    std::lock_guard lock(mu);
+    modules.emplace(ref.module, code);
   }
-  if (!q.in_exec_segment) {
+  if (!code.contains(ref.offset)) {
     throw SerializationError("mproc: code reference points outside the executable code of '" +
                              (ref.module.empty() ? std::string("<main program>") : ref.module) +
                              "': the child is not running the same binary as its parent");
   }
-  std::lock_guard lock(mu);
-  bases.emplace(ref.module, q.base);
-  return reinterpret_cast<const void*>(q.base + ref.offset);
+  return reinterpret_cast<const void*>(code.base + ref.offset);
 }
 
 }  // namespace mproc::detail
