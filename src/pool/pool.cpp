@@ -751,16 +751,38 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   c->left = n;
   c->retries_left = I.cfg.retries;
   c->msg = std::move(chunk);
-  std::lock_guard lock(I.mu);
-  auto jt = I.jobs.find(job);
-  if (jt == I.jobs.end() || I.state == Impl::State::terminated) {
-    for (int fd : c->msg.fds) ::close(fd);
-    throw CancelledError("mproc: the pool was terminated");
+  ChunkHeader h{job, first, n};
+  std::memcpy(c->msg.bytes.data(), &h, sizeof h);
+  {
+    std::lock_guard lock(I.mu);
+    auto jt = I.jobs.find(job);
+    if (jt == I.jobs.end() || I.state == Impl::State::terminated) {
+      for (int fd : c->msg.fds) ::close(fd);
+      throw CancelledError("mproc: the pool was terminated");
+    }
+    // Registered before it is sent: a result can come back before send() returns.
+    jt->second.outstanding += n;
+    jt->second.chunks.emplace(first, c);
+    if (!I.feed.empty() || I.stopping) {
+      I.feed.push_back(Impl::Pending{c, first, first + n});
+      I.feed_cv.notify_one();
+      return;
+    }
   }
-  jt->second.outstanding += n;
-  jt->second.chunks.emplace(first, c);
-  I.feed.push_back(Impl::Pending{c, first, first + n});
-  I.feed_cv.notify_one();
+  // Fast path: straight into the task channel when it has room, saving the hop
+  // through the feeder thread (a thread wake-up, several microseconds). Chunks may
+  // overtake one the feeder is sending; results are placed by index, so order
+  // does not matter.
+  bool sent = false;
+  try {
+    sent = I.tasks.send(c->msg.bytes, c->msg.fds, no_wait());
+  } catch (...) {
+  }
+  if (!sent) {
+    std::lock_guard lock(I.mu);
+    I.feed.push_back(Impl::Pending{c, first, first + n});
+    I.feed_cv.notify_one();
+  }
 }
 
 void PoolCore::seal_job(std::uint64_t job) {
