@@ -259,6 +259,11 @@ TEST_P(PoolTest, CrashedWorkerFailsOnlyItsTask) {
     EXPECT_EQ(e.exitcode(), -SIGSEGV);
   }
   EXPECT_EQ(pool.apply(square, 9), 81);
+  // The supervisor replaces the dead worker asynchronously: wait (bounded) for it.
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (static_cast<int>(pool.worker_pids().size()) < GetParam().workers && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
   EXPECT_EQ(static_cast<int>(pool.worker_pids().size()), GetParam().workers);
 }
 
