@@ -76,6 +76,22 @@ class SerializationError : public Error {
   using Error::Error;
 };
 
+/// The previous owner of a Lock/RLock (a thread or process) ended while holding
+/// it, so the data it protects may be half-updated. Thrown by the acquiring
+/// calls after they released the lock again; the next acquire succeeds normally.
+/// Use lock_checked() to be told the same thing with the lock held, to repair.
+class OwnerDiedError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A Barrier was aborted, reset or timed out while (or before) this party
+/// waited, or its action threw: Python's threading.BrokenBarrierError.
+class BrokenBarrierError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// An exception thrown in another process, carried back with its dynamic type
 /// name, its what() text and, where available, a stack trace.
 class RemoteError : public Error {
