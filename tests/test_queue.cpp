@@ -490,6 +490,22 @@ TEST(Queue, SharedMemoryHandlesTravelAsFds) {
   auto b = q.get();
   b[5] = 77;
   EXPECT_EQ(a[5], 77);
+  // put_many batches items without fds and sends those with fds on their own, in order.
+  Queue<std::optional<mproc::SharedArray<int>>> mixed;
+  std::vector<std::optional<mproc::SharedArray<int>>> items{std::nullopt, mproc::SharedArray<int>{1},
+                                                            std::nullopt, std::nullopt,
+                                                            mproc::SharedArray<int>{2}, std::nullopt};
+  mixed.put_many(items);
+  for (const auto& sent : items) {
+    auto got = mixed.get();
+    ASSERT_EQ(got.has_value(), sent.has_value());
+    if (!got) continue;
+    ASSERT_EQ(got->size(), 1u);
+    EXPECT_EQ((*got)[0], (*sent)[0]);
+    (*got)[0] += 10;
+    EXPECT_EQ((*sent)[0], (*got)[0]);  // the same shared memory
+  }
+  EXPECT_TRUE(mixed.empty());
 }
 
 TEST(Queue, ManyCyclesLeakNothing) {

@@ -134,10 +134,11 @@ class Queue {
     } give{w};
     std::vector<std::size_t> ends;
     for (const T& item : items) {
+      std::size_t start = w.size();
       dump(w, item);
       if (!w.fds().empty()) {  // items carrying fds (handles) go one by one
-        flush_batch(w, ends);
-        send_one(w, std::nullopt, "Queue.put_many()");
+        flush_batch(w, ends);  // the items before it
+        ch_.send(w.bytes().subspan(start), w.fds(), std::nullopt);
         w.clear();
         continue;
       }

@@ -514,7 +514,6 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
       deliver_sideband(c, s, fn, ctx);
       return true;
     }
-    if (head != r.head.load(memory_order_relaxed)) r.head.store(head, memory_order_seq_cst);
     held.unlock();
     if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
       return false;
