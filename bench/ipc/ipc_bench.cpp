@@ -1,0 +1,351 @@
+// IPC benchmark: mproc's Queue, Pipe, Lock and SharedArray beside this machine's
+// floors (futex and spin round trips between two processes, memcpy), a C++
+// std::thread + condition_variable hand-off, and Python's multiprocessing
+// (bench/ipc/mp_ipc.py, run by this program with the system python3).
+//
+//   ipc_bench [--quick] [--json FILE] [--python PATH]
+//
+// Prints one table of medians (of several runs) with ratios, and writes the same
+// numbers as JSON. The machine is shared and noisy: read ratios, not absolutes;
+// nothing here is a pass/fail gate.
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mproc/mproc.hpp>
+#include <mproc/pipe.hpp>
+#include <mproc/pool.hpp>
+#include <mproc/queue.hpp>
+#include <mproc/shared_memory.hpp>
+#include <mproc/sync.hpp>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../common/report.hpp"
+
+using Clock = std::chrono::steady_clock;
+using bench::Report;
+
+namespace {
+
+double ns_since(Clock::time_point t0) { return std::chrono::duration<double, std::nano>(Clock::now() - t0).count(); }
+
+// ---- floors -----------------------------------------------------------------------
+
+// Two processes bounce a counter through one shared word; `spin` busy-waits,
+// otherwise each side sleeps on the futex until the other wakes it.
+std::pair<double, double> word_pingpong(int rounds, bool spin) {
+  auto seg = mproc::detail::Segment::create(4096);
+  auto* word = reinterpret_cast<std::atomic<std::uint32_t>*>(seg.data());
+  word->store(0);
+  auto wait_for = [&](std::uint32_t v) {
+    for (;;) {
+      std::uint32_t cur = word->load(std::memory_order_acquire);
+      if (cur == v) return;
+      if (!spin) mproc::detail::futex_wait(word, cur, std::nullopt);
+    }
+  };
+  pid_t child = ::fork();
+  if (child == 0) {
+    for (int i = 0; i < rounds; ++i) {
+      wait_for(2 * static_cast<std::uint32_t>(i) + 1);
+      word->store(2 * static_cast<std::uint32_t>(i) + 2, std::memory_order_release);
+      if (!spin) mproc::detail::futex_wake(word, 1);
+    }
+    ::_exit(0);
+  }
+  std::vector<double> lat;
+  lat.reserve(static_cast<std::size_t>(rounds));
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = Clock::now();
+    word->store(2 * static_cast<std::uint32_t>(i) + 1, std::memory_order_release);
+    if (!spin) mproc::detail::futex_wake(word, 1);
+    wait_for(2 * static_cast<std::uint32_t>(i) + 2);
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  ::waitpid(child, nullptr, 0);
+  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+}
+
+double memcpy_gib_s(std::size_t bytes) {
+  std::vector<char> a(bytes, 1), b(bytes, 0);
+  std::memcpy(b.data(), a.data(), bytes);  // fault the pages in
+  auto t0 = Clock::now();
+  for (int i = 0; i < 4; ++i) std::memcpy(b.data(), a.data(), bytes);
+  return 4.0 * static_cast<double>(bytes) / (ns_since(t0) / 1e9) / double(1 << 30);
+}
+
+// ---- C++ threads ----------------------------------------------------------------------
+
+// One std::thread echoes through a mutex + condition_variable hand-off.
+std::pair<double, double> thread_pingpong(int rounds) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int ball = 0;
+  std::thread t([&] {
+    for (int i = 0; i < rounds; ++i) {
+      std::unique_lock l(mu);
+      cv.wait(l, [&] { return ball == 2 * i + 1; });
+      ball = 2 * i + 2;
+      cv.notify_all();
+    }
+  });
+  std::vector<double> lat;
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = Clock::now();
+    {
+      std::lock_guard l(mu);
+      ball = 2 * i + 1;
+    }
+    cv.notify_all();
+    std::unique_lock l(mu);
+    cv.wait(l, [&] { return ball == 2 * i + 2; });
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  t.join();
+  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+}
+
+// ---- mproc --------------------------------------------------------------------------
+
+void echo_queue(mproc::Queue<std::uint64_t> in, mproc::Queue<std::uint64_t> out, int n) {
+  for (int i = 0; i < n; ++i) out.put(in.get());
+}
+
+std::pair<double, double> queue_pingpong(int rounds) {
+  mproc::Queue<std::uint64_t> a, b;
+  mproc::Process p(echo_queue, a, b, rounds + 100);
+  p.start();
+  for (int i = 0; i < 100; ++i) {
+    a.put(1);
+    b.get();
+  }
+  std::vector<double> lat;
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = Clock::now();
+    a.put(static_cast<std::uint64_t>(i));
+    b.get();
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  p.join();
+  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+}
+
+void echo_pipe(mproc::Connection<std::uint64_t> c, int n) {
+  for (int i = 0; i < n; ++i) c.send(c.recv());
+}
+
+std::pair<double, double> pipe_pingpong(int rounds) {
+  auto [mine, theirs] = mproc::Pipe<std::uint64_t>();
+  mproc::Process p(echo_pipe, theirs, rounds + 100);
+  p.start();
+  theirs.close();
+  for (int i = 0; i < 100; ++i) {
+    mine.send(1);
+    mine.recv();
+  }
+  std::vector<double> lat;
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = Clock::now();
+    mine.send(static_cast<std::uint64_t>(i));
+    mine.recv();
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  p.join();
+  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+}
+
+void produce(mproc::Queue<std::uint64_t> q, std::uint64_t n) {
+  std::vector<std::uint64_t> batch(256);
+  for (std::uint64_t sent = 0; sent < n;) {
+    std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(batch.size(), n - sent));
+    for (std::size_t i = 0; i < k; ++i) batch[i] = sent + i + 1;
+    q.put_many(std::span<const std::uint64_t>(batch.data(), k));
+    sent += k;
+  }
+  q.put(0);  // poison pill
+}
+
+void consume(mproc::Queue<std::uint64_t> q, mproc::Queue<std::uint64_t> done) {
+  std::uint64_t count = 0;
+  for (;;) {
+    auto items = q.get_many(1024);
+    bool stop = false;
+    for (auto v : items) {
+      if (v == 0) stop = true;
+      else ++count;
+    }
+    if (stop) break;
+  }
+  done.put(count);
+}
+
+double small_messages(int producers, int consumers, std::uint64_t per_producer) {
+  mproc::Queue<std::uint64_t> q(mproc::QueueOptions{.maxsize = 0});
+  mproc::Queue<std::uint64_t> done;
+  std::vector<mproc::Process> ps;
+  for (int i = 0; i < consumers; ++i) ps.emplace_back(consume, q, done);
+  for (auto& p : ps) p.start();
+  auto t0 = Clock::now();
+  std::vector<mproc::Process> prods;
+  for (int i = 0; i < producers; ++i) prods.emplace_back(produce, q, per_producer);
+  for (auto& p : prods) p.start();
+  for (auto& p : prods) p.join();
+  for (int i = producers; i < consumers; ++i) q.put(0);
+  std::uint64_t total = 0;
+  for (int i = 0; i < consumers; ++i) total += done.get();
+  double secs = ns_since(t0) / 1e9;
+  for (auto& p : ps) p.join();
+  return static_cast<double>(total) / secs;
+}
+
+void take_big(mproc::Queue<std::vector<std::byte>> q, mproc::Queue<std::uint64_t> ack) {
+  for (;;) {
+    auto v = q.get();
+    ack.put(v.size());
+    if (v.empty()) return;
+  }
+}
+
+double big_message_gib_s(std::size_t bytes, int reps) {
+  mproc::Queue<std::vector<std::byte>> q;
+  mproc::Queue<std::uint64_t> ack;
+  mproc::Process p(take_big, q, ack);
+  p.start();
+  std::vector<std::byte> data(bytes, std::byte{7});
+  std::vector<double> secs;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = Clock::now();
+    q.put(data);
+    if (ack.get() != bytes) std::abort();
+    secs.push_back(ns_since(t0) / 1e9);
+  }
+  q.put({});
+  ack.get();
+  p.join();
+  return static_cast<double>(bytes) / bench::percentile(secs, 50) / double(1 << 30);
+}
+
+std::uint64_t first_element(mproc::SharedArray<std::uint64_t> a) { return a[0] + a.size(); }
+
+// Round trip of a pool task that receives a SharedArray: the array travels as a
+// handle, so the time does not depend on its size.
+double shared_array_task_us(std::size_t elements, mproc::Pool& pool) {
+  mproc::SharedArray<std::uint64_t> a(elements);
+  std::vector<double> lat;
+  for (int i = 0; i < 50; ++i) {
+    auto t0 = Clock::now();
+    if (pool.apply(first_element, a) != elements) std::abort();
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  return bench::percentile(lat, 50);
+}
+
+double lock_uncontended_ns(int n) {
+  mproc::Lock lock;
+  auto t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    lock.lock();
+    lock.unlock();
+  }
+  return ns_since(t0) / n;
+}
+
+void hammer(mproc::Lock lock, int n) {
+  for (int i = 0; i < n; ++i) {
+    lock.lock();
+    lock.unlock();
+  }
+}
+
+double lock_contended_ns(int n) {
+  mproc::Lock lock;
+  mproc::Process p(hammer, lock, n);
+  auto t0 = Clock::now();
+  p.start();
+  hammer(lock, n);
+  p.join();
+  return ns_since(t0) / (2.0 * n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mproc::init(argc, argv);
+  bench::Args args(argc, argv, "bench/results/ipc.json");
+  const int rounds = args.quick ? 2000 : 20000;
+  const int reps = args.quick ? 1 : 5;
+  Report r("IPC", args);
+
+  auto med = [&](auto fn) {  // median over reps of a (median, p99) pair
+    std::vector<double> a, b;
+    for (int i = 0; i < reps; ++i) {
+      auto [x, y] = fn();
+      a.push_back(x);
+      b.push_back(y);
+    }
+    return std::make_pair(bench::percentile(a, 50), bench::percentile(b, 50));
+  };
+  auto med1 = [&](auto fn) {
+    std::vector<double> a;
+    for (int i = 0; i < reps; ++i) a.push_back(fn());
+    return bench::percentile(a, 50);
+  };
+
+  auto py = bench::run_python(args, "bench/ipc/mp_ipc.py");
+
+  auto futex = med([&] { return word_pingpong(rounds, false); });
+  auto spin = med([&] { return word_pingpong(rounds, true); });
+  auto thr = med([&] { return thread_pingpong(rounds); });
+  auto q = med([&] { return queue_pingpong(rounds); });
+  auto pp = med([&] { return pipe_pingpong(rounds); });
+  r.section("Round trip between two processes (µs, lower is better)");
+  r.row("queue ping-pong median", q.first, "µs", {{"futex floor", futex.first}, {"spin floor", spin.first},
+                                                    {"C++ threads (cv)", thr.first},
+                                                    {"Python Queue", py.num("queue_pingpong.median_us")}},
+        bench::lower_is_better);
+  r.row("queue ping-pong p99", q.second, "µs", {{"futex floor", futex.second}, {"Python Queue", py.num("queue_pingpong.p99_us")}},
+        bench::lower_is_better);
+  r.row("pipe ping-pong median", pp.first, "µs", {{"futex floor", futex.first}, {"Python Pipe", py.num("pipe_pingpong.median_us")}},
+        bench::lower_is_better);
+
+  std::uint64_t n = args.quick ? 200000 : 2000000;
+  r.section("8-byte messages through a Queue (messages/s, higher is better)");
+  r.row("1 producer -> 1 consumer (put_many/get_many)", med1([&] { return small_messages(1, 1, n); }), "msg/s",
+        {{"Python Queue", py.num("small_1to1.msgs_per_s")}}, bench::higher_is_better);
+  r.row("2 producers -> 2 consumers (put_many/get_many)", med1([&] { return small_messages(2, 2, n / 2); }), "msg/s",
+        {{"Python Queue", py.num("small_2to2.msgs_per_s")}}, bench::higher_is_better);
+
+  r.section("One 64 MiB message (GiB/s, higher is better)");
+  r.row("Queue put -> get", med1([&] { return big_message_gib_s(std::size_t{64} << 20, 3); }), "GiB/s",
+        {{"memcpy", memcpy_gib_s(std::size_t{64} << 20)}, {"Python Queue", py.num("big_64mib.gib_per_s")}},
+        bench::higher_is_better);
+
+  r.section("SharedArray handed to a pool task (round trip µs: constant in size)");
+  {
+    mproc::Pool pool(mproc::PoolOptions{.processes = 1});
+    for (std::size_t mib : {1, 64, 1024}) {
+      r.row("SharedArray of " + std::to_string(mib) + " MiB", shared_array_task_us((mib << 20) / 8, pool), "µs", {},
+            bench::lower_is_better);
+    }
+  }
+
+  r.section("Lock (ns per acquire+release, lower is better)");
+  r.row("uncontended", med1([&] { return lock_uncontended_ns(1'000'000); }), "ns",
+        {{"Python Lock", py.num("lock_uncontended.ns_per_pair")}}, bench::lower_is_better);
+  r.row("contended, 2 processes", med1([&] { return lock_contended_ns(args.quick ? 100000 : 1'000'000); }), "ns",
+        {{"Python Lock", py.num("lock_contended.ns_per_pair")}}, bench::lower_is_better);
+
+  r.finish();
+  return 0;
+}
