@@ -163,7 +163,7 @@ void close_fds(std::span<const int> fds) noexcept {
 
 // ---- attachment ------------------------------------------------------------------
 
-void Channel::attach() {
+void Channel::attach(bool received) {
   ProcessToken me = self_token();
   pid = me.pid;
   slot = -1;
@@ -187,6 +187,9 @@ void Channel::attach() {
     if (!token_alive({p, h->slots[i].start_time.load(std::memory_order_relaxed)})) claim(i, p);
   }
   if (slot < 0) h->slot_overflow.store(1, std::memory_order_relaxed);
+  // Only now that our slot is published may peers count processes: set before it,
+  // a waiter in the creator could see "more than one process" but no live other.
+  if (received) h->multi.store(1, std::memory_order_seq_cst);
   fork_gen.store(fork_generation(), std::memory_order_relaxed);
   attached.store(true, std::memory_order_release);
   h->membership_seq.fetch_add(1, std::memory_order_seq_cst);
@@ -259,8 +262,7 @@ void Channel::enter() {
     // process is a new holder. (The parent's slot stays the parent's.)
     std::lock_guard lock(g_registry->mu);
     if (fork_gen.load(std::memory_order_relaxed) != fork_generation()) {
-      h->multi.store(1, std::memory_order_relaxed);
-      attach();
+      attach(true);
     }
   }
 }
@@ -484,8 +486,7 @@ ChannelEnd ChannelEnd::decode(Reader& r) {
       if (c->socks[i] < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
     }
     wire(*c);
-    h->multi.store(1, std::memory_order_relaxed);
-    c->attach();
+    c->attach(true);
     register_channel(c);
   }
   if (role == EndRole::queue) c->h->handles_in_flight.fetch_sub(1, std::memory_order_seq_cst);

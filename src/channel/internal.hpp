@@ -219,7 +219,9 @@ class Channel {
   const char* noun() const noexcept { return h->kind == ChannelKind::queue ? "Queue" : "Connection"; }
   /// In a fork child: closes an inherited pipe end's socket (see after_fork_child).
   void drop_inherited() noexcept;
-  void attach();  // claims a slot for this process
+  /// Claims a slot for this process; `received`: the handle came from another
+  /// process (decoded, or inherited through fork), so more than one holds it.
+  void attach(bool received = false);
   void detach() noexcept;
 };
 

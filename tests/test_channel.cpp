@@ -1,0 +1,224 @@
+// The channel core under Queue and Pipe (mproc/detail/channel.hpp): records of
+// every size wrapping around a small ring, batches, the side band, handles
+// inherited through fork.
+#include <gtest/gtest.h>
+
+#include <mproc/detail/channel.hpp>
+#include <mproc/pipe.hpp>
+#include <mproc/process.hpp>
+#include <mproc/queue.hpp>
+#include <mproc/shared_memory.hpp>
+#include <numeric>
+#include <random>
+
+#include "util.hpp"
+
+using namespace std::chrono_literals;
+using mproc::Process;
+using mproc::ProcessOptions;
+using mproc::Queue;
+using mproc::QueueOptions;
+using mproc::StartMethod;
+using mproc::detail::ChannelEnd;
+using mproc::detail::ChannelOptions;
+
+namespace {
+
+ProcessOptions with(StartMethod m) {
+  ProcessOptions o;
+  o.start_method = m;
+  return o;
+}
+
+// Message k of producer `id`: a header (id, k, size) and bytes derived from it, so
+// the receiver can check each message without knowing the sequence.
+std::vector<std::byte> message(std::uint32_t id, std::uint32_t k, std::size_t size) {
+  std::vector<std::byte> m(std::max<std::size_t>(size, 12));
+  std::uint32_t n = static_cast<std::uint32_t>(m.size());
+  std::memcpy(m.data(), &id, 4);
+  std::memcpy(m.data() + 4, &k, 4);
+  std::memcpy(m.data() + 8, &n, 4);
+  for (std::size_t i = 12; i < m.size(); ++i) m[i] = static_cast<std::byte>(id * 31 + k * 7 + i);
+  return m;
+}
+
+struct Seen {
+  std::uint32_t id, k;
+};
+
+Seen check(const std::vector<std::byte>& m) {
+  if (m.size() < 12) throw std::runtime_error("short message");
+  Seen s;
+  std::uint32_t n;
+  std::memcpy(&s.id, m.data(), 4);
+  std::memcpy(&s.k, m.data() + 4, 4);
+  std::memcpy(&n, m.data() + 8, 4);
+  if (n != m.size()) throw std::runtime_error("bad size");
+  for (std::size_t i = 12; i < m.size(); ++i) {
+    if (m[i] != static_cast<std::byte>(s.id * 31 + s.k * 7 + i)) throw std::runtime_error("bad byte");
+  }
+  return s;
+}
+
+// Sizes: mostly small, some near the ring's quarter (padding at the end of the
+// ring), some out of band.
+std::size_t size_for(std::mt19937& rng) {
+  int r = static_cast<int>(rng() % 100);
+  if (r < 70) return rng() % 200;
+  if (r < 95) return 200 + rng() % 800;
+  return 2000 + rng() % 3000;  // > 1 KiB threshold of a 4 KiB ring: out of band
+}
+
+void produce_random(Queue<std::vector<std::byte>> q, std::uint32_t id, std::uint32_t n) {
+  std::mt19937 rng(id);
+  for (std::uint32_t k = 0; k < n; ++k) q.put(message(id, k, size_for(rng)));
+  q.put({});  // pill
+}
+
+void use_global_queue();
+Queue<int>* g_inherited = nullptr;
+void use_global_queue() { g_inherited->put(5); }
+
+mproc::Connection<int>* g_inherited_end = nullptr;
+void use_global_end() {
+  try {
+    g_inherited_end->send(1);
+  } catch (const mproc::UsageError&) {
+    std::exit(7);  // expected: pipe ends are closed in fork children
+  }
+}
+
+}  // namespace
+
+TEST(Channel, RandomSizesWrapAroundASmallRing) {
+  // One process, two threads: every message intact and in order, across
+  // thousands of laps of a 4 KiB ring with pads and out-of-band records.
+  Queue<std::vector<std::byte>> q(QueueOptions{.capacity = 4096});
+  ASSERT_EQ(q.channel().oob_threshold(), 1024u - 8 - 24);
+  constexpr std::uint32_t kN = 20'000;
+  std::thread producer([&] {
+    std::mt19937 rng(1);
+    for (std::uint32_t k = 0; k < kN; ++k) q.put(message(1, k, size_for(rng)));
+  });
+  for (std::uint32_t k = 0; k < kN; ++k) {
+    Seen s = check(q.get(10s));
+    ASSERT_EQ(s.k, k);
+  }
+  producer.join();
+  auto st = q.channel().stats();
+  EXPECT_EQ(st.sent, kN);
+  EXPECT_GT(st.sent_oob, kN / 50);
+  EXPECT_EQ(st.received_oob, st.sent_oob);
+}
+
+TEST(Channel, SendManyAndRecvMany) {
+  auto ch = ChannelEnd::create_queue(ChannelOptions{.capacity = 4096});
+  // 300 messages of 0..299 bytes in one buffer: more than the ring holds, so the
+  // batch goes in pieces; a consumer thread takes them in batches.
+  std::vector<std::byte> buf;
+  std::vector<std::size_t> ends;
+  for (std::size_t i = 0; i < 300; ++i) {
+    buf.insert(buf.end(), i, static_cast<std::byte>(i));
+    ends.push_back(buf.size());
+  }
+  std::vector<std::size_t> sizes;
+  std::thread consumer([&] {
+    while (sizes.size() < 300) {
+      ch.recv_many(64, std::nullopt, [&](mproc::Reader& r) {
+        std::size_t n = r.remaining();
+        const std::byte* p = r.take(n);
+        for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(p[i], static_cast<std::byte>(n));
+        sizes.push_back(n);
+      });
+    }
+  });
+  EXPECT_EQ(ch.send_many(buf, ends, std::nullopt), 300u);
+  consumer.join();
+  std::vector<std::size_t> expect(300);
+  std::iota(expect.begin(), expect.end(), 0);
+  EXPECT_EQ(sizes, expect);
+  // With a deadline that has passed, only what fits now goes.
+  std::size_t sent = ch.send_many(buf, ends, mproc::detail::no_wait());
+  EXPECT_GT(sent, 0u);
+  EXPECT_LT(sent, 300u);
+  EXPECT_EQ(ch.size(), sent);
+}
+
+TEST(Channel, TooManyFdsInOneMessage) {
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  std::vector<int> fds(201, 0);
+  std::byte b{1};
+  EXPECT_THROW(ch.send({&b, 1}, fds, std::nullopt), mproc::UsageError);
+}
+
+TEST(Channel, CorruptHandlesAreRefused) {
+  mproc::Queue<int> q;
+  mproc::Writer w;
+  mproc::dump(w, q);
+  auto bytes = std::vector<std::byte>(w.bytes().begin(), w.bytes().end());
+  bytes[9] ^= std::byte{0xff};  // inside the channel's magic number
+  mproc::Reader r(bytes, w.fds());
+  EXPECT_THROW(mproc::load<Queue<int>>(r), mproc::SerializationError);
+  mproc::Reader missing_fds(w.bytes());
+  EXPECT_THROW(mproc::load<Queue<int>>(missing_fds), mproc::SerializationError);
+  mproc::Reader ok(w.bytes(), w.fds());
+  EXPECT_NO_THROW(mproc::load<Queue<int>>(ok));
+}
+
+class ChannelAcross : public ::testing::TestWithParam<StartMethod> {};
+
+TEST_P(ChannelAcross, TwoProducersRandomSizesSmallRing) {
+  Queue<std::vector<std::byte>> q(QueueOptions{.capacity = 4096});
+  constexpr std::uint32_t kN = 3000;
+  Process a(with(GetParam()), produce_random, q, 1u, kN);
+  Process b(with(GetParam()), produce_random, q, 2u, kN);
+  a.start();
+  b.start();
+  std::uint32_t next[3] = {0, 0, 0};
+  for (int pills = 0; pills < 2;) {
+    auto m = q.get(30s);
+    if (m.empty()) {
+      ++pills;
+      continue;
+    }
+    Seen s = check(m);
+    ASSERT_TRUE(s.id == 1 || s.id == 2);
+    ASSERT_EQ(s.k, next[s.id]++);  // each producer's messages in its order
+  }
+  EXPECT_EQ(next[1], kN);
+  EXPECT_EQ(next[2], kN);
+  a.join();
+  b.join();
+  EXPECT_EQ(a.exitcode(), 0);
+  EXPECT_EQ(b.exitcode(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, ChannelAcross,
+                         ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::spawn),
+                         [](const auto& i) { return std::string(mproc::to_string(i.param)); });
+
+TEST(ChannelFork, QueueInheritedThroughFork) {
+  // A queue the child reaches through inherited memory, not as an argument: the
+  // child attaches on first use, and counts as a peer like any other.
+  Queue<int> q;
+  g_inherited = &q;
+  Process p(with(StartMethod::fork), use_global_queue);
+  p.start();
+  EXPECT_EQ(q.get(10s), 5);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_THROW(q.get(), mproc::EOFError);  // the child held it, and is gone
+  g_inherited = nullptr;
+}
+
+TEST(ChannelFork, PipeEndsAreClosedInForkChildren) {
+  auto [a, b] = mproc::Pipe<int>();
+  g_inherited_end = &a;
+  Process p(with(StartMethod::fork), use_global_end);
+  p.start();
+  p.join();
+  EXPECT_EQ(p.exitcode(), 7);
+  g_inherited_end = nullptr;
+  a.send(2);  // untouched in the parent
+  EXPECT_EQ(b.recv(), 2);
+}
