@@ -5,10 +5,12 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <mproc/pool.hpp>
 #include <mproc/shared_memory.hpp>
+#include <mproc/sync.hpp>
 #include <numeric>
 #include <ranges>
 #include <set>
@@ -85,6 +87,43 @@ long long sum_slice(mproc::SharedArray<std::int64_t> a, std::size_t lo, std::siz
   long long s = 0;
   for (std::size_t i = lo; i < hi; ++i) s += a[i];
   return s;
+}
+
+std::vector<std::unique_ptr<char[]>> g_leaked;  // reachable, so the allocations stay (and are not elided)
+pid_t leak_20mb(int) {
+  g_leaked.emplace_back(new char[20 << 20]);
+  std::memset(g_leaked.back().get(), 1, 20 << 20);  // touched, so resident
+  return ::getpid();
+}
+
+int signal_then_sleep(mproc::Event started, int) {
+  started.set();
+  ::sleep(60);
+  return 0;
+}
+
+// Runs in a child: Ctrl-C (SIGINT, sent by a thread once a task is running)
+// during a blocking map must end the map with KeyboardInterrupt, and the pool's
+// destructor must stop the workers. Exit code 42 = all as expected.
+void interrupted_map() {
+  mproc::enable_keyboard_interrupt();
+  int code = 44;
+  {
+    Pool pool(PoolOptions{.processes = 2});
+    mproc::Event started;
+    std::thread t([started]() mutable {
+      started.wait();
+      ::kill(::getpid(), SIGINT);
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      pool.map(mproc::bind(signal_then_sleep, started), std::views::iota(0, 4), 1);
+    } catch (const mproc::KeyboardInterrupt&) {
+      code = std::chrono::steady_clock::now() - t0 < 20s ? 42 : 43;
+    }
+    t.join();
+  }  // ~Pool: terminate
+  std::exit(code);
 }
 
 struct Params {
@@ -387,6 +426,29 @@ TEST(Pool, InputErrorsSurfaceFromMap) {
     EXPECT_STREQ(e.what(), "bad input");
   }
   EXPECT_EQ(got, (std::vector<int>{0, 1, 4, 9}));  // everything before the bad element
+}
+
+TEST(Pool, MemoryLimitRecyclesWorkers) {
+  std::set<pid_t> limited, unlimited;
+  {
+    Pool pool(PoolOptions{.processes = 1, .max_memory_mb = 10});
+    for (int i = 0; i < 4; ++i) limited.insert(pool.apply(leak_20mb, i));
+  }
+  {
+    Pool pool(PoolOptions{.processes = 1});
+    for (int i = 0; i < 4; ++i) unlimited.insert(pool.apply(leak_20mb, i));
+  }
+  EXPECT_EQ(limited.size(), 4u);  // past the limit after every task: replaced each time
+  EXPECT_EQ(unlimited.size(), 1u);
+  EXPECT_THROW(Pool(PoolOptions{.processes = 1, .max_memory_mb = -1}), mproc::UsageError);
+}
+
+TEST(Pool, CtrlCDuringMapRaisesKeyboardInterrupt) {
+  mproc::Process p(mproc::ProcessOptions{.start_method = StartMethod::fork}, interrupted_map);
+  p.start();
+  ASSERT_TRUE(p.join(60s));
+  EXPECT_EQ(p.exitcode(), 42);
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
 }
 
 TEST(Pool, KilledWorkersUnderLoadLoseNothing) {

@@ -161,4 +161,11 @@ class CancelledError : public Error {
   using Error::Error;
 };
 
+/// Ctrl-C arrived during a blocking wait (after enable_keyboard_interrupt()):
+/// Python's KeyboardInterrupt.
+class KeyboardInterrupt : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace mproc

@@ -2,6 +2,12 @@
 #pragma once
 
 #include "mproc/error.hpp"
+#include "mproc/pipe.hpp"
+#include "mproc/pool.hpp"
 #include "mproc/process.hpp"
+#include "mproc/queue.hpp"
 #include "mproc/serial.hpp"
+#include "mproc/shared_memory.hpp"
+#include "mproc/sync.hpp"
 #include "mproc/task.hpp"
+#include "mproc/value.hpp"

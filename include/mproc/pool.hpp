@@ -15,6 +15,8 @@
 //   * argument and result types are checked at compile time.
 #pragma once
 
+#include <unistd.h>
+
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -37,6 +39,14 @@
 
 namespace mproc {
 
+/// Makes Ctrl-C (SIGINT) end a blocking wait on a pool result (get(), wait(),
+/// map(), imap iteration) with mproc::KeyboardInterrupt instead of killing the
+/// program, like Python's KeyboardInterrupt; unwinding then terminates the pool.
+/// Installs a SIGINT handler for the whole process: call it once, from main().
+/// Without it, Ctrl-C keeps its default action (the program ends; its daemon
+/// workers die with it).
+void enable_keyboard_interrupt();
+
 /// Pool settings, validated at construction (UsageError with what to change).
 struct PoolOptions {
   /// Worker processes; 0 means cpu_count(). Negative: UsageError.
@@ -50,6 +60,9 @@ struct PoolOptions {
   std::optional<std::chrono::nanoseconds> timeout;
   /// Re-run a task whose worker died this many times before failing it.
   int retries = 0;
+  /// Replace a worker whose resident memory passed this many MiB after a chunk
+  /// (a leaking task library, a cache that only grows); 0 = never. Negative: UsageError.
+  long long max_memory_mb = 0;
 };
 
 /// Per-call options of the map family. `pool.map(f, xs, 10)` sets the chunk size,
@@ -65,6 +78,49 @@ namespace detail {
 
 template <class T>
 using stored_value_t = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+/// Set by the SIGINT handler that enable_keyboard_interrupt() installs.
+bool keyboard_interrupt_pending() noexcept;
+bool keyboard_interrupt_enabled() noexcept;
+/// Throws KeyboardInterrupt (clearing the flag) if Ctrl-C arrived.
+void check_keyboard_interrupt();
+
+/// cv.wait(lock, pred) that, when keyboard interrupts are enabled, wakes every
+/// 20 ms to see whether Ctrl-C arrived (a signal handler cannot notify a
+/// condition variable).
+template <class Pred>
+void interruptible_wait(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, Pred pred) {
+  if (!keyboard_interrupt_enabled()) {
+    cv.wait(lock, pred);
+    return;
+  }
+  while (!pred()) {
+    if (keyboard_interrupt_pending()) {
+      lock.unlock();
+      check_keyboard_interrupt();
+      lock.lock();
+    }
+    cv.wait_for(lock, std::chrono::milliseconds(20));
+  }
+}
+
+template <class Rep, class Period, class Pred>
+bool interruptible_wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+                            std::chrono::duration<Rep, Period> timeout, Pred pred) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  if (!keyboard_interrupt_enabled()) return cv.wait_until(lock, deadline, pred);
+  while (!pred()) {
+    if (keyboard_interrupt_pending()) {
+      lock.unlock();
+      check_keyboard_interrupt();
+      lock.lock();
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return pred();
+    cv.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(20)));
+  }
+  return true;
+}
 
 /// Shared state behind AsyncResult<T>.
 template <class T>
@@ -142,16 +198,18 @@ class [[nodiscard]] AsyncResult {
     if (!wait(timeout)) throw TimeoutError("mproc: result not ready within the timeout");
     return take();
   }
+  /// Blocks until ready. Throws KeyboardInterrupt on Ctrl-C once
+  /// mproc::enable_keyboard_interrupt() was called.
   void wait() const {
     std::unique_lock lock(core_->mu);
-    core_->cv.wait(lock, [&] { return core_->ready; });
+    detail::interruptible_wait(core_->cv, lock, [&] { return core_->ready; });
   }
   /// Waits at most `timeout` (negative: UsageError); true when ready.
   template <class Rep, class Period>
   bool wait(std::chrono::duration<Rep, Period> timeout) const {
     if (timeout < timeout.zero()) throw UsageError("mproc: wait timeout must not be negative");
     std::unique_lock lock(core_->mu);
-    return core_->cv.wait_for(lock, timeout, [&] { return core_->ready; });
+    return detail::interruptible_wait_for(core_->cv, lock, timeout, [&] { return core_->ready; });
   }
   bool ready() const {
     std::lock_guard lock(core_->mu);
@@ -321,7 +379,9 @@ class StreamJob final : public JobSink {
         buffered_.erase(it);
         return out;
       }
-      cv_.wait(lock);
+      interruptible_wait(cv_, lock, [&] {
+        return index ? buffered_.count(*index) != 0 : !buffered_.empty();
+      });
     }
   }
 
@@ -426,6 +486,9 @@ auto star_arg_for() {
   }
 }
 
+/// Owned duplicates of fds (F_DUPFD_CLOEXEC). Throws std::system_error.
+std::vector<int> dup_fds(std::span<const int> fds);
+
 /// Encodes chunks of one call: the prefix (header, entry, callable) once, then items.
 template <class Fn, class Arg, bool Star>
 class ChunkEncoder {
@@ -435,12 +498,23 @@ class ChunkEncoder {
     prefix_.write(&h, sizeof h);
     encode_entry<&pool_entry<Fn, Arg, Star>>(prefix_);
     encode_callable<Fn>(prefix_, f);
+    // Our own copies: chunks of an imap are encoded long after the callable (and
+    // whatever handle lent these fds) may be gone.
+    prefix_fds_ = dup_fds(prefix_.fds());
   }
+  ~ChunkEncoder() {
+    for (int fd : prefix_fds_) ::close(fd);
+  }
+  ChunkEncoder(const ChunkEncoder&) = delete;
+  ChunkEncoder& operator=(const ChunkEncoder&) = delete;
   /// Starts a chunk.
   void begin() {
     msg_ = ChunkMessage{};
     w_.clear();
     w_.write(prefix_.bytes().data(), prefix_.size());
+    // Fds the callable carries (e.g. a bound Event) come first, at the indices the
+    // prefix was encoded with; the items' fds follow.
+    for (int fd : prefix_fds_) w_.add_fd(fd);
   }
   template <class E>
   void add(E&& elem) {
@@ -457,12 +531,10 @@ class ChunkEncoder {
 
  private:
   Writer prefix_;
+  std::vector<int> prefix_fds_;
   Writer w_;
   ChunkMessage msg_;
 };
-
-/// Owned duplicates of fds (F_DUPFD_CLOEXEC). Throws std::system_error.
-std::vector<int> dup_fds(std::span<const int> fds);
 
 template <class Fn, class Arg, bool Star>
 ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {

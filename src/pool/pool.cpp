@@ -19,6 +19,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <csignal>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -154,8 +155,22 @@ void send_init_failure(const ChannelEnd& results, std::uint32_t id, const Except
   results.send(w, std::nullopt);
 }
 
+// Resident set size of this process in MiB (/proc/self/statm, field 2, in pages).
+long long rss_mib() {
+  FILE* f = std::fopen("/proc/self/statm", "re");
+  if (!f) return 0;
+  long long size = 0, resident = 0;
+  int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * ::sysconf(_SC_PAGESIZE) / (1 << 20) : 0;
+}
+
 void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
-                      std::vector<std::byte> initializer, long long maxtasks) {
+                      std::vector<std::byte> initializer, long long maxtasks, long long max_memory_mb) {
+  // Ctrl-C at a terminal reaches the whole process group; the pool's owner
+  // decides what happens to the work (KeyboardInterrupt → terminate), so a
+  // worker does not die of it mid-task.
+  ::signal(SIGINT, SIG_IGN);
   auto* slot = reinterpret_cast<WorkerSlot*>(table.data()) + id;
   if (!initializer.empty()) {
     try {
@@ -214,10 +229,29 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     }
     for (int fd : fds) ::close(fd);
     slot->phase.store(static_cast<std::uint32_t>(SlotPhase::idle), std::memory_order_release);
+    // Recycled like maxtasksperchild: exit between chunks; the supervisor replaces us.
+    if (max_memory_mb > 0 && rss_mib() > max_memory_mb) return;
   }
 }
 
 }  // namespace
+
+// ---- Ctrl-C -----------------------------------------------------------------------
+
+namespace {
+std::atomic<bool> g_kbd_enabled{false};
+volatile std::sig_atomic_t g_kbd_pending = 0;
+extern "C" void on_sigint(int) { g_kbd_pending = 1; }
+}  // namespace
+
+bool keyboard_interrupt_enabled() noexcept { return g_kbd_enabled.load(std::memory_order_relaxed); }
+bool keyboard_interrupt_pending() noexcept { return g_kbd_pending != 0; }
+void check_keyboard_interrupt() {
+  if (g_kbd_pending) {
+    g_kbd_pending = 0;
+    throw KeyboardInterrupt("mproc: interrupted by Ctrl-C (SIGINT)");
+  }
+}
 
 // ---- errors and helpers used by the typed layer -------------------------------------
 
@@ -323,7 +357,7 @@ struct PoolCore::Impl {
     slots[id].phase.store(0, std::memory_order_relaxed);
     slots[id].job.store(0, std::memory_order_relaxed);
     Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
-              static_cast<long long>(cfg.maxtasksperchild));
+              static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb));
     p.start();
     workers[id] = Worker{std::move(p), false};
   }
@@ -870,6 +904,17 @@ std::vector<pid_t> PoolCore::worker_pids() const {
 
 // ---- Pool (non-template parts) -------------------------------------------------------
 
+void enable_keyboard_interrupt() {
+  struct sigaction sa {};
+  sa.sa_handler = detail::on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (::sigaction(SIGINT, &sa, nullptr) < 0) {
+    throw std::system_error(errno, std::generic_category(), "mproc: sigaction(SIGINT) failed");
+  }
+  detail::g_kbd_enabled.store(true);
+}
+
 void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer) {
   if (options.processes < 0) {
     throw UsageError("mproc: Pool needs processes >= 1 (or 0 for cpu_count()), got " + std::to_string(options.processes));
@@ -882,12 +927,14 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer)
     throw UsageError("mproc: the per-task timeout must be positive");
   }
   if (options.retries < 0) throw UsageError("mproc: retries must be >= 0");
+  if (options.max_memory_mb < 0) throw UsageError("mproc: max_memory_mb must be >= 0 (0: no limit)");
   detail::PoolConfig cfg;
   cfg.processes = options.processes ? options.processes : cpu_count();
   cfg.method = options.start_method.value_or(get_start_method());
   cfg.maxtasksperchild = static_cast<std::size_t>(options.maxtasksperchild);
   cfg.timeout = options.timeout;
   cfg.retries = options.retries;
+  cfg.max_memory_mb = static_cast<std::size_t>(options.max_memory_mb);
   cfg.initializer = std::move(initializer);
   processes_ = cfg.processes;
   core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
