@@ -419,7 +419,7 @@ TEST_P(ProcessTest, ManyStartsLeakNothing) {
     p.kill();
   }  // handle dropped without join: the registry still reaps it
   for (auto& k : mproc::active_children()) k.join();
-  EXPECT_EQ(mproc_test::fd_count(), fds);
+  EXPECT_LE(mproc_test::fd_count(), fds);  // growth is a leak; earlier tests may still close theirs
   EXPECT_EQ(mproc_test::zombie_children(), 0);
 }
 

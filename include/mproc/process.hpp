@@ -98,6 +98,7 @@ class ParentProcess {
 
 namespace detail {
 struct ProcessState;
+ProcessState& process_state(const Process& p);
 }
 
 /// A process that runs `f(args...)`, like multiprocessing.Process(target=f, args=args).
@@ -184,6 +185,7 @@ class Process {
  private:
   friend Process current_process();
   friend std::vector<Process> active_children();
+  friend detail::ProcessState& detail::process_state(const Process& p);
   explicit Process(std::shared_ptr<detail::ProcessState> st) : st_(std::move(st)) {}
   void create(ProcessOptions options, const Writer& task);
   bool join_for(std::chrono::nanoseconds timeout);

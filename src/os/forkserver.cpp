@@ -39,11 +39,21 @@ struct Reply {
   std::int32_t pid;  // > 0, or -errno
 };
 
-struct Client {
+}  // namespace
+
+// A connection to one fork server: the program's forkserver (an exec of the
+// program, started on first use and restarted if it dies) or a pool's zygote (a
+// fork of the pool's process, made once; it cannot be restarted).
+struct ForkServerClient {
   std::mutex mu;
   int sock = -1;
   pid_t server = 0;
+  bool zygote = false;
 };
+
+namespace {
+
+using Client = ForkServerClient;
 
 Client& client() {
   static Client* c = new Client;
@@ -146,7 +156,7 @@ pid_t forkserver_pid() noexcept {
   return c.server;
 }
 
-Launched launch_forkserver(std::span<const std::byte> payload, std::span<const int> fds, bool daemon) {
+Launched launch_via(ForkServerClient& c, std::span<const std::byte> payload, std::span<const int> fds, bool daemon) {
   if (fds.size() + 1 > kMaxFds) throw UsageError("mproc: a task may carry at most 62 file descriptors");
   int memfd = sys().memfd_create("mproc-task", MFD_CLOEXEC);
   if (memfd < 0) throw_errno("memfd_create");
@@ -160,10 +170,13 @@ Launched launch_forkserver(std::span<const std::byte> payload, std::span<const i
   send_fds.insert(send_fds.end(), fds.begin(), fds.end());
   Request req{kMagic, daemon ? 1u : 0u, static_cast<std::uint32_t>(send_fds.size())};
 
-  Client& c = client();
   std::lock_guard lock(c.mu);
   for (int attempt = 0;; ++attempt) {
-    ensure_server_locked(c);
+    if (c.zygote) {
+      if (c.sock < 0) throw StartError("mproc: the pool's fork zygote is gone; the pool cannot start workers");
+    } else {
+      ensure_server_locked(c);
+    }
     Reply rep{};
     std::vector<int> got;
     bool ok = send_with_fds(c.sock, &req, sizeof req, send_fds);
@@ -179,11 +192,43 @@ Launched launch_forkserver(std::span<const std::byte> payload, std::span<const i
     // The server is gone (killed, or crashed): start a new one once, then give up.
     for (int fd : got) close_fd(fd);
     stop_server_locked(c);
-    if (attempt >= 1) {
+    if (attempt >= 1 || c.zygote) {
       throw StartError("mproc: the forkserver process died and could not be restarted; "
                        "see its output on stderr");
     }
   }
+}
+
+Launched launch_forkserver(std::span<const std::byte> payload, std::span<const int> fds, bool daemon) {
+  return launch_via(client(), payload, fds, daemon);
+}
+
+std::shared_ptr<ForkServerClient> make_zygote() {
+  int sv[2];
+  if (sys().socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) throw_errno("socketpair");
+  std::fflush(nullptr);
+  pid_t parent = ::getpid();
+  pid_t pid = sys().fork();
+  if (pid < 0) {
+    close_fd(sv[0]);
+    close_fd(sv[1]);
+    throw_errno("fork (pool zygote)");
+  }
+  if (pid == 0) {
+    close_fd(sv[0]);
+    forkserver_main(sv[1], parent);
+  }
+  close_fd(sv[1]);
+  auto c = std::make_shared<ForkServerClient>();
+  c->sock = sv[0];
+  c->server = pid;
+  c->zygote = true;
+  return c;
+}
+
+void shutdown_zygote(ForkServerClient& c) noexcept {
+  std::lock_guard lock(c.mu);
+  stop_server_locked(c);
 }
 
 // ---- the server --------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -52,6 +53,9 @@ bool write_all(int fd, const void* buf, std::size_t n) noexcept;
 
 // ---- process state -------------------------------------------------------------
 
+/// A connection to a fork server (see forkserver.cpp).
+struct ForkServerClient;
+
 struct ProcessState {
   ProcessState() = default;
   ProcessState(const ProcessState&) = delete;
@@ -74,7 +78,11 @@ struct ProcessState {
   std::vector<std::byte> status_buf;
   std::optional<int> exitcode;
   std::optional<ExceptionInfo> exception;
+  std::shared_ptr<ForkServerClient> via;  // start through this fork server (a pool's zygote)
 };
+
+/// The state behind a Process handle (for library code that configures it).
+ProcessState& process_state(const Process& p);
 
 /// What a child learns about itself before it runs its task.
 struct ChildMeta {
@@ -102,6 +110,16 @@ struct Launched {
 Launched launch_fork(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
 Launched launch_spawn(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
 Launched launch_forkserver(std::span<const std::byte> payload, std::span<const int> fds, bool daemon);
+
+/// Starts a child through a specific fork server.
+Launched launch_via(ForkServerClient& server, std::span<const std::byte> payload, std::span<const int> fds,
+                    bool daemon);
+/// A fork server made by fork() of the calling process (a "zygote"): children it
+/// starts see this process's memory as it is now, and it is single-threaded, so
+/// it can fork later whatever threads this process starts meanwhile.
+std::shared_ptr<ForkServerClient> make_zygote();
+/// Closes the connection; the zygote exits and is reaped.
+void shutdown_zygote(ForkServerClient& server) noexcept;
 
 /// Runs a child payload and exits; never returns. `fds[0]` is the status pipe,
 /// the rest the task's fds. `parent_pidfd` (may be -1) backs parent_process().

@@ -127,8 +127,8 @@ void mark_ended(ProcessState& s, int code) {
 // With s.mu held: reaps s if it has ended. Returns true once it has.
 bool try_reap(ProcessState& s) {
   if (s.phase != ProcessState::Phase::running) return s.phase != ProcessState::Phase::created;
-  if (s.method == StartMethod::forkserver) {
-    // Not our child: the forkserver reaps it and reports the status on the pipe.
+  if (s.method == StartMethod::forkserver || s.via) {
+    // Not our child: the fork server reaps it and reports the status on the pipe.
     bool eof = false;
     drain_status(s, &eof);
     if (s.exitcode) {
@@ -322,6 +322,8 @@ namespace {
 
 }  // namespace
 
+detail::ProcessState& detail::process_state(const Process& p) { return p.state(); }
+
 detail::ProcessState& Process::state() const {
   if (!st_) throw UsageError("mproc: this Process handle was moved from");
   return *st_;
@@ -382,10 +384,14 @@ void Process::start() {
 
   detail::Launched l{};
   try {
-    switch (s.method) {
+    if (s.via) {
+      l = detail::launch_via(*s.via, w.bytes(), fds, s.daemon);
+    } else {
+      switch (s.method) {
       case StartMethod::fork: l = detail::launch_fork(w.bytes(), fds, s.daemon); break;
       case StartMethod::spawn: l = detail::launch_spawn(w.bytes(), fds, s.daemon); break;
       case StartMethod::forkserver: l = detail::launch_forkserver(w.bytes(), fds, s.daemon); break;
+      }
     }
   } catch (...) {
     detail::close_fd(pipefd[0]);
@@ -429,7 +435,7 @@ bool Process::join_impl(std::optional<std::chrono::nanoseconds> timeout) {
       if (detail::try_reap(s)) {
         break;
       }
-      fd = s.method == StartMethod::forkserver ? s.status_fd : s.pidfd;
+      fd = s.method == StartMethod::forkserver || s.via ? s.status_fd : s.pidfd;
     }
     std::optional<std::chrono::nanoseconds> left;
     if (timeout) {

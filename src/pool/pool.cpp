@@ -31,6 +31,7 @@
 #include "mproc/detail/futex.hpp"
 #include "mproc/detail/segment.hpp"
 #include "mproc/pool.hpp"
+#include "../os/internal.hpp"
 
 namespace mproc {
 
@@ -345,6 +346,11 @@ struct PoolCore::Impl {
   std::deque<Pending> feed;
   std::vector<std::optional<Worker>> workers;
   int wake_fd = -1;  // eventfd: wakes the supervisor
+  // With the fork start method: a fork of this process taken when the pool was
+  // built (before its threads existed), which forks every worker, the first ones
+  // and the replacements alike. A worker thus never comes from fork() in this
+  // multi-threaded process, and every worker sees memory as it was at construction.
+  std::shared_ptr<ForkServerClient> zygote;
   std::thread feeder, collector, supervisor;
 
   // -- workers --
@@ -358,6 +364,7 @@ struct PoolCore::Impl {
     slots[id].job.store(0, std::memory_order_relaxed);
     Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
               static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb));
+    if (zygote) process_state(p).via = zygote;
     p.start();
     workers[id] = Worker{std::move(p), false};
   }
@@ -741,6 +748,7 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
   if (I.wake_fd < 0) throw std::system_error(errno, std::generic_category(), "mproc: eventfd failed");
   I.workers.resize(static_cast<std::size_t>(I.cfg.processes));
   try {
+    if (I.cfg.method == StartMethod::fork) I.zygote = make_zygote();
     // Workers first, then threads: with the fork start method the workers are
     // forked before this pool adds any thread to the process.
     for (std::size_t i = 0; i < I.workers.size(); ++i) I.spawn_worker(i);
@@ -751,6 +759,7 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
         w->proc.join();
       }
     }
+    if (I.zygote) shutdown_zygote(*I.zygote);
     ::close(I.wake_fd);
     throw;
   }
@@ -762,6 +771,7 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
 PoolCore::~PoolCore() {
   terminate();
   join();
+  if (impl_->zygote) shutdown_zygote(*impl_->zygote);
   ::close(impl_->wake_fd);
 }
 
