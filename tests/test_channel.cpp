@@ -3,6 +3,7 @@
 // inherited through fork.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <mproc/detail/channel.hpp>
 #include <mproc/pipe.hpp>
 #include <mproc/process.hpp>
@@ -11,6 +12,7 @@
 #include <numeric>
 #include <random>
 
+#include "../src/channel/internal.hpp"  // white-box: the shared layout, to plant a dead lock holder
 #include "util.hpp"
 
 using namespace std::chrono_literals;
@@ -78,6 +80,12 @@ void produce_random(Queue<std::vector<std::byte>> q, std::uint32_t id, std::uint
 void use_global_queue();
 Queue<int>* g_inherited = nullptr;
 void use_global_queue() { g_inherited->put(5); }
+
+void attach_then_die(Queue<int> q, Queue<int> told) {
+  told.put(1);
+  std::raise(SIGKILL);  // keeps its slot in q: nothing runs on the way out
+  (void)q;
+}
 
 mproc::Connection<int>* g_inherited_end = nullptr;
 void use_global_end() {
@@ -221,4 +229,46 @@ TEST(ChannelFork, PipeEndsAreClosedInForkChildren) {
   g_inherited_end = nullptr;
   a.send(2);  // untouched in the parent
   EXPECT_EQ(b.recv(), 2);
+}
+
+// The producers' lock held by a process that died (planted: the dead child's
+// owner id written into the lock word): the next put takes the lock over after
+// one slice instead of waiting forever. Likewise for the consumers' lock.
+TEST(ChannelLocks, ADeadHolderIsTakenOver) {
+  using namespace mproc::detail;
+  Queue<int> q, told;
+  Process p(with(StartMethod::fork), attach_then_die, q, told);
+  p.start();
+  ASSERT_EQ(told.get(10s), 1);
+  p.join();
+  ASSERT_EQ(p.exitcode(), -SIGKILL);
+
+  // Find the child's slot in q's shared memory through a second mapping of it.
+  mproc::Writer w;
+  mproc::dump(w, q);
+  int fd = w.fds()[0];
+  auto seg = Segment::adopt(fd, kHeaderBytes + q.capacity());
+  auto* h = reinterpret_cast<ChannelHeader*>(seg.data());
+  mproc::Reader balance(w.bytes(), w.fds());
+  (void)mproc::load<Queue<int>>(balance);  // the encode above counted a handle in flight
+  int dead = -1;
+  for (int i = 0; i < kSlots; ++i) {
+    if (h->slots[i].pid.load() == p.pid()) dead = i;
+  }
+  ASSERT_GE(dead, 0);
+  std::uint32_t owner = ((h->slots[dead].gen.load() & 0x3F'FFFF) << 9) | static_cast<std::uint32_t>(dead + 1);
+
+  for (SharedLock* l : {&h->rings[0].plock, &h->rings[0].clock}) {
+    l->word.store(owner << 1);
+    auto t0 = std::chrono::steady_clock::now();
+    q.put(7);
+    EXPECT_EQ(q.get(), 7);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(s, 0.05);  // it did wait for the holder first (one slice)
+    EXPECT_LT(s, 5.0);
+  }
+  // A holder whose slot has since been reused (generation moved on) is dead too.
+  h->rings[0].plock.word.store(((owner + (1u << 9)) << 1));
+  q.put(8);
+  EXPECT_EQ(q.get(), 8);
 }
