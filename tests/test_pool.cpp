@@ -222,15 +222,14 @@ TEST_P(PoolTest, TaskExceptionsCarryTypeMessageAndIndex) {
   // imap raises at the failing position; the other results still arrive.
   int ok = 0, errors = 0;
   auto results = pool.imap(raise_on_7, std::views::iota(0, 10));
-  for (auto it = results.begin();;) {
+  // next() is Python's next(it): the value, empty at the end, or the item's error.
+  for (;;) {
     try {
-      if (it == results.end()) break;
+      if (!results.next()) break;
       ++ok;
-      ++it;
     } catch (const mproc::TaskError& e) {
       ++errors;
       EXPECT_EQ(e.index(), 7u);
-      ++it;
     }
   }
   EXPECT_EQ(ok, 9);
@@ -274,16 +273,14 @@ TEST_P(PoolTest, CrashedWorkerFailsOnlyItsTask) {
   for (auto f : {segv_on_5, abort_on_2, exit_on_4}) {
     int ok = 0, lost = 0;
     auto results = pool.imap_unordered(f, std::views::iota(0, 12), 1);
-    for (auto it = results.begin();;) {
+    for (;;) {
       try {
-        if (it == results.end()) break;
+        if (!results.next()) break;
         ++ok;
-        ++it;
       } catch (const mproc::WorkerLostError& e) {
         ++lost;
         EXPECT_TRUE(e.exitcode() == -SIGSEGV || e.exitcode() == -SIGABRT || e.exitcode() == 3) << e.what();
         EXPECT_NE(std::string(e.what()).find("PoolWorker-"), std::string::npos) << e.what();
-        ++it;
       }
     }
     EXPECT_EQ(ok, 11);
@@ -313,16 +310,14 @@ TEST_P(PoolTest, TimeoutKillsTheTask) {
   auto results = pool.imap(loop_on_1, std::views::iota(0, 4), 1);
   std::vector<int> got;
   int timeouts = 0;
-  for (auto it = results.begin();;) {
+  for (;;) {
     try {
-      if (it == results.end()) break;
-      got.push_back(*it);
-      ++it;
-      continue;
+      auto v = results.next();
+      if (!v) break;
+      got.push_back(*v);
     } catch (const mproc::TaskTimeoutError& e) {
       ++timeouts;
       EXPECT_EQ(e.index(), 1u);
-      ++it;
     }
   }
   EXPECT_EQ(got, (std::vector<int>{0, 2, 3}));
@@ -470,19 +465,24 @@ TEST(Pool, KilledWorkersUnderLoadLoseNothing) {
     }
   });
   std::size_t ok = 0, lost = 0;
-  auto results = pool.imap_unordered(sleep_ms, std::views::iota(0, 10000) | std::views::transform([](int) { return 0; }), 16);
-  for (auto it = results.begin();;) {
-    try {
-      if (it == results.end()) break;
-      ++ok;
-      ++it;
-    } catch (const mproc::WorkerLostError&) {
-      ++lost;
-      ++it;
+  std::string unexpected;
+  try {
+    auto results =
+        pool.imap_unordered(sleep_ms, std::views::iota(0, 10000) | std::views::transform([](int) { return 0; }), 16);
+    for (;;) {
+      try {
+        if (!results.next()) break;
+        ++ok;
+      } catch (const mproc::WorkerLostError&) {
+        ++lost;
+      }
     }
+  } catch (const std::exception& e) {
+    unexpected = e.what();
   }
   stop = true;
   killer.join();
+  EXPECT_EQ(unexpected, "");
   EXPECT_EQ(ok + lost, 10000u);
   EXPECT_LE(lost, 10u);
   pool.close();
