@@ -404,6 +404,13 @@ T load(Reader& r) {
   } else {
     if constexpr (detail::kind_of<T>() == detail::Kind::custom) {
       return codec<T>::decode(r);
+    } else if constexpr (detail::kind_of<T>() == detail::Kind::tuple) {
+      // Built from its decoded elements (braced initialization runs left to right),
+      // not default-constructed and then assigned: a default handle such as a Queue
+      // or Lock would create a shared segment only to throw it away.
+      return []<template <class...> class Tmpl, class... A>(std::type_identity<Tmpl<A...>>, Reader& rd) {
+        return Tmpl<A...>{load<A>(rd)...};
+      }(std::type_identity<std::remove_cv_t<T>>{}, r);
     } else {
       T v{};
       detail::decode_into(r, v);
