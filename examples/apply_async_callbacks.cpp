@@ -7,7 +7,7 @@
 // loop, print 'Mark~', close(), join()" pattern, in C++:
 //
 //   1. fire-and-forget: three apply_async calls whose tasks print from the worker;
-//      the main program goes on at once ("main goes on" comes first);
+//      the main program goes on at once;
 //   2. apply_async(f, 20).get(1s) -> 400, and which worker pid ran it;
 //   3. Python's callback= and error_callback=: AsyncResult::then(on_value, on_error).
 //      The callbacks run in the parent, on the pool's result thread, as results
@@ -17,7 +17,7 @@
 //      mproc::TimeoutError, the task keeps running, and meanwhile the pool keeps
 //      serving other work; a later get() picks the result up.
 //
-// What to look for: "main goes on" before the workers' "msg: hello" lines; the
+// What to look for: "main goes on" (usually) before the workers' "msg: hello" lines; the
 // callbacks' lines; "TimeoutError after 100 ms"; "pool still usable"; the sleeper's
 // result arriving at the end.
 //
@@ -78,8 +78,9 @@ int main(int argc, char** argv) {
   for (pid_t p : pool.worker_pids()) std::printf(" %d", static_cast<int>(p));
   std::printf("\n");
 
-  // 1. Fire and forget. apply_async returns at once; the AsyncResult is dropped
-  //    (a discarded result still runs: the pool owns the task).
+  // 1. Fire and forget. apply_async returns at once. (AsyncResult is [[nodiscard]]:
+  //    we keep the results to wait for the tasks below, as Python's close() + join()
+  //    would.)
   std::printf("\n1. apply_async in a loop, without waiting\n");
   std::vector<mproc::AsyncResult<void>> fired;
   for (int i = 0; i < 3; ++i) fired.push_back(pool.apply_async(say, "hello " + std::to_string(i)));

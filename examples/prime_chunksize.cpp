@@ -15,8 +15,8 @@
 //   map, chunksize 0          Python's rule ceil(n / (4 * workers)): the tail still
 //                             lands in one or two chunks;
 //   map, chunksize 16, 1      smaller chunks spread the tail, at one message per chunk;
-//   imap_unordered, 0         mproc's adaptive chunks (sized from measured item
-//                             times; cheap items at the front make them large);
+//   imap_unordered, 0         mproc's adaptive chunks, sized from the item times
+//                             measured so far (about 2 ms of work per chunk);
 //   imap_unordered, 1         one item per message: best balance, most messages.
 //
 // What to look for: the imbalance falling towards 1 and the wall time with it as
