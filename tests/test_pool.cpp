@@ -353,8 +353,24 @@ TEST_P(PoolTest, SharedArrayArgumentsAreNotCopied) {
   std::iota(a.begin(), a.end(), 0);
   std::vector<std::tuple<mproc::SharedArray<std::int64_t>, std::size_t, std::size_t>> slices;
   for (std::size_t lo = 0; lo < a.size(); lo += 25000) slices.emplace_back(a, lo, lo + 25000);
-  auto parts = Pool(opts()).starmap(sum_slice, slices);
+  Pool pool(opts());
+  auto parts = pool.starmap(sum_slice, slices);
   EXPECT_EQ(std::accumulate(parts.begin(), parts.end(), 0LL), 99999LL * 100000 / 2);
+  // A temporary handle: the only owner of its segment dies before the task is sent.
+  EXPECT_EQ(pool.apply(sum_slice, mproc::SharedArray<std::int64_t>{1, 2, 3}, 0, 3), 6);
+  EXPECT_EQ(pool.map(mproc::bind(sum_slice, mproc::SharedArray<std::int64_t>{4, 5}, 0), std::vector<std::size_t>{1, 2}),
+            (std::vector<long long>{4, 9}));
+}
+
+TEST_P(PoolTest, CallbacksRunBeforeGetReturns) {
+  Pool pool(opts());
+  std::atomic<int> ran{0};
+  auto r = pool.apply_async(sleep_ms, 50).then([&](const int&) { ++ran; });
+  EXPECT_EQ(r.get(), 50);
+  EXPECT_EQ(ran.load(), 1);  // Python runs callbacks before the result is ready
+  auto m = pool.map_async(square, std::vector<int>{1, 2, 3}).then([&](const std::vector<int>&) { ++ran; });
+  m.wait();
+  EXPECT_EQ(ran.load(), 2);
 }
 
 TEST_P(PoolTest, CloseJoinTerminate) {

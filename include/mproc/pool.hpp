@@ -156,20 +156,30 @@ struct ResultCore {
     }
   }
 
+  bool completing = false;
+
+  // Like Python's ApplyResult._set: the callbacks run before the result is marked
+  // ready, so a get() that returns has seen every callback registered before it
+  // completed. Callbacks added by then() meanwhile are picked up by the loop.
   void finish(std::optional<V> v, std::exception_ptr e) {
-    std::vector<std::function<void(const V&)>> cbs;
-    std::vector<std::function<void(const std::exception&)>> ecbs;
-    {
-      std::lock_guard lock(mu);
-      if (ready) return;
-      ready = true;
-      value = std::move(v);
-      error = e;
+    std::unique_lock lock(mu);
+    if (ready || completing) return;
+    completing = true;
+    value = std::move(v);
+    error = e;
+    for (;;) {
+      std::vector<std::function<void(const V&)>> cbs;
+      std::vector<std::function<void(const std::exception&)>> ecbs;
       cbs.swap(callbacks);
       ecbs.swap(error_callbacks);
+      if (cbs.empty() && ecbs.empty()) break;
+      lock.unlock();
+      run_callbacks(error, value, cbs, ecbs);
+      lock.lock();
     }
+    ready = true;
+    lock.unlock();
     cv.notify_all();
-    run_callbacks(error, value, cbs, ecbs);
   }
 };
 
@@ -515,15 +525,24 @@ class ChunkEncoder {
     // Fds the callable carries (e.g. a bound Event) come first, at the indices the
     // prefix was encoded with; the items' fds follow.
     for (int fd : prefix_fds_) w_.add_fd(fd);
+    msg_.fds = dup_fds(prefix_fds_);
   }
   template <class E>
   void add(E&& elem) {
     msg_.offsets.push_back(w_.size());
-    if constexpr (Star) {
-      dump(w_, std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem)));
-    } else {
-      dump(w_, static_cast<Arg>(std::forward<E>(elem)));
-    }
+    std::size_t had = w_.fds().size();
+    // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
+    // close when it dies, so our own copies are taken while it is alive.
+    auto arg = [&]() -> Arg {
+      if constexpr (Star) {
+        return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
+      } else {
+        return static_cast<Arg>(std::forward<E>(elem));
+      }
+    }();
+    dump(w_, arg);
+    auto added = dup_fds(w_.fds().subspan(had));
+    msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
   }
   std::size_t items() const { return msg_.offsets.size(); }
   /// Finishes the chunk: owned copies of the fds its items carry.
@@ -539,7 +558,6 @@ class ChunkEncoder {
 template <class Fn, class Arg, bool Star>
 ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {
   msg_.prefix = prefix_.size();
-  msg_.fds = dup_fds(w_.fds());
   auto bytes = w_.bytes();
   msg_.bytes.assign(bytes.begin(), bytes.end());
   return std::move(msg_);
