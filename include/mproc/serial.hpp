@@ -66,7 +66,18 @@ class Writer {
   /// Appends n raw bytes.
   void write(const void* data, std::size_t n) {
     auto p = static_cast<const std::byte*>(data);
+#if defined(__GNUC__) && !defined(__clang__)
+    // GCC 12 reports a false -Wstringop-overflow / -Wnonnull inside vector::insert
+    // when it inlines this through long template chains (GCC PR 107852 family); the
+    // range is valid by construction.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+#pragma GCC diagnostic ignored "-Wnonnull"
+#endif
     buf_.insert(buf_.end(), p, p + n);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
   }
 
   /// Attaches a file descriptor (borrowed: the caller keeps it open until the
