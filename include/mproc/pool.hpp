@@ -35,6 +35,7 @@
 #include "mproc/detail/pool_core.hpp"
 #include "mproc/error.hpp"
 #include "mproc/process.hpp"
+#include "mproc/progress.hpp"
 #include "mproc/task.hpp"
 
 namespace mproc {
@@ -66,12 +67,18 @@ struct PoolOptions {
 };
 
 /// Per-call options of the map family. `pool.map(f, xs, 10)` sets the chunk size,
-/// as in Python.
+/// as in Python; `pool.map(f, xs, {0, true, "squares"})` also draws a progress bar.
 struct MapOptions {
   /// Items per chunk; 0 picks one (docs/pool.md). Negative: UsageError.
   long long chunksize = 0;
+  /// Draw a progress bar on stderr while the call runs (mproc/progress.hpp).
+  bool progress = false;
+  /// The progress bar's label.
+  std::string desc;
   MapOptions() = default;
   MapOptions(long long chunk) : chunksize(chunk) {}  // NOLINT: implicit, like Python's positional arg
+  MapOptions(long long chunk, bool show_progress, std::string description = {})
+      : chunksize(chunk), progress(show_progress), desc(std::move(description)) {}
 };
 
 namespace detail {
@@ -125,6 +132,7 @@ bool interruptible_wait_for(std::condition_variable& cv, std::unique_lock<std::m
 /// Shared state behind AsyncResult<T>.
 template <class T>
 struct ResultCore {
+  using result_type = T;
   using V = stored_value_t<T>;
   std::mutex mu;
   std::condition_variable cv;
@@ -144,6 +152,10 @@ struct ResultCore {
         try {
           std::rethrow_exception(error);
         } catch (const std::exception& e) {
+          for (auto& f : ecbs) f(e);
+        } catch (...) {
+          // A ThreadPool task may throw anything (its exception is kept as is).
+          const Error e("mproc: the task threw an exception not derived from std::exception");
           for (auto& f : ecbs) f(e);
         }
       } else {
@@ -273,12 +285,22 @@ namespace detail {
 /// Turns a failed item into the exception the user sees.
 std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int exitcode, std::uint64_t index);
 
-/// A job whose results are gathered into one value (apply) or a vector (map).
-template <class V, bool Single>
+/// `inner` with its items counted into `bar` first (src/pool/progress.cpp); with
+/// `end_on_failure` (map: the first failure ends the call) the bar is closed at the
+/// first failure. Returns `inner` itself when `bar` is null.
+std::shared_ptr<JobSink> progress_sink(std::shared_ptr<JobSink> inner, std::shared_ptr<ProgressBar> bar,
+                                       bool end_on_failure);
+
+/// A job whose results are gathered into one value (apply) or a vector (map),
+/// into a ResultCore, or into `Core` (a type derived from it, such as the
+/// executor's FutureCore, whose own finish() is then the one called).
+template <class V, bool Single, class Core = void>
 class GatherJob final : public JobSink {
  public:
   using T = std::conditional_t<Single, V, std::vector<V>>;
-  using CoreT = ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>;
+  using CoreT = std::conditional_t<std::is_void_v<Core>,
+                                   ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>,
+                                   Core>;
   GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(n), have_(n, 0), left_(n), core_(std::move(core)) {}
 
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
@@ -341,16 +363,55 @@ class GatherJob final : public JobSink {
   std::shared_ptr<CoreT> core_;
 };
 
+/// Outcomes of a lazily-fed job's items, by index, until the iterating thread
+/// takes them (imap; ThreadPool's imap shares it).
+template <class V>
+class OutcomeBuffer {
+ public:
+  using Outcome = std::variant<V, std::exception_ptr>;
+  using clock = std::chrono::steady_clock;
+
+  /// Adds outcomes under one lock: `fill(map)` emplaces (index, outcome) pairs.
+  template <class Fill>
+  void add(Fill&& fill) {
+    {
+      std::lock_guard lock(mu_);
+      fill(buffered_);
+    }
+    cv_.notify_all();
+  }
+  /// Waits for item `index` (ordered) or any item (unordered), until `deadline`
+  /// if one is given. Returns it and its index, or empty when the deadline passed.
+  std::optional<std::pair<std::uint64_t, Outcome>> take(std::optional<std::uint64_t> index,
+                                                         std::optional<clock::time_point> deadline = {}) {
+    std::unique_lock lock(mu_);
+    auto present = [&] { return index ? buffered_.count(*index) != 0 : !buffered_.empty(); };
+    if (!deadline) {
+      interruptible_wait(cv_, lock, present);
+    } else if (!interruptible_wait_for(cv_, lock, *deadline - clock::now(), present)) {
+      return std::nullopt;
+    }
+    auto it = index ? buffered_.find(*index) : buffered_.begin();
+    auto out = std::make_pair(it->first, std::move(it->second));
+    buffered_.erase(it);
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, Outcome> buffered_;
+};
+
 /// Items of a lazily-fed job, buffered until the iterating thread takes them.
 template <class V>
 class StreamJob final : public JobSink {
  public:
-  using Outcome = std::variant<V, std::exception_ptr>;
+  using Outcome = typename OutcomeBuffer<V>::Outcome;
 
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
                 Reader& payload, const ItemTiming&) noexcept override {
-    {
-      std::lock_guard lock(mu_);
+    buffer_.add([&](auto& buffered) {
       for (std::uint64_t k = 0; k < count; ++k) {
         Outcome o;
         try {
@@ -362,43 +423,25 @@ class StreamJob final : public JobSink {
           }
         } catch (...) {
           o = std::current_exception();
-          if (fresh[k]) buffered_.emplace(first + k, std::move(o));
+          if (fresh[k]) buffered.emplace(first + k, std::move(o));
           break;  // the rest of the batch cannot be decoded
         }
-        if (fresh[k]) buffered_.emplace(first + k, std::move(o));
+        if (fresh[k]) buffered.emplace(first + k, std::move(o));
       }
-    }
-    cv_.notify_all();
+    });
   }
   void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
                   const ItemTiming&) noexcept override {
-    {
-      std::lock_guard lock(mu_);
-      buffered_.emplace(index, make_item_error(kind, info, exitcode, index));
-    }
-    cv_.notify_all();
+    buffer_.add([&](auto& buffered) { buffered.emplace(index, make_item_error(kind, info, exitcode, index)); });
   }
 
-  /// Waits for item `index` (ordered) or any item (unordered). Returns it and its index.
-  std::pair<std::uint64_t, Outcome> take(std::optional<std::uint64_t> index) {
-    std::unique_lock lock(mu_);
-    for (;;) {
-      auto it = index ? buffered_.find(*index) : buffered_.begin();
-      if (it != buffered_.end()) {
-        auto out = std::make_pair(it->first, std::move(it->second));
-        buffered_.erase(it);
-        return out;
-      }
-      interruptible_wait(cv_, lock, [&] {
-        return index ? buffered_.count(*index) != 0 : !buffered_.empty();
-      });
-    }
+  /// Waits for item `index` (ordered) or any item (unordered); see OutcomeBuffer::take.
+  auto take(std::optional<std::uint64_t> index, std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
+    return buffer_.take(index, deadline);
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::uint64_t, Outcome> buffered_;
+  OutcomeBuffer<V> buffer_;
 };
 
 // ---- pool task entries (run in the worker) ------------------------------------------
@@ -571,6 +614,31 @@ inline std::size_t auto_chunksize(std::size_t n, int workers) {
 
 std::size_t checked_chunksize(long long c);
 
+/// The number of items of a sized input (a progress bar's total), else empty.
+template <class R>
+std::optional<std::uint64_t> known_size(R& input) {
+  if constexpr (std::ranges::sized_range<R>) {
+    return static_cast<std::uint64_t>(std::ranges::size(input));
+  } else {
+    return std::nullopt;
+  }
+}
+
+/// Tag of the IMapResults constructor with a deadline (executor map's timeout).
+struct with_deadline_t {};
+
+template <class P>
+class BasicExecutor;  // executor.hpp
+
+/// A pool initializer, encoded as a process task (run by each worker).
+template <class F, class... Args>
+std::vector<std::byte> encode_initializer(F&& initializer, Args&&... initargs) {
+  Writer w;
+  encode_process_task(w, std::forward<F>(initializer), std::forward<Args>(initargs)...);
+  auto b = w.bytes();
+  return std::vector<std::byte>(b.begin(), b.end());
+}
+
 }  // namespace detail
 
 /// Lazily fed, lazily read results of imap/imap_unordered: an input range.
@@ -608,23 +676,89 @@ class IMapResults {
   /// Builds the source in place (it holds iterators into itself, so it never moves).
   template <class... A>
   explicit IMapResults(std::in_place_t, A&&... args) : src_(std::forward<A>(args)...) {}
+  /// As above; a result not ready by `deadline` makes next() throw TimeoutError
+  /// (Executor.map's timeout, measured from the call).
+  template <class... A>
+  IMapResults(detail::with_deadline_t, std::optional<std::chrono::steady_clock::time_point> deadline, A&&... args)
+      : src_(std::forward<A>(args)...), deadline_(deadline) {}
   IMapResults(const IMapResults&) = delete;
   IMapResults& operator=(const IMapResults&) = delete;
   iterator begin() { return iterator(this); }
   std::default_sentinel_t end() { return {}; }
 
   /// The next result (throws the item's error), or empty at the end.
-  std::optional<V> next() { return src_.next(); }
+  std::optional<V> next() { return src_.next(deadline_); }
 
  private:
   Source src_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
 };
+
+namespace detail {
+
+/// The methods Pool and ThreadPool share, written once over the pool's own
+/// apply_async, gather<Star> (map, starmap) and stream<Ordered> (imap), so that
+/// both keep one interface (CRTP; Derived befriends this class).
+template <class Derived>
+class MapMethods {
+ public:
+  /// f(args...) in a worker; blocks for the result.
+  template <class F, class... Args>
+  auto apply(F&& f, Args&&... args) {
+    return self().apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+  }
+
+  // ---- map / starmap -----------------------------------------------------------------
+
+  /// map without waiting: an AsyncResult of the vector of results.
+  template <class F, std::ranges::input_range R>
+  auto map_async(F&& f, R&& input, MapOptions options = {}) {
+    return self().template gather<false>(std::forward<F>(f), std::forward<R>(input), std::move(options));
+  }
+  /// [f(x) for x in input], in input order. Blocks. Throws the first failure.
+  template <class F, std::ranges::input_range R>
+  auto map(F&& f, R&& input, MapOptions options = {}) {
+    return map_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get();
+  }
+  template <class F, std::ranges::input_range R>
+  auto starmap_async(F&& f, R&& input, MapOptions options = {}) {
+    return self().template gather<true>(std::forward<F>(f), std::forward<R>(input), std::move(options));
+  }
+  /// [f(*args) for args in input]: each element is a tuple of arguments.
+  template <class F, std::ranges::input_range R>
+  auto starmap(F&& f, R&& input, MapOptions options = {}) {
+    return starmap_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get();
+  }
+
+  // ---- imap ----------------------------------------------------------------------------
+
+  /// Results in input order, as they become available. The input is read lazily
+  /// (it may be unbounded), a bounded window ahead of the results taken.
+  template <class F, std::ranges::input_range R>
+  auto imap(F&& f, R&& input, MapOptions options = {}) {
+    return self().template stream<true>(std::forward<F>(f), std::forward<R>(input), std::move(options));
+  }
+  /// Results in completion order.
+  template <class F, std::ranges::input_range R>
+  auto imap_unordered(F&& f, R&& input, MapOptions options = {}) {
+    return self().template stream<false>(std::forward<F>(f), std::forward<R>(input), std::move(options));
+  }
+
+ protected:
+  MapMethods() = default;
+  ~MapMethods() = default;
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+};
+
+}  // namespace detail
 
 /// A pool of worker processes (multiprocessing.Pool). All members may be called
 /// from several threads. The destructor terminates the pool, like leaving
 /// Python's `with Pool() as p:` block: call close() and join() first to let
 /// queued work finish.
-class Pool {
+class Pool : public detail::MapMethods<Pool> {
  public:
   /// Starts the workers. Throws UsageError for invalid options, StartError /
   /// std::system_error if processes cannot be started.
@@ -633,10 +767,7 @@ class Pool {
   /// (e.g. to set up a library that must be initialised inside the process).
   template <class F, class... Args>
   Pool(PoolOptions options, F&& initializer, Args&&... initargs) {
-    Writer w;
-    detail::encode_process_task(w, std::forward<F>(initializer), std::forward<Args>(initargs)...);
-    auto b = w.bytes();
-    start(options, std::vector<std::byte>(b.begin(), b.end()));
+    start(options, detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...));
   }
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -647,59 +778,10 @@ class Pool {
   /// f(args...) in a worker, asynchronously.
   template <class F, class... Args>
   auto apply_async(F&& f, Args&&... args) {
-    using Fn = std::decay_t<F>;
-    using Stored = detail::stored_args_t<Fn, Args...>;
-    using R = detail::pool_result_t<Fn, Stored, true>;
-    using V = detail::stored_value_t<R>;
-    check_types<Fn, Stored, R>();
-    auto core = std::make_shared<detail::ResultCore<R>>();
-    auto job = std::make_shared<detail::GatherJob<V, true>>(1, core);
-    detail::ChunkEncoder<Fn, Stored, true> enc(f);
-    enc.begin();
-    enc.add(std::forward_as_tuple(std::forward<Args>(args)...));
-    run_job(job, [&](std::uint64_t id) { core_->submit(id, 0, enc.finish()); });
-    return AsyncResult<R>(core);
+    auto core = apply_job<detail::ResultCore>(std::forward<F>(f), std::forward<Args>(args)...).first;
+    return AsyncResult<typename decltype(core)::element_type::result_type>(core);
   }
-  /// f(args...) in a worker; blocks for the result.
-  template <class F, class... Args>
-  auto apply(F&& f, Args&&... args) {
-    return apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
-  }
-
-  // ---- map / starmap -----------------------------------------------------------------
-
-  template <class F, std::ranges::input_range R>
-  auto map_async(F&& f, R&& input, MapOptions options = {}) {
-    return gather<false>(std::forward<F>(f), std::forward<R>(input), options);
-  }
-  /// [f(x) for x in input], in input order. Blocks. Throws the first failure.
-  template <class F, std::ranges::input_range R>
-  auto map(F&& f, R&& input, MapOptions options = {}) {
-    return map_async(std::forward<F>(f), std::forward<R>(input), options).get();
-  }
-  template <class F, std::ranges::input_range R>
-  auto starmap_async(F&& f, R&& input, MapOptions options = {}) {
-    return gather<true>(std::forward<F>(f), std::forward<R>(input), options);
-  }
-  /// [f(*args) for args in input]: each element is a tuple of arguments.
-  template <class F, std::ranges::input_range R>
-  auto starmap(F&& f, R&& input, MapOptions options = {}) {
-    return starmap_async(std::forward<F>(f), std::forward<R>(input), options).get();
-  }
-
-  // ---- imap ----------------------------------------------------------------------------
-
-  /// Results in input order, as they become available. The input is read lazily
-  /// (it may be unbounded), a bounded window ahead of the results taken.
-  template <class F, std::ranges::input_range R>
-  auto imap(F&& f, R&& input, MapOptions options = {}) {
-    return stream<true>(std::forward<F>(f), std::forward<R>(input), options);
-  }
-  /// Results in completion order.
-  template <class F, std::ranges::input_range R>
-  auto imap_unordered(F&& f, R&& input, MapOptions options = {}) {
-    return stream<false>(std::forward<F>(f), std::forward<R>(input), options);
-  }
+  // apply, map(_async), starmap(_async), imap, imap_unordered: detail::MapMethods.
 
   // ---- lifetime ------------------------------------------------------------------------
 
@@ -715,8 +797,36 @@ class Pool {
   std::vector<pid_t> worker_pids() const;
 
  private:
-  void start(const PoolOptions& options, std::vector<std::byte> initializer);
-  void run_job(std::shared_ptr<detail::JobSink> sink, const std::function<void(std::uint64_t)>& submit_all);
+  friend class detail::MapMethods<Pool>;
+  friend class ProcessPoolExecutor;
+  template <class>
+  friend class detail::BasicExecutor;
+  // ProcessPoolExecutor's pool: an encoded initializer, and at most `max_queued`
+  // chunks waiting in the task channel (the rest wait in the parent, cancellable).
+  Pool(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued) {
+    start(options, std::move(initializer), max_queued);
+  }
+  void start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued = 0);
+  // Opens a job, submits its chunks, seals it; returns its id.
+  std::uint64_t run_job(std::shared_ptr<detail::JobSink> sink, const std::function<void(std::uint64_t)>& submit_all);
+
+  // apply_async into a new Core<R> (ResultCore, or the executor's FutureCore);
+  // returns the core and the job's id.
+  template <template <class> class Core, class F, class... Args>
+  auto apply_job(F&& f, Args&&... args) {
+    using Fn = std::decay_t<F>;
+    using Stored = detail::stored_args_t<Fn, Args...>;
+    using R = detail::pool_result_t<Fn, Stored, true>;
+    using V = detail::stored_value_t<R>;
+    check_types<Fn, Stored, R>();
+    auto core = std::make_shared<Core<R>>();
+    auto job = std::make_shared<detail::GatherJob<V, true, Core<R>>>(1, core);
+    detail::ChunkEncoder<Fn, Stored, true> enc(f);
+    enc.begin();
+    enc.add(std::forward_as_tuple(std::forward<Args>(args)...));
+    std::uint64_t id = run_job(job, [&](std::uint64_t i) { core_->submit(i, 0, enc.finish()); });
+    return std::make_pair(std::move(core), id);
+  }
 
   // One clear compile-time message per mistake, in this order.
   template <class Fn, class Arg, class R>
@@ -758,11 +868,12 @@ class Pool {
     for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
     if (chunk == 0) chunk = detail::auto_chunksize(items.size(), processes());
     auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
+    auto bar = detail::make_progress(options.progress, options.desc, items.size());
     if (items.empty()) {
       core->finish(std::vector<V>{}, nullptr);
       return AsyncResult<std::vector<V>>(core);
     }
-    auto job = std::make_shared<detail::GatherJob<V, false>>(items.size(), core);
+    auto job = detail::progress_sink(std::make_shared<detail::GatherJob<V, false>>(items.size(), core), bar, true);
     detail::ChunkEncoder<Fn, Arg, Star> enc(f);
     run_job(job, [&](std::uint64_t id) {
       for (std::size_t i = 0; i < items.size(); i += chunk) {
@@ -774,8 +885,10 @@ class Pool {
     return AsyncResult<std::vector<V>>(core);
   }
 
+  // imap/imap_unordered; with a deadline for executor map's timeout.
   template <bool Ordered, class F, class R>
-  auto stream(F&& f, R&& input, MapOptions options);
+  auto stream(F&& f, R&& input, MapOptions options,
+              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
 
   std::unique_ptr<detail::PoolCore> core_;
   int processes_ = 0;
@@ -806,30 +919,38 @@ class StreamSource {
   using V = stored_value_t<Res>;
 
  public:
-  StreamSource(PoolCore* core, int workers, const Fn& f, Range&& input, std::size_t chunk)
+  StreamSource(PoolCore* core, int workers, const Fn& f, Range&& input, std::size_t chunk,
+               std::shared_ptr<ProgressBar> bar = nullptr)
       : core_(core),
         workers_(workers),
         enc_(std::make_unique<ChunkEncoder<Fn, Arg, Star>>(f)),
         input_(std::views::all(std::forward<Range>(input))),
         it_(std::ranges::begin(input_)),
-        job_(std::make_shared<TimedStream>()) {
+        job_(std::make_shared<TimedStream>()),
+        bar_(std::move(bar)) {
     chunk_.fixed = chunk;
-    id_ = core_->open_job(job_);
+    id_ = core_->open_job(progress_sink(job_, bar_, false));
   }
   StreamSource(const StreamSource&) = delete;
   StreamSource& operator=(const StreamSource&) = delete;
   ~StreamSource() {
     if (core_ && !sealed_) core_->seal_job(id_);
+    if (bar_) bar_->close();
   }
 
-  std::optional<V> next() {
+  /// The next result, or empty at the end. With a deadline (executor map's
+  /// timeout), throws TimeoutError once it passes without a result.
+  std::optional<V> next(std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
     if (!core_) return std::nullopt;
     refill();
     if (taken_ == submitted_) {
+      if (bar_) bar_->close();  // the final line before the loop ends
       if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
       return std::nullopt;
     }
-    auto [index, outcome] = job_->take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt);
+    auto got = job_->take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt, deadline);
+    if (!got) throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+    auto& [index, outcome] = *got;
     ++taken_;
     chunk_.items_done = job_->items();
     chunk_.ns_done = job_->ns();
@@ -851,7 +972,9 @@ class StreamSource {
                     const ItemTiming& t) noexcept override {
       inner_.on_failure(index, kind, info, exitcode, t);
     }
-    auto take(std::optional<std::uint64_t> i) { return inner_.take(i); }
+    auto take(std::optional<std::uint64_t> i, std::optional<std::chrono::steady_clock::time_point> deadline) {
+      return inner_.take(i, deadline);
+    }
     std::uint64_t items() const { return items_.load(); }
     std::int64_t ns() const { return ns_.load(); }
 
@@ -890,7 +1013,12 @@ class StreamSource {
     }
   }
   void seal() {
-    if (!sealed_) core_->seal_job(id_);
+    if (!sealed_) {
+      core_->seal_job(id_);
+      // The input's length is known now: what was submitted plus the chunk being
+      // built (empty when the last chunk was just sent).
+      if (bar_) bar_->set_total(submitted_ + enc_->items());
+    }
     sealed_ = true;
   }
 
@@ -906,12 +1034,13 @@ class StreamSource {
   bool sealed_ = false;
   std::exception_ptr input_error_;
   AdaptiveChunk chunk_;
+  std::shared_ptr<ProgressBar> bar_;
 };
 
 }  // namespace detail
 
 template <bool Ordered, class F, class R>
-auto Pool::stream(F&& f, R&& input, MapOptions options) {
+auto Pool::stream(F&& f, R&& input, MapOptions options, std::optional<std::chrono::steady_clock::time_point> deadline) {
   using Fn = std::decay_t<F>;
   using Elem = std::ranges::range_reference_t<R>;
   using Arg = typename decltype(detail::map_arg_for<Fn, Elem>())::type;
@@ -921,7 +1050,8 @@ auto Pool::stream(F&& f, R&& input, MapOptions options) {
   std::size_t chunk = detail::checked_chunksize(options.chunksize);
   if (!core_ || !core_->accepting()) throw UsageError("mproc: Pool is not running (closed or terminated)");
   using Src = detail::StreamSource<Ordered, Fn, Arg, false, R>;
-  return IMapResults<V, Src>(std::in_place, core_.get(), processes_, f, std::forward<R>(input), chunk);
+  return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), processes_, f, std::forward<R>(input), chunk,
+                             detail::make_progress(options.progress, options.desc, detail::known_size(input)));
 }
 
 }  // namespace mproc

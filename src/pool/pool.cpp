@@ -317,11 +317,14 @@ struct PoolCore::Impl {
     std::vector<bool> delivered;
     std::size_t left;
     int retries_left;
+    bool cancelled = false;  // dropped by cancel_job: the feeder skips it
   };
   struct Job {
     std::shared_ptr<JobSink> sink;
     std::uint64_t outstanding = 0;  // submitted, not yet delivered
     bool sealed = false;
+    bool dispatched = false;  // a chunk was handed to the task channel: no cancelling
+
     std::map<std::uint64_t, std::shared_ptr<Chunk>> chunks;  // by first item
   };
   struct Pending {  // a (sub)chunk waiting for the feeder
@@ -458,10 +461,17 @@ struct PoolCore::Impl {
       Pending p;
       {
         std::unique_lock lock(mu);
-        feed_cv.wait(lock, [&] { return stopping || !feed.empty(); });
-        if (stopping) return;
-        p = std::move(feed.front());
-        feed.pop_front();
+        for (;;) {
+          feed_cv.wait(lock, [&] { return stopping || !feed.empty(); });
+          if (stopping) return;
+          p = std::move(feed.front());
+          feed.pop_front();
+          if (!p.chunk) break;
+          if (p.chunk->cancelled) continue;  // cancel_job dropped it while it waited here
+          // From here on the chunk may reach a worker: the job can no longer be cancelled.
+          if (auto jt = jobs.find(p.chunk->job); jt != jobs.end()) jt->second.dispatched = true;
+          break;
+        }
       }
       std::vector<std::byte> msg;
       std::span<const int> fds;
@@ -614,6 +624,33 @@ struct PoolCore::Impl {
     for (auto& [sink, index] : fail) sink->on_failure(index, Failure::raised, why, 1, ItemTiming{});
   }
 
+  // With mu held: cancels job `jt` if no chunk of it has left the feed queue (see
+  // PoolCore::cancel_job); its undelivered items go to `out` to be failed.
+  bool cancel_locked(std::unordered_map<std::uint64_t, Job>::iterator jt,
+                     std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
+    Job& j = jt->second;
+    if (!j.sealed || j.dispatched) return false;
+    for (auto& [first, c] : j.chunks) {
+      c->cancelled = true;
+      for (std::size_t k = 0; k < c->delivered.size(); ++k) {
+        if (!c->delivered[k]) out.emplace_back(j.sink, c->first + k);
+      }
+      for (int fd : c->msg.fds) ::close(fd);
+      c->msg.fds.clear();
+    }
+    j.chunks.clear();
+    j.outstanding = 0;
+    maybe_finish_job(jt);
+    return true;
+  }
+
+  // Without mu: tells each sink that its item will never run.
+  static void fail_cancelled(const std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& items,
+                             const char* why) {
+    ExceptionInfo info{"mproc::CancelledError", why, {}};
+    for (auto& [sink, index] : items) sink->on_failure(index, Failure::cancelled, info, 0, ItemTiming{});
+  }
+
   // With mu held: every item submitted and not settled, settled now; jobs cleared.
   void collect_outstanding(std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
     for (auto& [id, j] : jobs) {
@@ -740,7 +777,9 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.cfg = std::move(config);
   ChannelOptions copt;
-  I.tasks = ChannelEnd::create_queue(copt);
+  ChannelOptions task_opt = copt;
+  task_opt.max_items = I.cfg.max_queued;
+  I.tasks = ChannelEnd::create_queue(task_opt);
   I.results = ChannelEnd::create_queue(copt);
   I.table = Segment::create(sizeof(WorkerSlot) * static_cast<std::size_t>(I.cfg.processes), "mproc-pool");
   I.slots = reinterpret_cast<WorkerSlot*>(I.table.data());
@@ -797,6 +836,7 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   c->msg = std::move(chunk);
   ChunkHeader h{job, first, n};
   std::memcpy(c->msg.bytes.data(), &h, sizeof h);
+  bool was_dispatched = false;
   {
     std::lock_guard lock(I.mu);
     auto jt = I.jobs.find(job);
@@ -812,6 +852,7 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
       I.feed_cv.notify_one();
       return;
     }
+    was_dispatched = std::exchange(jt->second.dispatched, true);  // about to be sent: not cancellable
   }
   // Fast path: straight into the task channel when it has room, saving the hop
   // through the feeder thread (a thread wake-up, several microseconds). Chunks may
@@ -824,9 +865,48 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   }
   if (!sent) {
     std::lock_guard lock(I.mu);
+    // It waits in the feed queue after all: cancellable again, unless an earlier
+    // chunk of the job was sent.
+    if (auto jt = I.jobs.find(job); jt != I.jobs.end() && !was_dispatched) jt->second.dispatched = false;
     I.feed.push_back(Impl::Pending{c, first, first + n});
     I.feed_cv.notify_one();
   }
+}
+
+bool PoolCore::cancel_job(std::uint64_t job) {
+  Impl& I = *impl_;
+  std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>> fail;
+  {
+    std::lock_guard lock(I.mu);
+    auto jt = I.jobs.find(job);
+    if (jt == I.jobs.end() || !I.cancel_locked(jt, fail)) return false;
+  }
+  Impl::fail_cancelled(fail, "mproc: the task was cancelled before it started");
+  return true;
+}
+
+std::size_t PoolCore::cancel_queued_jobs() {
+  Impl& I = *impl_;
+  std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>> fail;
+  std::size_t n = 0;
+  {
+    std::lock_guard lock(I.mu);
+    // By index: cancelling the last job of a closing pool appends stop entries.
+    for (std::size_t i = 0; i < I.feed.size(); ++i) {
+      const auto& chunk = I.feed[i].chunk;
+      if (!chunk || chunk->cancelled) continue;
+      auto jt = I.jobs.find(chunk->job);
+      if (jt != I.jobs.end() && I.cancel_locked(jt, fail)) ++n;
+    }
+  }
+  Impl::fail_cancelled(fail, "mproc: the task was cancelled before it started");
+  return n;
+}
+
+bool PoolCore::job_dispatched(std::uint64_t job) const {
+  std::lock_guard lock(impl_->mu);
+  auto jt = impl_->jobs.find(job);
+  return jt != impl_->jobs.end() && jt->second.dispatched;
 }
 
 void PoolCore::seal_job(std::uint64_t job) {
@@ -868,8 +948,7 @@ void PoolCore::terminate() {
     }
   }
   I.workers_cv.notify_all();
-  ExceptionInfo why{"mproc::CancelledError", "mproc: the pool was terminated before this task finished", {}};
-  for (auto& [sink, index] : fail) sink->on_failure(index, Failure::cancelled, why, 0, ItemTiming{});
+  Impl::fail_cancelled(fail, "mproc: the pool was terminated before this task finished");
 }
 
 void PoolCore::join() {
@@ -925,7 +1004,7 @@ void enable_keyboard_interrupt() {
   detail::g_kbd_enabled.store(true);
 }
 
-void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer) {
+void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued) {
   if (options.processes < 0) {
     throw UsageError("mproc: Pool needs processes >= 1 (or 0 for cpu_count()), got " + std::to_string(options.processes));
   }
@@ -946,13 +1025,15 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer)
   cfg.retries = options.retries;
   cfg.max_memory_mb = static_cast<std::size_t>(options.max_memory_mb);
   cfg.initializer = std::move(initializer);
+  cfg.max_queued = max_queued;
   processes_ = cfg.processes;
   core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
 }
 
 Pool::~Pool() = default;  // PoolCore's destructor terminates
 
-void Pool::run_job(std::shared_ptr<detail::JobSink> sink, const std::function<void(std::uint64_t)>& submit_all) {
+std::uint64_t Pool::run_job(std::shared_ptr<detail::JobSink> sink,
+                            const std::function<void(std::uint64_t)>& submit_all) {
   std::uint64_t id = core_->open_job(std::move(sink));
   try {
     submit_all(id);
@@ -961,6 +1042,7 @@ void Pool::run_job(std::shared_ptr<detail::JobSink> sink, const std::function<vo
     throw;
   }
   core_->seal_job(id);
+  return id;
 }
 
 void Pool::close() { core_->close(); }

@@ -69,6 +69,10 @@ struct PoolConfig {
   int retries = 0;
   std::size_t max_memory_mb = 0;
   std::vector<std::byte> initializer;  // an encoded process task, or empty
+  // Most chunks waiting in the task channel at once; 0: only its bytes bound it.
+  // ProcessPoolExecutor keeps this small (Python's call queue), so that queued
+  // work stays in the parent's feed queue, where cancel_job can still drop it.
+  std::size_t max_queued = 0;
 };
 
 class PoolCore {
@@ -86,6 +90,22 @@ class PoolCore {
   void submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk);
   /// No more chunks will come for `job`; it is forgotten once all its items are in.
   void seal_job(std::uint64_t job);
+
+  // -- cancellation (ProcessPoolExecutor's Future::cancel and shutdown) --
+  // A chunk handed to the task channel cannot be pulled back: a worker may have
+  // taken it already. So a job can be cancelled only while every chunk of it still
+  // waits in the parent's feed queue.
+
+  /// Cancels sealed job `job` if none of its chunks has been handed to the task
+  /// channel: they are dropped (never run), each item fails through the job's
+  /// sink with Failure::cancelled, and true is returned. False if a chunk was
+  /// sent (it will run), or the job is not sealed, finished or unknown.
+  bool cancel_job(std::uint64_t job);
+  /// cancel_job for every job it would succeed for; returns how many.
+  std::size_t cancel_queued_jobs();
+  /// Whether a chunk of `job` has been handed to the task channel (a worker runs
+  /// it or takes it next). False for a job that is finished or unknown.
+  bool job_dispatched(std::uint64_t job) const;
 
   /// Stop accepting work; workers exit once the queued work is done.
   void close();
