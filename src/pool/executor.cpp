@@ -1,0 +1,55 @@
+// Executors (mproc/executor.hpp, docs/executor.md): the non-template parts.
+#include "mproc/executor.hpp"
+
+#include <algorithm>
+#include <string>
+
+namespace mproc {
+namespace {
+
+PoolOptions pool_options(const ExecutorOptions& o, int default_workers) {
+  if (o.max_workers < 0) {
+    throw UsageError("mproc: max_workers must be >= 1 (or 0 for the default), got " + std::to_string(o.max_workers));
+  }
+  if (o.max_tasks_per_child < 0) {
+    throw UsageError("mproc: max_tasks_per_child must be >= 1 (or 0 for no limit), got " +
+                     std::to_string(o.max_tasks_per_child));
+  }
+  PoolOptions p;
+  p.processes = o.max_workers ? o.max_workers : default_workers;
+  p.maxtasksperchild = o.max_tasks_per_child;
+  p.start_method = o.start_method;
+  return p;
+}
+
+}  // namespace
+
+// ---- ProcessPoolExecutor --------------------------------------------------------------
+
+void ProcessPoolExecutor::start(const ExecutorOptions& options, std::vector<std::byte> initializer) {
+  PoolOptions p = pool_options(options, cpu_count());
+  // Python's call queue holds max_workers + 1 calls: a worker finishing a task
+  // finds the next one waiting, while everything behind stays in the parent,
+  // cancellable (Future::cancel). Here: max_workers in the task channel, plus the
+  // one the pool's feeder thread holds while it waits for room there.
+  auto queued = static_cast<std::size_t>(p.processes);
+  pool_.reset(new Pool(p, std::move(initializer), queued));
+  gate_ = std::make_shared<detail::PoolGate>(pool_->core_.get());
+}
+
+ProcessPoolExecutor::~ProcessPoolExecutor() {
+  shutdown_quietly();
+  // Futures may outlive the executor: from now on their cancel() says false.
+  gate_->detach();
+}
+
+// ---- ThreadPoolExecutor ---------------------------------------------------------------
+
+void ThreadPoolExecutor::start(const ExecutorOptions& options, std::function<void()> initializer) {
+  PoolOptions p = pool_options(options, std::min(32, cpu_count() + 4));  // Python's default
+  pool_ = initializer ? std::make_unique<ThreadPool>(p, std::move(initializer)) : std::make_unique<ThreadPool>(p);
+}
+
+ThreadPoolExecutor::~ThreadPoolExecutor() { shutdown_quietly(); }
+
+}  // namespace mproc
