@@ -2,12 +2,15 @@
 #pragma once
 
 #include "mproc/error.hpp"
+#include "mproc/executor.hpp"
 #include "mproc/pipe.hpp"
 #include "mproc/pool.hpp"
 #include "mproc/process.hpp"
+#include "mproc/progress.hpp"
 #include "mproc/queue.hpp"
 #include "mproc/serial.hpp"
 #include "mproc/shared_memory.hpp"
 #include "mproc/sync.hpp"
 #include "mproc/task.hpp"
+#include "mproc/thread_pool.hpp"
 #include "mproc/value.hpp"
