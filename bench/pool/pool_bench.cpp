@@ -17,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <mproc/executor.hpp>
 #include <mproc/pool.hpp>
 #include <mutex>
 #include <numeric>
@@ -211,6 +212,43 @@ int main(int argc, char** argv) {
   r.row("efficiency = serial / (2 x parallel)", serial / (2 * mp_pi), "",
         {{"std::thread", serial / (2 * th_pi)}, {"Python Pool", py.num("monte_carlo.efficiency")}}, bench::higher_is_better);
   r.row("mproc time vs std::thread time", mp_pi / th_pi, "x", {}, bench::lower_is_better);
+
+  r.section("Executor submit + get, many futures in flight (tasks/s, higher is better)");
+  const int n_exec = args.quick ? 20000 : 100000;
+  auto executor_rate = [&](auto& ex) {
+    return med([&] {
+      auto t1 = Clock::now();
+      std::vector<decltype(ex.submit(square, 0))> fs;
+      fs.reserve(static_cast<std::size_t>(n_exec));
+      for (int i = 0; i < n_exec; ++i) fs.push_back(ex.submit(square, i));
+      long long s = 0;
+      for (auto& f : fs) s += f.get();
+      if (s < 0) std::abort();
+      return n_exec / secs_since(t1);
+    });
+  };
+  double proc_exec, thread_exec;
+  {
+    mproc::ProcessPoolExecutor ex(mproc::ExecutorOptions{.max_workers = 2});
+    proc_exec = executor_rate(ex);
+  }
+  {
+    mproc::ThreadPoolExecutor ex(mproc::ExecutorOptions{.max_workers = 2});
+    thread_exec = executor_rate(ex);
+  }
+  double tp_exec = med([&] {
+    auto t1 = Clock::now();
+    std::vector<std::future<long long>> fs;
+    for (int i = 0; i < n_exec; ++i) fs.push_back(threads.submit([i] { return square(i); }));
+    long long s = 0;
+    for (auto& f : fs) s += f.get();
+    if (s < 0) std::abort();
+    return n_exec / secs_since(t1);
+  });
+  r.row("ProcessPoolExecutor", proc_exec, "tasks/s",
+        {{"C++ thread pool", tp_exec}, {"Python ProcessPoolExecutor", py.num("executor.tasks_per_s")}},
+        bench::higher_is_better);
+  r.row("ThreadPoolExecutor", thread_exec, "tasks/s", {{"C++ thread pool", tp_exec}}, bench::higher_is_better);
 
   r.section("Start-up and footprint");
   r.row("2-worker pool ready (first result back)", ready_ms, "ms", {{"Python Pool", py.num("pool_ready.ms")}},
