@@ -74,26 +74,33 @@ inline int fd_count() {
   return n;
 }
 
-/// Children of this process in zombie state (exited, never reaped).
-inline int zombie_children() {
-  int n = 0;
+/// Calls f(pid, state) for every child of this process, running or zombie, as
+/// /proc lists them (state is the letter of /proc/PID/stat: R, S, Z...).
+template <class F>
+void for_each_child(F f) {
   pid_t self = ::getpid();
   if (DIR* d = ::opendir("/proc")) {
     while (dirent* e = ::readdir(d)) {
       if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-      std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
+      std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
       std::string line;
-      std::getline(f, line);
-      auto rp = line.rfind(')');
+      std::getline(in, line);
+      auto rp = line.rfind(')');  // the command name may hold spaces and parentheses
       if (rp == std::string::npos) continue;
       std::istringstream rest(line.substr(rp + 2));
       char state;
       int ppid;
       rest >> state >> ppid;
-      if (ppid == self && state == 'Z') ++n;
+      if (ppid == self) f(static_cast<pid_t>(std::atoi(e->d_name)), state);
     }
     ::closedir(d);
   }
+}
+
+/// Children of this process in zombie state (exited, never reaped).
+inline int zombie_children() {
+  int n = 0;
+  for_each_child([&n](pid_t, char state) { n += state == 'Z'; });
   return n;
 }
 
@@ -121,23 +128,7 @@ inline bool wait_pid_gone(pid_t pid, std::chrono::milliseconds timeout) {
 /// Pids of this process's children (from /proc), running or zombie.
 inline std::vector<pid_t> children_of_self() {
   std::vector<pid_t> out;
-  pid_t self = ::getpid();
-  if (DIR* d = ::opendir("/proc")) {
-    while (dirent* e = ::readdir(d)) {
-      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-      std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
-      std::string line;
-      std::getline(f, line);
-      auto rp = line.rfind(')');
-      if (rp == std::string::npos) continue;
-      std::istringstream rest(line.substr(rp + 2));
-      char state;
-      int ppid;
-      rest >> state >> ppid;
-      if (ppid == self) out.push_back(std::atoi(e->d_name));
-    }
-    ::closedir(d);
-  }
+  for_each_child([&out](pid_t pid, char) { out.push_back(pid); });
   return out;
 }
 
