@@ -118,6 +118,25 @@ std::pair<double, double> thread_pingpong(int rounds) {
 
 // ---- mproc --------------------------------------------------------------------------
 
+// Round trips of one small message: send(i) then recv(), echoed by `child`.
+template <class Send, class Recv>
+std::pair<double, double> pingpong(int rounds, mproc::Process& child, Send send, Recv recv) {
+  child.start();
+  for (int i = 0; i < 100; ++i) {  // warm up
+    send(1);
+    recv();
+  }
+  std::vector<double> lat;
+  for (int i = 0; i < rounds; ++i) {
+    auto t0 = Clock::now();
+    send(static_cast<std::uint64_t>(i));
+    recv();
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  child.join();
+  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+}
+
 void echo_queue(mproc::Queue<std::uint64_t> in, mproc::Queue<std::uint64_t> out, int n) {
   for (int i = 0; i < n; ++i) out.put(in.get());
 }
@@ -125,20 +144,7 @@ void echo_queue(mproc::Queue<std::uint64_t> in, mproc::Queue<std::uint64_t> out,
 std::pair<double, double> queue_pingpong(int rounds) {
   mproc::Queue<std::uint64_t> a, b;
   mproc::Process p(echo_queue, a, b, rounds + 100);
-  p.start();
-  for (int i = 0; i < 100; ++i) {
-    a.put(1);
-    b.get();
-  }
-  std::vector<double> lat;
-  for (int i = 0; i < rounds; ++i) {
-    auto t0 = Clock::now();
-    a.put(static_cast<std::uint64_t>(i));
-    b.get();
-    lat.push_back(ns_since(t0) / 1e3);
-  }
-  p.join();
-  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+  return pingpong(rounds, p, [&](std::uint64_t v) { a.put(v); }, [&] { b.get(); });
 }
 
 void echo_pipe(mproc::Connection<std::uint64_t> c, int n) {
@@ -148,21 +154,8 @@ void echo_pipe(mproc::Connection<std::uint64_t> c, int n) {
 std::pair<double, double> pipe_pingpong(int rounds) {
   auto [mine, theirs] = mproc::Pipe<std::uint64_t>();
   mproc::Process p(echo_pipe, theirs, rounds + 100);
-  p.start();
-  theirs.close();
-  for (int i = 0; i < 100; ++i) {
-    mine.send(1);
-    mine.recv();
-  }
-  std::vector<double> lat;
-  for (int i = 0; i < rounds; ++i) {
-    auto t0 = Clock::now();
-    mine.send(static_cast<std::uint64_t>(i));
-    mine.recv();
-    lat.push_back(ns_since(t0) / 1e3);
-  }
-  p.join();
-  return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
+  theirs.close();  // p carries its own handle; ours would keep the pipe from ever seeing EOF
+  return pingpong(rounds, p, [&](std::uint64_t v) { mine.send(v); }, [&] { mine.recv(); });
 }
 
 void produce(mproc::Queue<std::uint64_t> q, std::uint64_t n) {

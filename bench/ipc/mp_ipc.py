@@ -17,22 +17,26 @@ def _echo_queue(q_in, q_out, n):
         q_out.put(q_in.get())
 
 
-def queue_pingpong(n):
-    a, b = mp.Queue(), mp.Queue()
-    p = mp.Process(target=_echo_queue, args=(a, b, n + 50))
-    p.start()
+def _pingpong(n, send, recv, child):
+    """Round trips of one small message: `send` then `recv`, echoed by `child`."""
+    child.start()
     for _ in range(50):  # warm up
-        a.put(1)
-        b.get()
+        send(1)
+        recv()
     lat = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        a.put(1)
-        b.get()
+        send(1)
+        recv()
         lat.append(time.perf_counter_ns() - t0)
-    p.join()
+    child.join()
     lat.sort()
     return {"median_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+
+
+def queue_pingpong(n):
+    a, b = mp.Queue(), mp.Queue()
+    return _pingpong(n, a.put, b.get, mp.Process(target=_echo_queue, args=(a, b, n + 50)))
 
 
 def _echo_pipe(conn, n):
@@ -42,20 +46,7 @@ def _echo_pipe(conn, n):
 
 def pipe_pingpong(n):
     a, b = mp.Pipe()
-    p = mp.Process(target=_echo_pipe, args=(b, n + 50))
-    p.start()
-    for _ in range(50):
-        a.send(1)
-        a.recv()
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        a.send(1)
-        a.recv()
-        lat.append(time.perf_counter_ns() - t0)
-    p.join()
-    lat.sort()
-    return {"median_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
+    return _pingpong(n, a.send, a.recv, mp.Process(target=_echo_pipe, args=(b, n + 50)))
 
 
 def _produce(q, n):
