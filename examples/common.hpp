@@ -1,9 +1,11 @@
 // examples/common.hpp — small helpers the example programs share: `--name=value`
-// flags, a stopwatch, printf into a std::string, and aligned text tables.
+// flags, a stopwatch, printf into a std::string, aligned text tables, and tasks
+// spread over plain std::threads (the baseline the examples compare processes to).
 // Nothing here is part of mproc; it only keeps each example about its scenario.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -12,6 +14,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace examples {
@@ -30,9 +33,10 @@ namespace examples {
   return s;
 }
 
-/// Command-line flags of the form `--name=value` (or `--name` for a switch).
-/// Ask for every flag with a default first, then call check(): an unknown flag
-/// prints the known ones and exits, so a typo never silently runs the defaults.
+/// Command-line flags of the form `--name=value` or `--name value` (or `--name` for
+/// a switch). Ask for every flag with a default first, then call check(): an
+/// unknown flag prints the known ones and exits, so a typo never silently runs the
+/// defaults.
 class Flags {
  public:
   Flags(int argc, char** argv) : program_(argc > 0 ? argv[0] : "example") {
@@ -40,28 +44,30 @@ class Flags {
   }
 
   long long get(std::string_view name, long long def, std::string_view help = {}) {
-    auto v = find(name, help, std::to_string(def));
+    auto v = find(name, help, std::to_string(def), true);
     return v ? std::strtoll(v->c_str(), nullptr, 10) : def;
   }
   double get_double(std::string_view name, double def, std::string_view help = {}) {
-    auto v = find(name, help, format("%g", def));
+    auto v = find(name, help, format("%g", def), true);
     return v ? std::strtod(v->c_str(), nullptr) : def;
   }
   std::string get_string(std::string_view name, std::string def, std::string_view help = {}) {
-    auto v = find(name, help, def);
+    auto v = find(name, help, def, true);
     return v ? *v : def;
   }
   /// `--name` (or `--name=1`) present.
   bool has(std::string_view name, std::string_view help = {}) {
-    auto v = find(name, help, "off");
+    auto v = find(name, help, "off", false);
     return v && *v != "0" && *v != "false";
   }
 
   /// Exits with the list of known flags on `--help` or an unknown flag.
   void check() const {
     bool help = false;
-    for (const auto& a : args_) {
+    for (std::size_t i = 0; i < args_.size(); ++i) {
+      const std::string& a = args_[i];
       std::string_view name = flag_name(a);
+      if (values_.count(i)) continue;  // the value of `--name value`
       if (a == "--help" || a == "-h") {
         help = true;
       } else if (!known_.count(std::string(name))) {
@@ -81,14 +87,23 @@ class Flags {
     a.remove_prefix(2);
     return a.substr(0, a.find('='));
   }
-  std::optional<std::string> find(std::string_view name, std::string_view help, const std::string& def) {
+  // `takes_value`: a flag without '=' takes the next argument as its value,
+  // unless that is a flag itself.
+  std::optional<std::string> find(std::string_view name, std::string_view help, const std::string& def,
+                                  bool takes_value) {
     known_.emplace(name);
     usage_.push_back(format("--%-12.*s %.*s (default %s)", static_cast<int>(name.size()), name.data(),
                             static_cast<int>(help.size()), help.data(), def.c_str()));
-    for (const auto& a : args_) {
+    for (std::size_t i = 0; i < args_.size(); ++i) {
+      const std::string& a = args_[i];
       if (flag_name(a) != name || a.substr(0, 2) != "--") continue;
       auto eq = a.find('=');
-      return eq == std::string::npos ? std::string("1") : a.substr(eq + 1);
+      if (eq != std::string::npos) return a.substr(eq + 1);
+      if (takes_value && i + 1 < args_.size() && args_[i + 1].substr(0, 2) != "--") {
+        values_.insert(i + 1);
+        return args_[i + 1];
+      }
+      return std::string("1");
     }
     return std::nullopt;
   }
@@ -97,6 +112,7 @@ class Flags {
   std::vector<std::string> args_;
   std::set<std::string, std::less<>> known_;
   std::vector<std::string> usage_;
+  std::set<std::size_t> values_;  // indices of arguments taken as a flag's value
 };
 
 /// Wall-clock time since construction (or the last reset()), on the monotonic clock.
@@ -111,6 +127,21 @@ class Stopwatch {
  private:
   clock::time_point t0_;
 };
+
+/// Runs task(0) .. task(tasks - 1) on `workers` std::threads that take the next
+/// index from a shared counter, and returns when all are done: plain C++'s way to
+/// spread independent tasks over the cores, the baseline for a process pool.
+template <class Task>
+void run_on_threads(int workers, int tasks, const Task& task) {
+  std::atomic<int> next{0};
+  std::vector<std::jthread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&] {
+      for (int t; (t = next++) < tasks;) task(t);
+    });
+  }
+  // The jthreads join as the vector goes out of scope.
+}
 
 /// A text table: columns are as wide as their widest cell, right-aligned except
 /// the first. Rows may be added from one thread only.
