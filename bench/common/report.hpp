@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -130,18 +131,15 @@ class Report {
   /// One measurement, with comparisons (a value < 0 means "not measured").
   void row(const std::string& name, double value, const std::string& unit,
            std::vector<std::pair<std::string, double>> compare, Better better) {
-    std::printf("  %-48s %12s %-6s", name.c_str(), fmt(value).c_str(), unit.c_str());
-    for (auto& [who, v] : compare) {
-      if (v < 0) {
-        std::printf("  | %s: n/a", who.c_str());
-        continue;
-      }
-      double ratio = better == lower_is_better ? v / value : value / v;
-      std::printf("  | %s %s (%s)", who.c_str(), fmt(v).c_str(), ratio_text(ratio).c_str());
-    }
-    std::printf("\n");
-    std::fflush(stdout);
-    rows_.push_back({section_, name, value, unit, std::move(compare), better});
+    add({section_, name, value, unit, std::move(compare), better, {}, 0, {}});
+  }
+
+  /// One point of a sweep: a row named "<series>, <x> <x_unit>" that also records
+  /// the series and the swept parameter, so bench/run.py can plot the section
+  /// with one line for the series and one for each comparison.
+  void point(const std::string& series, double x, const std::string& x_unit, double value, const std::string& unit,
+             std::vector<std::pair<std::string, double>> compare, Better better) {
+    add({section_, series + ", " + x_label(x, x_unit), value, unit, std::move(compare), better, series, x, x_unit});
   }
 
   /// Writes the JSON file (creating its directory).
@@ -153,11 +151,13 @@ class Report {
       << (args_.quick ? "true" : "false") << ",\n  \"rows\": [\n";
     for (std::size_t i = 0; i < rows_.size(); ++i) {
       const auto& r = rows_[i];
-      f << "    {\"section\": \"" << r.section << "\", \"name\": \"" << r.name << "\", \"value\": " << r.value
+      f << "    {\"section\": \"" << r.section << "\", \"name\": \"" << r.name << "\", \"value\": " << json_num(r.value)
         << ", \"unit\": \"" << r.unit << "\", \"better\": \"" << (r.better == lower_is_better ? "lower" : "higher")
-        << "\", \"compare\": {";
+        << "\"";
+      if (!r.series.empty()) f << ", \"series\": \"" << r.series << "\", \"x\": " << r.x << ", \"x_unit\": \"" << r.x_unit << "\"";
+      f << ", \"compare\": {";
       for (std::size_t k = 0; k < r.compare.size(); ++k) {
-        f << (k ? ", " : "") << "\"" << r.compare[k].first << "\": " << r.compare[k].second;
+        f << (k ? ", " : "") << "\"" << r.compare[k].first << "\": " << json_num(r.compare[k].second);
       }
       f << "}}" << (i + 1 < rows_.size() ? "," : "") << "\n";
     }
@@ -174,6 +174,22 @@ class Report {
     else std::snprintf(b, sizeof b, "%.2f", v);
     return b;
   }
+  /// A JSON number; -1 ("not measured") for an infinity or NaN, which JSON cannot hold.
+  static std::string json_num(double v) {
+    if (!std::isfinite(v)) return "-1";
+    std::ostringstream o;
+    o.precision(6);
+    o << v;
+    return o.str();
+  }
+  /// "8 B", "1 KiB", "1 MiB" for bytes; "10 µs" and the like otherwise.
+  static std::string x_label(double x, const std::string& unit) {
+    char b[64];
+    if (unit == "B" && x >= 1 << 20) std::snprintf(b, sizeof b, "%g MiB", x / (1 << 20));
+    else if (unit == "B" && x >= 1 << 10) std::snprintf(b, sizeof b, "%g KiB", x / (1 << 10));
+    else std::snprintf(b, sizeof b, "%g %s", x, unit.c_str());
+    return b;
+  }
   static std::string ratio_text(double r) {
     char b[64];
     if (r >= 1) std::snprintf(b, sizeof b, "mproc %.1fx better", r);
@@ -188,7 +204,24 @@ class Report {
     std::string unit;
     std::vector<std::pair<std::string, double>> compare;
     Better better;
+    std::string series;  // empty unless a sweep point
+    double x;
+    std::string x_unit;
   };
+  void add(Row row) {
+    std::printf("  %-48s %12s %-6s", row.name.c_str(), fmt(row.value).c_str(), row.unit.c_str());
+    for (auto& [who, v] : row.compare) {
+      if (v < 0) {
+        std::printf("  | %s: n/a", who.c_str());
+        continue;
+      }
+      double ratio = row.better == lower_is_better ? v / row.value : row.value / v;
+      std::printf("  | %s %s (%s)", who.c_str(), fmt(v).c_str(), ratio_text(ratio).c_str());
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    rows_.push_back(std::move(row));
+  }
   std::string suite_;
   const Args& args_;
   std::string machine_;

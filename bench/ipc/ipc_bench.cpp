@@ -1,7 +1,9 @@
 // IPC benchmark: mproc's Queue, Pipe, Lock and SharedArray beside this machine's
 // floors (futex and spin round trips between two processes, memcpy), a C++
 // std::thread + condition_variable hand-off, and Python's multiprocessing
-// (bench/ipc/mp_ipc.py, run by this program with the system python3).
+// (bench/ipc/mp_ipc.py, run by this program with the system python3); and the
+// Queue and Pipe round trip against message size (8 B to 1 MiB) beside the same
+// hand-off between two C++ threads and Python's Queue and Pipe.
 //
 //   ipc_bench [--quick] [--json FILE] [--python PATH]
 //
@@ -27,6 +29,7 @@
 #include <mproc/shared_memory.hpp>
 #include <mproc/sync.hpp>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,30 +90,39 @@ double memcpy_gib_s(std::size_t bytes) {
 
 // ---- C++ threads ----------------------------------------------------------------------
 
-// One std::thread echoes through a mutex + condition_variable hand-off.
-std::pair<double, double> thread_pingpong(int rounds) {
+// Untimed round trips before `rounds` timed ones (the same count in mp_ipc.py).
+int warmup(int rounds) { return std::min(50, rounds); }
+
+// One std::thread echoes `msg` back through a mutex + condition_variable hand-off;
+// the message is copied each way, as a queue between threads would copy it.
+template <class T>
+std::pair<double, double> thread_pingpong(int rounds, const T& msg) {
   std::mutex mu;
   std::condition_variable cv;
-  int ball = 0;
+  std::optional<T> to_child, to_parent;
+  const int total = rounds + warmup(rounds);
   std::thread t([&] {
-    for (int i = 0; i < rounds; ++i) {
+    for (int i = 0; i < total; ++i) {
       std::unique_lock l(mu);
-      cv.wait(l, [&] { return ball == 2 * i + 1; });
-      ball = 2 * i + 2;
+      cv.wait(l, [&] { return to_child.has_value(); });
+      T got = std::move(*to_child);
+      to_child.reset();
+      to_parent = got;  // the copy back
       cv.notify_all();
     }
   });
   std::vector<double> lat;
-  for (int i = 0; i < rounds; ++i) {
+  for (int i = 0; i < total; ++i) {
     auto t0 = Clock::now();
     {
       std::lock_guard l(mu);
-      ball = 2 * i + 1;
+      to_child = msg;  // the copy there
     }
     cv.notify_all();
     std::unique_lock l(mu);
-    cv.wait(l, [&] { return ball == 2 * i + 2; });
-    lat.push_back(ns_since(t0) / 1e3);
+    cv.wait(l, [&] { return to_parent.has_value(); });
+    to_parent.reset();
+    if (i >= total - rounds) lat.push_back(ns_since(t0) / 1e3);
   }
   t.join();
   return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
@@ -118,44 +130,63 @@ std::pair<double, double> thread_pingpong(int rounds) {
 
 // ---- mproc --------------------------------------------------------------------------
 
-// Round trips of one small message: send(i) then recv(), echoed by `child`.
-template <class Send, class Recv>
-std::pair<double, double> pingpong(int rounds, mproc::Process& child, Send send, Recv recv) {
+// Round trips of one message: round_trip() sends it and receives the echo of `child`.
+template <class RoundTrip>
+std::pair<double, double> pingpong(int rounds, mproc::Process& child, RoundTrip round_trip) {
   child.start();
-  for (int i = 0; i < 100; ++i) {  // warm up
-    send(1);
-    recv();
-  }
+  for (int i = 0; i < warmup(rounds); ++i) round_trip();
   std::vector<double> lat;
   for (int i = 0; i < rounds; ++i) {
     auto t0 = Clock::now();
-    send(static_cast<std::uint64_t>(i));
-    recv();
+    round_trip();
     lat.push_back(ns_since(t0) / 1e3);
   }
   child.join();
   return {bench::percentile(lat, 50), bench::percentile(lat, 99)};
 }
 
-void echo_queue(mproc::Queue<std::uint64_t> in, mproc::Queue<std::uint64_t> out, int n) {
+template <class T>
+void echo_queue(mproc::Queue<T> in, mproc::Queue<T> out, int n) {
   for (int i = 0; i < n; ++i) out.put(in.get());
 }
 
-std::pair<double, double> queue_pingpong(int rounds) {
-  mproc::Queue<std::uint64_t> a, b;
-  mproc::Process p(echo_queue, a, b, rounds + 100);
-  return pingpong(rounds, p, [&](std::uint64_t v) { a.put(v); }, [&] { b.get(); });
+template <class T>
+std::pair<double, double> queue_pingpong(int rounds, const T& msg) {
+  mproc::Queue<T> a, b;
+  mproc::Process p(echo_queue<T>, a, b, rounds + warmup(rounds));
+  return pingpong(rounds, p, [&] {
+    a.put(msg);
+    (void)b.get();
+  });
 }
 
-void echo_pipe(mproc::Connection<std::uint64_t> c, int n) {
+template <class T>
+void echo_pipe(mproc::Connection<T> c, int n) {
   for (int i = 0; i < n; ++i) c.send(c.recv());
 }
 
-std::pair<double, double> pipe_pingpong(int rounds) {
-  auto [mine, theirs] = mproc::Pipe<std::uint64_t>();
-  mproc::Process p(echo_pipe, theirs, rounds + 100);
+template <class T>
+std::pair<double, double> pipe_pingpong(int rounds, const T& msg) {
+  auto [mine, theirs] = mproc::Pipe<T>();
+  mproc::Process p(echo_pipe<T>, theirs, rounds + warmup(rounds));
   theirs.close();  // p carries its own handle; ours would keep the pipe from ever seeing EOF
-  return pingpong(rounds, p, [&](std::uint64_t v) { mine.send(v); }, [&] { mine.recv(); });
+  return pingpong(rounds, p, [&] {
+    mine.send(msg);
+    (void)mine.recv();
+  });
+}
+
+// Payload sizes of the round-trip sweep: 8 B to 1 MiB, powers of 4 (as mp_ipc.py).
+std::vector<std::size_t> sweep_sizes() {
+  std::vector<std::size_t> s;
+  for (std::size_t b = 8; b < (1 << 20); b *= 4) s.push_back(b);
+  s.push_back(1 << 20);
+  return s;
+}
+
+// Round trips per run at a payload size: `base` up to 4 KiB, fewer above (as mp_ipc.py).
+int sweep_rounds(std::size_t size, int base, int least) {
+  return std::max(least, static_cast<int>(std::min<std::size_t>(base, base * std::size_t{4096} / size)));
 }
 
 void produce(mproc::Queue<std::uint64_t> q, std::uint64_t n) {
@@ -299,9 +330,10 @@ int main(int argc, char** argv) {
 
   auto futex = med([&] { return word_pingpong(rounds, false); });
   auto spin = med([&] { return word_pingpong(rounds, true); });
-  auto thr = med([&] { return thread_pingpong(rounds); });
-  auto q = med([&] { return queue_pingpong(rounds); });
-  auto pp = med([&] { return pipe_pingpong(rounds); });
+  const std::uint64_t word = 1;
+  auto thr = med([&] { return thread_pingpong(rounds, word); });
+  auto q = med([&] { return queue_pingpong(rounds, word); });
+  auto pp = med([&] { return pipe_pingpong(rounds, word); });
   r.section("Round trip between two processes (µs, lower is better)");
   r.row("queue ping-pong median", q.first, "µs", {{"futex floor", futex.first}, {"spin floor", spin.first},
                                                     {"C++ threads (cv)", thr.first},
@@ -311,6 +343,39 @@ int main(int argc, char** argv) {
         bench::lower_is_better);
   r.row("pipe ping-pong median", pp.first, "µs", {{"futex floor", futex.first}, {"Python Pipe", py.num("pipe_pingpong.median_us")}},
         bench::lower_is_better);
+
+  // Against message size: a std::vector<std::byte> of each size, each way.
+  {
+    const int base = args.quick ? 300 : 2000, least = args.quick ? 10 : 40, sweep_reps = args.quick ? 3 : 5;
+    auto med_of = [&](auto fn) {
+      std::vector<double> v;
+      for (int i = 0; i < sweep_reps; ++i) v.push_back(fn().first);
+      return bench::percentile(v, 50);
+    };
+    struct Point {
+      std::size_t size;
+      double queue, pipe, thread;
+    };
+    std::vector<Point> pts;
+    for (std::size_t size : sweep_sizes()) {
+      std::vector<std::byte> msg(size, std::byte{7});
+      int n = sweep_rounds(size, base, least);
+      pts.push_back({size, med_of([&] { return queue_pingpong(n, msg); }), med_of([&] { return pipe_pingpong(n, msg); }),
+                     med_of([&] { return thread_pingpong(n, msg); })});
+    }
+    r.section("Queue round trip against message size (µs, lower is better)");
+    for (auto& p : pts) {
+      std::string key = "queue_rtt." + std::to_string(p.size) + ".median_us";
+      r.point("Queue", static_cast<double>(p.size), "B", p.queue, "µs",
+              {{"C++ threads (mutex+cv, copied)", p.thread}, {"Python Queue", py.num(key)}}, bench::lower_is_better);
+    }
+    r.section("Pipe round trip against message size (µs, lower is better)");
+    for (auto& p : pts) {
+      std::string key = "pipe_rtt." + std::to_string(p.size) + ".median_us";
+      r.point("Pipe", static_cast<double>(p.size), "B", p.pipe, "µs",
+              {{"C++ threads (mutex+cv, copied)", p.thread}, {"Python Pipe", py.num(key)}}, bench::lower_is_better);
+    }
+  }
 
   std::uint64_t n = args.quick ? 200000 : 2000000;
   r.section("8-byte messages through a Queue (messages/s, higher is better)");

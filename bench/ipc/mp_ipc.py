@@ -5,11 +5,21 @@ Measures the same workloads as the C++ program, with the system python3's standa
 library only, and prints one JSON object on stdout. Medians of repeated runs; the
 machine is shared and noisy, so the C++ driver reports ratios, never gates on them.
 """
-import json
 import multiprocessing as mp
-import statistics
+import os
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from mp_common import median_of, quick, run  # noqa: E402
+
+# Payload sizes of the round-trip sweep: 8 B to 1 MiB, powers of 4 (as ipc_bench).
+SIZES = [8 << (2 * i) for i in range(9)] + [1 << 20]
+
+
+def warmup(n):
+    """Untimed round trips before `n` timed ones (as ipc_bench)."""
+    return min(50, n)
 
 
 def _echo_queue(q_in, q_out, n):
@@ -17,16 +27,16 @@ def _echo_queue(q_in, q_out, n):
         q_out.put(q_in.get())
 
 
-def _pingpong(n, send, recv, child):
-    """Round trips of one small message: `send` then `recv`, echoed by `child`."""
+def _pingpong(n, send, recv, child, msg=1):
+    """Round trips of one message: `send` then `recv`, echoed by `child`."""
     child.start()
-    for _ in range(50):  # warm up
-        send(1)
+    for _ in range(warmup(n)):
+        send(msg)
         recv()
     lat = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
-        send(1)
+        send(msg)
         recv()
         lat.append(time.perf_counter_ns() - t0)
     child.join()
@@ -34,9 +44,9 @@ def _pingpong(n, send, recv, child):
     return {"median_us": lat[len(lat) // 2] / 1e3, "p99_us": lat[int(len(lat) * 0.99)] / 1e3}
 
 
-def queue_pingpong(n):
+def queue_pingpong(n, msg=1):
     a, b = mp.Queue(), mp.Queue()
-    return _pingpong(n, a.put, b.get, mp.Process(target=_echo_queue, args=(a, b, n + 50)))
+    return _pingpong(n, a.put, b.get, mp.Process(target=_echo_queue, args=(a, b, n + warmup(n))), msg)
 
 
 def _echo_pipe(conn, n):
@@ -44,9 +54,22 @@ def _echo_pipe(conn, n):
         conn.send(conn.recv())
 
 
-def pipe_pingpong(n):
+def pipe_pingpong(n, msg=1):
     a, b = mp.Pipe()
-    return _pingpong(n, a.send, a.recv, mp.Process(target=_echo_pipe, args=(b, n + 50)))
+    return _pingpong(n, a.send, a.recv, mp.Process(target=_echo_pipe, args=(b, n + warmup(n))), msg)
+
+
+def sweep_rounds(size, base, least):
+    """Round trips per run at a payload size: `base` up to 4 KiB, fewer above
+    (as ipc_bench)."""
+    return max(least, min(base, base * 4096 // size))
+
+
+def size_sweep(pingpong, base, least, reps):
+    """Median round trip of a `size`-byte bytes object, for each size."""
+    return {
+        str(size): median_of(lambda: pingpong(sweep_rounds(size, base, least), bytes(size)), reps) for size in SIZES
+    }
 
 
 def _produce(q, n):
@@ -131,29 +154,23 @@ def lock_contended(n):
     return {"ns_per_pair": (time.perf_counter_ns() - t0) / (2 * n)}
 
 
-def median_of(fn, reps):
-    runs = [fn() for _ in range(reps)]
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-
-def main():
-    quick = "--quick" in sys.argv
-    reps = 1 if quick else 3
-    n = 2000 if quick else 10000
-    res = {
-        "python": sys.version.split()[0],
+def measure():
+    q = quick()
+    reps = 1 if q else 3
+    n = 2000 if q else 10000
+    sweep = (300, 10, 3) if q else (2000, 40, 5)  # rounds up to 4 KiB, least rounds, runs
+    return {
         "queue_pingpong": median_of(lambda: queue_pingpong(n), reps),
         "pipe_pingpong": median_of(lambda: pipe_pingpong(n), reps),
-        "small_1to1": median_of(lambda: small_messages(1, 1, 20000 if quick else 100000), reps),
-        "small_2to2": median_of(lambda: small_messages(2, 2, 10000 if quick else 50000), reps),
+        "queue_rtt": size_sweep(queue_pingpong, *sweep),
+        "pipe_rtt": size_sweep(pipe_pingpong, *sweep),
+        "small_1to1": median_of(lambda: small_messages(1, 1, 20000 if q else 100000), reps),
+        "small_2to2": median_of(lambda: small_messages(2, 2, 10000 if q else 50000), reps),
         "big_64mib": median_of(lambda: big_message(64 << 20), reps),
         "lock_uncontended": median_of(lambda: lock_uncontended(100000), reps),
-        "lock_contended": median_of(lambda: lock_contended(20000 if quick else 100000), reps),
+        "lock_contended": median_of(lambda: lock_contended(20000 if q else 100000), reps),
     }
-    json.dump(res, sys.stdout)
-    print()
 
 
 if __name__ == "__main__":
-    mp.set_start_method("fork")
-    main()
+    run(measure)
