@@ -4,13 +4,18 @@
 Same workloads as the C++ program, system python3 standard library only; prints
 one JSON object. Medians of repeated runs.
 """
-import json
+import functools
 import multiprocessing as mp
-import random
-import statistics
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from mp_common import median_of, pi_part, quick, run, spin, spin_iters_per_us  # noqa: E402
+
+# Task durations of the sweep, in µs of busy work (as pool_bench).
+TASK_US = [0, 1, 10, 100, 1000]
 
 
 def square(x):
@@ -53,23 +58,12 @@ def executor_submit(n):
         return {"tasks_per_s": n / (time.perf_counter() - t0)}
 
 
-def pi_part(args):
-    seed, n = args
-    rng = random.Random(seed)
-    inside = 0
-    for _ in range(n):
-        x, y = rng.random(), rng.random()
-        if x * x + y * y <= 1.0:
-            inside += 1
-    return inside
-
-
 def monte_carlo(pool, n):
     t0 = time.perf_counter()
-    pi_part((1, n))
+    pi_part(1, n)
     serial = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pool.map(pi_part, [(s, n // 2) for s in (1, 2)])
+    pool.starmap(pi_part, [(s, n // 2) for s in (1, 2)])
     par = time.perf_counter() - t0
     return {"serial_s": serial, "parallel_s": par, "efficiency": serial / (2 * par)}
 
@@ -84,28 +78,63 @@ def pool_ready():
     return {"ms": dt * 1e3}
 
 
-def med(fn, reps):
-    runs = [fn() for _ in range(reps)]
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+def busy(iters, i):
+    """One task of the task-size sweep: `iters` steps of busy work."""
+    return spin(iters, i)
 
 
-def main():
-    quick = "--quick" in sys.argv
-    reps = 1 if quick else 3
+def sweep_tasks(task_us, budget_us, least, most):
+    """Tasks for one duration: about `budget_us` of work, between `least` and `most`."""
+    if task_us <= 0:
+        return most
+    return max(least, min(most, int(budget_us / task_us)))
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def task_sweep(pool, q):
+    """Throughput and parallel efficiency of map and imap(chunksize=1), 2 workers."""
+    per_us = spin_iters_per_us()
+    reps, budget, least, most = (3, 100_000, 40, 4000) if q else (5, 500_000, 200, 20000)
+    out = {}
+    for us in TASK_US:
+        n = sweep_tasks(us, budget, least, most)
+        f = functools.partial(busy, int(us * per_us))
+
+        def one():
+            serial = _seconds(lambda: [f(i) for i in range(n)])
+            t_map = _seconds(lambda: pool.map(f, range(n)))
+            t_imap = _seconds(lambda: sum(pool.imap(f, range(n), chunksize=1)))
+            return {
+                "map_per_s": n / t_map,
+                "imap_per_s": n / t_imap,
+                "map_efficiency": serial / (2 * t_map),
+                "imap_efficiency": serial / (2 * t_imap),
+            }
+
+        out[str(us)] = median_of(one, reps)
+    return out
+
+
+def measure():
+    q = quick()
+    reps = 1 if q else 3
     with mp.Pool(2) as pool:
         res = {
-            "python": sys.version.split()[0],
-            "apply": med(lambda: apply_roundtrip(pool, 500 if quick else 3000), reps),
-            "imap_chunk1": med(lambda: imap_chunk1(pool, 5000 if quick else 30000), reps),
-            "map_ints": med(lambda: map_ints(pool, 1_000_000 if quick else 10_000_000), reps),
-            "monte_carlo": med(lambda: monte_carlo(pool, 400_000 if quick else 2_000_000), reps),
+            "apply": median_of(lambda: apply_roundtrip(pool, 500 if q else 3000), reps),
+            "imap_chunk1": median_of(lambda: imap_chunk1(pool, 5000 if q else 30000), reps),
+            "map_ints": median_of(lambda: map_ints(pool, 1_000_000 if q else 10_000_000), reps),
+            "monte_carlo": median_of(lambda: monte_carlo(pool, 400_000 if q else 2_000_000), reps),
+            "task_sweep": task_sweep(pool, q),
         }
-    res["executor"] = med(lambda: executor_submit(2000 if quick else 10000), reps)
-    res["pool_ready"] = med(pool_ready, reps)
-    json.dump(res, sys.stdout)
-    print()
+    res["executor"] = median_of(lambda: executor_submit(2000 if q else 10000), reps)
+    res["pool_ready"] = median_of(pool_ready, reps)
+    return res
 
 
 if __name__ == "__main__":
-    mp.set_start_method("fork")
-    main()
+    run(measure)

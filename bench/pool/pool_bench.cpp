@@ -4,29 +4,29 @@
 //   apply_async(f, x).get() round trip; imap with chunksize 1; map over 10 M ints
 //   with the automatic chunk size; Monte Carlo pi on 2 workers (parallel
 //   efficiency); time until a 2-worker pool has answered its first task, and the
-//   memory of an idle worker.
+//   memory of an idle worker; and throughput and parallel efficiency against task
+//   size (0 to 1 ms of calibrated busy work per task) for Pool.map, Pool.imap with
+//   chunksize 1, the C++ thread pool with map's chunks, and Python's Pool.
 //
 //   pool_bench [--quick] [--json FILE] [--python PATH | --no-python]
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
-#include <deque>
 #include <fstream>
-#include <functional>
 #include <future>
 #include <mproc/executor.hpp>
 #include <mproc/pool.hpp>
-#include <mutex>
 #include <numeric>
-#include <random>
 #include <ranges>
 #include <thread>
 #include <vector>
 
 #include "../common/report.hpp"
+#include "../common/thread_pool.hpp"
+#include "../common/work.hpp"
 
 using Clock = std::chrono::steady_clock;
 
@@ -36,66 +36,19 @@ double secs_since(Clock::time_point t0) { return std::chrono::duration<double>(C
 
 long long square(int x) { return static_cast<long long>(x) * x; }
 
-// Points inside the unit quarter circle out of n, from a seeded generator.
-long long pi_part(std::uint64_t seed, long long n) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(0, 1);
-  long long inside = 0;
-  for (long long i = 0; i < n; ++i) {
-    double x = u(rng), y = u(rng);
-    inside += x * x + y * y <= 1.0;
-  }
-  return inside;
+using bench::pi_part;
+using bench::ThreadPool;
+
+// One task of the task-size sweep: `iters` steps of busy work (bench::spin).
+std::uint64_t busy(std::uint64_t iters, int i) { return bench::spin(iters, static_cast<std::uint64_t>(i)); }
+
+// Task durations of the sweep, in µs of busy work, and how many tasks each gets:
+// about `budget_us` of work, between `least` and `most` tasks (as mp_pool.py).
+const std::vector<double> kTaskUs{0, 1, 10, 100, 1000};
+int sweep_tasks(double task_us, double budget_us, int least, int most) {
+  if (task_us <= 0) return most;
+  return std::clamp(static_cast<int>(budget_us / task_us), least, most);
 }
-
-// The baseline the issue names: std::thread workers pulling std::function tasks
-// from a mutex + condition_variable queue, results through std::future.
-class ThreadPool {
- public:
-  explicit ThreadPool(int n) {
-    for (int i = 0; i < n; ++i) {
-      threads_.emplace_back([this] {
-        for (;;) {
-          std::function<void()> job;
-          {
-            std::unique_lock l(mu_);
-            cv_.wait(l, [&] { return stop_ || !q_.empty(); });
-            if (stop_ && q_.empty()) return;
-            job = std::move(q_.front());
-            q_.pop_front();
-          }
-          job();
-        }
-      });
-    }
-  }
-  ~ThreadPool() {
-    {
-      std::lock_guard l(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  template <class F>
-  auto submit(F f) {
-    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
-    auto fut = task->get_future();
-    {
-      std::lock_guard l(mu_);
-      q_.emplace_back([task] { (*task)(); });
-    }
-    cv_.notify_one();
-    return fut;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> q_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
 
 long long rss_kib(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");
@@ -249,6 +202,78 @@ int main(int argc, char** argv) {
         {{"C++ thread pool", tp_exec}, {"Python ProcessPoolExecutor", py.num("executor.tasks_per_s")}},
         bench::higher_is_better);
   r.row("ThreadPoolExecutor", thread_exec, "tasks/s", {{"C++ thread pool", tp_exec}}, bench::higher_is_better);
+
+  // Against task size: n tasks of `us` µs of busy work each, 2 workers.
+  {
+    const double per_us = bench::spin_iters_per_us();
+    const int sweep_reps = args.quick ? 3 : 5;
+    const double budget_us = args.quick ? 100'000 : 500'000;
+    const int least = args.quick ? 40 : 200, most = args.quick ? 4000 : 20000;
+    struct Point {
+      double us, serial_s, map_s, imap_s, threads_s;
+      int n;
+    };
+    std::vector<Point> pts;
+    for (double us : kTaskUs) {
+      auto iters = static_cast<std::uint64_t>(us * per_us);
+      int n = sweep_tasks(us, budget_us, least, most);
+      Point p{us, 0, 0, 0, 0, n};
+      // Median seconds of `sweep_reps` runs of fn(), whose result goes to `sink`
+      // so no run can be optimized away.
+      auto sweep_med = [&](auto fn) {
+        std::vector<double> t;
+        for (int i = 0; i < sweep_reps; ++i) {
+          auto t1 = Clock::now();
+          sink = sink + static_cast<long long>(fn());
+          t.push_back(secs_since(t1));
+        }
+        return bench::percentile(t, 50);
+      };
+      p.serial_s = sweep_med([&] {
+        std::uint64_t s = 0;
+        for (int i = 0; i < n; ++i) s += busy(iters, i);
+        return s;
+      });
+      p.map_s = sweep_med([&] {
+        auto out = pool.map(mproc::bind(busy, iters), std::views::iota(0, n));
+        return std::accumulate(out.begin(), out.end(), std::uint64_t{0});
+      });
+      p.imap_s = sweep_med([&] {
+        std::uint64_t s = 0;
+        for (std::uint64_t x : pool.imap(mproc::bind(busy, iters), std::views::iota(0, n), 1)) s += x;
+        return s;
+      });
+      p.threads_s = sweep_med([&] {
+        auto out = threads.map([iters](int i) { return busy(iters, i); }, n, bench::python_chunksize(n, 2));
+        return std::accumulate(out.begin(), out.end(), std::uint64_t{0});
+      });
+      pts.push_back(p);
+    }
+    auto key = [](double us, const char* what) {
+      return "task_sweep." + std::to_string(static_cast<int>(us)) + "." + what;
+    };
+    r.section("Throughput against task size, 2 workers (tasks/s, higher is better)");
+    for (auto& p : pts) {
+      r.point("Pool.map", p.us, "µs", p.n / p.map_s, "tasks/s",
+              {{"C++ thread pool (map's chunks)", p.n / p.threads_s}, {"Python Pool.map", py.num(key(p.us, "map_per_s"))}},
+              bench::higher_is_better);
+    }
+    for (auto& p : pts) {
+      r.point("Pool.imap chunksize=1", p.us, "µs", p.n / p.imap_s, "tasks/s",
+              {{"Python Pool.imap chunksize=1", py.num(key(p.us, "imap_per_s"))}}, bench::higher_is_better);
+    }
+    r.section("Parallel efficiency against task size: serial time / (2 x parallel time) (higher is better)");
+    for (auto& p : pts) {
+      r.point("Pool.map", p.us, "µs", p.serial_s / (2 * p.map_s), "",
+              {{"C++ thread pool (map's chunks)", p.serial_s / (2 * p.threads_s)},
+               {"Python Pool.map", py.num(key(p.us, "map_efficiency"))}},
+              bench::higher_is_better);
+    }
+    for (auto& p : pts) {
+      r.point("Pool.imap chunksize=1", p.us, "µs", p.serial_s / (2 * p.imap_s), "",
+              {{"Python Pool.imap chunksize=1", py.num(key(p.us, "imap_efficiency"))}}, bench::higher_is_better);
+    }
+  }
 
   r.section("Start-up and footprint");
   r.row("2-worker pool ready (first result back)", ready_ms, "ms", {{"Python Pool", py.num("pool_ready.ms")}},
