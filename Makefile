@@ -4,9 +4,16 @@
 #   make test   install missing Debian packages, then run the whole test suite twice:
 #               in build/release, and in build/asan with AddressSanitizer + UBSan
 #
+# and one more, for benchmarks:
+#
+#   make bench  install missing Debian packages (gnuplot-nox among them), build the benchmark
+#               programs in build/release, run them all beside Python's multiprocessing and
+#               write docs/BENCHMARKS.md, docs/bench/*.svg and docs/bench/results.json
+#               (bench/run.py; `make bench BENCH_ARGS=--quick` for a short run)
+#
 # Anything else (other build types, single tests) is plain CMake/ctest in those directories.
 
-.PHONY: demo test
+.PHONY: demo test bench
 
 # Ninja, plus ccache when it is there (scripts/deps.sh installs it).
 CONFIGURE = cmake -S . -G Ninja -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache || true)
@@ -29,3 +36,8 @@ test:
 	$(CONFIGURE) -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMPROC_SANITIZE=ON
 	cmake --build build/asan
 	cd build/asan && $(SANITIZER_ENV) $(CTEST)
+
+# bench/run.py configures build/release the way the targets above do when it is not there yet.
+bench:
+	scripts/deps.sh
+	python3 bench/run.py $(BENCH_ARGS)
