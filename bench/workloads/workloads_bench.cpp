@@ -146,26 +146,34 @@ int main(int argc, char** argv) {
   mproc::Pool pool(mproc::PoolOptions{.processes = kWorkers});  // started before the timed runs
   bench::ThreadPool threads(kWorkers);
 
+  // Row names give the sizes; where the languages differ, the C++ rows give C++'s
+  // and the Python rows Python's (so a row's name is the same with --no-python).
   struct Named {
-    std::string name, key;
+    std::string name, py_name, key;
     Times t;
   };
   std::vector<Named> all;
+  auto add = [&](std::string name, std::string py_name, std::string key, Times t) {
+    all.push_back({std::move(name), std::move(py_name), std::move(key), t});
+  };
   char ms_text[32];
   std::snprintf(ms_text, sizeof ms_text, "%g ms", task_ms);
-  all.push_back({std::string("cpu_heavy (") + ms_text + " per task)", "cpu_heavy",
-                 measure(reps, pool, threads, [&](int i) { return cpu_heavy(iters, i); }, mproc::bind(cpu_heavy, iters))});
-  all.push_back({"io_heavy (" + std::to_string(io_bytes >> 20) + " MiB per task)", "io_heavy",
-                 measure(reps, pool, threads, [&](int i) { return io_heavy(io_bytes, i); }, mproc::bind(io_heavy, io_bytes))});
-  all.push_back({"sleep (" + std::to_string(sleep_for) + " ms per task)", "sleep",
-                 measure(reps, pool, threads, [&](int i) { return sleep_ms(sleep_for, i); }, mproc::bind(sleep_ms, sleep_for))});
-  all.push_back({"dot_product (C++ " + std::to_string(dim) + "², Python " + std::to_string(static_cast<int>(py.num("dot_product.dim"))) + "²)",
-                 "dot_product",
-                 measure(reps, pool, threads, [&](int i) { return dot_product(dim, i); }, mproc::bind(dot_product, dim))});
-  all.push_back({"monte_carlo (C++ " + std::to_string(darts / 1000) + "k darts, Python " +
-                     std::to_string(static_cast<long long>(py.num("monte_carlo.darts")) / 1000) + "k)",
-                 "monte_carlo",
-                 measure(reps, pool, threads, [&](int i) { return monte_carlo(darts, i); }, mproc::bind(monte_carlo, darts))});
+  std::string cpu_name = std::string("cpu_heavy (") + ms_text + " per task)";
+  add(cpu_name, cpu_name, "cpu_heavy",
+      measure(reps, pool, threads, [&](int i) { return cpu_heavy(iters, i); }, mproc::bind(cpu_heavy, iters)));
+  std::string io_name = "io_heavy (" + std::to_string(io_bytes >> 20) + " MiB per task)";
+  add(io_name, io_name, "io_heavy",
+      measure(reps, pool, threads, [&](int i) { return io_heavy(io_bytes, i); }, mproc::bind(io_heavy, io_bytes)));
+  std::string sleep_name = "sleep (" + std::to_string(sleep_for) + " ms per task)";
+  add(sleep_name, sleep_name, "sleep",
+      measure(reps, pool, threads, [&](int i) { return sleep_ms(sleep_for, i); }, mproc::bind(sleep_ms, sleep_for)));
+  auto py_dim = std::to_string(static_cast<int>(py.num("dot_product.dim")));
+  add("dot_product (C++ " + std::to_string(dim) + "²)", "dot_product (Python " + py_dim + "²)", "dot_product",
+      measure(reps, pool, threads, [&](int i) { return dot_product(dim, i); }, mproc::bind(dot_product, dim)));
+  auto py_darts = std::to_string(static_cast<long long>(py.num("monte_carlo.darts")) / 1000);
+  add("monte_carlo (C++ " + std::to_string(darts / 1000) + "k darts)", "monte_carlo (Python " + py_darts + "k darts)",
+      "monte_carlo",
+      measure(reps, pool, threads, [&](int i) { return monte_carlo(darts, i); }, mproc::bind(monte_carlo, darts)));
 
   const std::string procs = "mproc Pool (" + std::to_string(kWorkers) + " processes)";
   const std::string thr = "C++ thread pool (" + std::to_string(kWorkers) + " threads)";
@@ -188,7 +196,7 @@ int main(int argc, char** argv) {
     r.section("Python times of " + std::to_string(kTasks) + " tasks (ms, lower is better)");
     for (auto& w : all) {
       auto ms = [&](const char* what) { return py.num(w.key + "." + what) * 1e3; };
-      r.row(w.name + ": Python Pool", ms("processes_s"), "ms",
+      r.row(w.py_name + ": Python Pool", ms("processes_s"), "ms",
             {{"Python serial", ms("serial_s")}, {"Python ThreadPool", ms("threads_s")}}, bench::lower_is_better);
     }
   }
