@@ -444,7 +444,7 @@ def compare(old, new):
                 continue
             change = (r["value"] - o["value"]) / o["value"] * 100
             good = (change < 0) == (r["better"] == "lower")
-            verdict = "" if abs(change) < 0.05 else (" better" if good else " worse")
+            verdict = "" if abs(change) < 0.5 else (" better" if good else " worse")  # below what +0% shows
             out.append(f"{key} | {r['name']}: {fmt(o['value'])} -> {fmt(r['value'])} {r['unit']} "
                        f"({change:+.0f}%{verdict})")
     return out
