@@ -381,7 +381,7 @@ def render(results, plots, plot_rel="bench"):
         "## Reading the numbers",
         "",
         "* Every value is the **median** of repeated runs: 3 to 5 in full mode; in quick mode 3 for the "
-        "sweeps and the C++ workloads and a single run for the other rows. Every ratio compares numbers "
+        "sweeps and the workloads and a single run for the other rows. Every ratio compares numbers "
         "taken in the same run of the driver, seconds to minutes apart, never numbers from different days.",
         "* This machine is shared: the load average above says how busy it was. Absolute numbers move by "
         "tens of percent from run to run (more for tail latencies and small timings); read the ratios and "
