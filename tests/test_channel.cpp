@@ -152,6 +152,31 @@ TEST(Channel, SendManyAndRecvMany) {
   EXPECT_EQ(ch.size(), sent);
 }
 
+// How long a waiter spins before it sleeps changes nothing but latency: with no
+// spin (every wait sleeps at once) and with a long one, every message arrives, in
+// order. A negative spin is refused.
+TEST(Channel, SpinSettingOnlyChangesHowWaitersWait) {
+  for (std::chrono::nanoseconds spin : {0ns, 4000ns, 200000ns}) {
+    auto ch = ChannelEnd::create_queue(ChannelOptions{.capacity = 4096});
+    ch.set_spin(spin);
+    std::vector<std::uint32_t> got;
+    std::thread consumer([&] {
+      for (int i = 0; i < 500; ++i) {
+        ch.recv(std::nullopt, [&](mproc::Reader& r) { got.push_back(mproc::load<std::uint32_t>(r)); });
+      }
+    });
+    for (std::uint32_t i = 0; i < 500; ++i) {
+      mproc::detail::with_encoded(i, [&](const mproc::Writer& w) { ch.send(w, std::nullopt); });
+    }
+    consumer.join();
+    std::vector<std::uint32_t> expect(500);
+    std::iota(expect.begin(), expect.end(), 0u);
+    EXPECT_EQ(got, expect) << "spin " << spin.count() << " ns";
+  }
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  EXPECT_THROW(ch.set_spin(-1ns), mproc::UsageError);
+}
+
 TEST(Channel, TooManyFdsInOneMessage) {
   auto ch = ChannelEnd::create_queue(ChannelOptions{});
   std::vector<int> fds(201, 0);

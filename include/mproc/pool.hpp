@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -32,6 +33,7 @@
 #include <variant>
 #include <vector>
 
+#include "mproc/detail/futex.hpp"
 #include "mproc/detail/pool_core.hpp"
 #include "mproc/error.hpp"
 #include "mproc/process.hpp"
@@ -92,6 +94,22 @@ bool keyboard_interrupt_enabled() noexcept;
 /// Throws KeyboardInterrupt (clearing the flag) if Ctrl-C arrived.
 void check_keyboard_interrupt();
 
+/// Spins (with a pause instruction) until done() or `ns` nanoseconds have
+/// passed; returns done(). Waiters call it before they sleep when their pool
+/// has a core to spare (PoolCore::spin_ns): a result that comes within the spin
+/// costs no wake-up.
+template <class Done>
+bool spin_until(Done done, std::int64_t ns) noexcept {
+  auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
+  do {
+    for (int i = 0; i < 32; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+  } while (std::chrono::steady_clock::now() < end);
+  return done();
+}
+
 /// cv.wait(lock, pred) that, when keyboard interrupts are enabled, wakes every
 /// 20 ms to see whether Ctrl-C arrived (a signal handler cannot notify a
 /// condition variable).
@@ -137,6 +155,10 @@ struct ResultCore {
   std::mutex mu;
   std::condition_variable cv;
   bool ready = false;
+  // `ready`, readable without the lock: a waiter spins on it for up to spin_ns
+  // before it sleeps on cv (set by pools that have a core to spare for it).
+  std::atomic<bool> done{false};
+  std::int64_t spin_ns = 0;
   std::optional<V> value;
   std::exception_ptr error;
   std::vector<std::function<void(const V&)>> callbacks;
@@ -190,6 +212,7 @@ struct ResultCore {
       lock.lock();
     }
     ready = true;
+    done.store(true, std::memory_order_release);
     lock.unlock();
     cv.notify_all();
   }
@@ -223,6 +246,7 @@ class [[nodiscard]] AsyncResult {
   /// Blocks until ready. Throws KeyboardInterrupt on Ctrl-C once
   /// mproc::enable_keyboard_interrupt() was called.
   void wait() const {
+    if (detail::spin_until([&] { return core_->done.load(std::memory_order_acquire); }, core_->spin_ns)) return;
     std::unique_lock lock(core_->mu);
     detail::interruptible_wait(core_->cv, lock, [&] { return core_->ready; });
   }
@@ -377,15 +401,27 @@ class OutcomeBuffer {
     {
       std::lock_guard lock(mu_);
       fill(buffered_);
+      added_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
   }
+  /// How long take() spins before it sleeps (PoolCore::spin_ns).
+  void set_spin(std::int64_t ns) { spin_ns_ = ns; }
   /// Waits for item `index` (ordered) or any item (unordered), until `deadline`
   /// if one is given. Returns it and its index, or empty when the deadline passed.
   std::optional<std::pair<std::uint64_t, Outcome>> take(std::optional<std::uint64_t> index,
                                                          std::optional<clock::time_point> deadline = {}) {
     std::unique_lock lock(mu_);
     auto present = [&] { return index ? buffered_.count(*index) != 0 : !buffered_.empty(); };
+    // Spin first, watching for any add(), while the wanted item is missing.
+    for (auto spin_end = clock::now() + std::chrono::nanoseconds(spin_ns_); !present() && clock::now() < spin_end;) {
+      std::uint64_t seen = added_.load(std::memory_order_acquire);
+      lock.unlock();
+      bool added = spin_until([&] { return added_.load(std::memory_order_acquire) != seen; },
+                              (spin_end - clock::now()).count());
+      lock.lock();
+      if (!added) break;
+    }
     if (!deadline) {
       interruptible_wait(cv_, lock, present);
     } else if (!interruptible_wait_for(cv_, lock, *deadline - clock::now(), present)) {
@@ -401,6 +437,8 @@ class OutcomeBuffer {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::uint64_t, Outcome> buffered_;
+  std::atomic<std::uint64_t> added_{0};
+  std::int64_t spin_ns_ = 0;
 };
 
 /// Items of a lazily-fed job, buffered until the iterating thread takes them.
@@ -439,6 +477,7 @@ class StreamJob final : public JobSink {
   auto take(std::optional<std::uint64_t> index, std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
     return buffer_.take(index, deadline);
   }
+  void set_spin(std::int64_t ns) { buffer_.set_spin(ns); }
 
  private:
   OutcomeBuffer<V> buffer_;
@@ -588,6 +627,8 @@ class ChunkEncoder {
     msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
   }
   std::size_t items() const { return msg_.offsets.size(); }
+  /// Bytes encoded so far (prefix included).
+  std::size_t bytes() const { return w_.size(); }
   /// Finishes the chunk: owned copies of the fds its items carry.
   ChunkMessage finish();
 
@@ -607,6 +648,13 @@ ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {
 }
 
 /// Python's map chunk size rule: ceil(n / (4 * workers)).
+/// An automatic map chunk ends once its encoding passes this size, so that it
+/// travels inside the task ring (below ChannelOptions::oob_threshold): memory
+/// that is already mapped and faulted in, reused message after message. A
+/// bigger chunk goes out of band in a fresh memfd, and on a VM every fresh page
+/// costs a fault of several µs on each side (docs/pool.md, chunk size).
+inline constexpr std::size_t kAutoChunkBytes = std::size_t{48} << 10;
+
 inline std::size_t auto_chunksize(std::size_t n, int workers) {
   std::size_t d = static_cast<std::size_t>(workers) * 4;
   return n == 0 ? 1 : std::max<std::size_t>(1, (n + d - 1) / d);
@@ -820,6 +868,7 @@ class Pool : public detail::MapMethods<Pool> {
     using V = detail::stored_value_t<R>;
     check_types<Fn, Stored, R>();
     auto core = std::make_shared<Core<R>>();
+    core->spin_ns = core_->spin_ns();
     auto job = std::make_shared<detail::GatherJob<V, true, Core<R>>>(1, core);
     detail::ChunkEncoder<Fn, Stored, true> enc(f);
     enc.begin();
@@ -866,6 +915,8 @@ class Pool : public detail::MapMethods<Pool> {
     std::vector<std::remove_cvref_t<Elem>> items;
     if constexpr (std::ranges::sized_range<R>) items.reserve(std::ranges::size(input));
     for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
+    // Automatic chunks also end once their encoding passes kAutoChunkBytes.
+    const std::size_t max_bytes = chunk == 0 ? detail::kAutoChunkBytes : SIZE_MAX;
     if (chunk == 0) chunk = detail::auto_chunksize(items.size(), processes());
     auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
     auto bar = detail::make_progress(options.progress, options.desc, items.size());
@@ -876,9 +927,9 @@ class Pool : public detail::MapMethods<Pool> {
     auto job = detail::progress_sink(std::make_shared<detail::GatherJob<V, false>>(items.size(), core), bar, true);
     detail::ChunkEncoder<Fn, Arg, Star> enc(f);
     run_job(job, [&](std::uint64_t id) {
-      for (std::size_t i = 0; i < items.size(); i += chunk) {
+      for (std::size_t i = 0, k = 0; i < items.size(); i = k) {
         enc.begin();
-        for (std::size_t k = i; k < std::min(items.size(), i + chunk); ++k) enc.add(std::move(items[k]));
+        for (k = i; k < std::min(items.size(), i + chunk) && enc.bytes() < max_bytes; ++k) enc.add(std::move(items[k]));
         core_->submit(id, i, enc.finish());
       }
     });
@@ -929,6 +980,7 @@ class StreamSource {
         job_(std::make_shared<TimedStream>()),
         bar_(std::move(bar)) {
     chunk_.fixed = chunk;
+    job_->set_spin(core_->spin_ns());
     id_ = core_->open_job(progress_sink(job_, bar_, false));
   }
   StreamSource(const StreamSource&) = delete;
@@ -975,6 +1027,7 @@ class StreamSource {
     auto take(std::optional<std::uint64_t> i, std::optional<std::chrono::steady_clock::time_point> deadline) {
       return inner_.take(i, deadline);
     }
+    void set_spin(std::int64_t ns) { inner_.set_spin(ns); }
     std::uint64_t items() const { return items_.load(); }
     std::int64_t ns() const { return ns_.load(); }
 
@@ -985,12 +1038,15 @@ class StreamSource {
   };
 
   void refill() {
-    // Window: in flight + buffered results at most ~4 chunks per worker (never
-    // fewer than 2 * workers items), so memory does not grow with the input.
+    // Window: in flight + buffered results at most ~4 chunks per worker, and
+    // never fewer than 64 items per worker, so that small chunks keep every
+    // worker and the channels busy (a shallow pipeline caps chunksize=1 at
+    // workers / round trip). Past 2 items per worker it also stops at 64 MiB of
+    // encoded tasks in flight. Memory does not grow with the input.
     std::size_t chunk = chunk_.next();
-    std::uint64_t window = std::max<std::uint64_t>(2 * static_cast<std::uint64_t>(workers_),
-                                                   4 * static_cast<std::uint64_t>(workers_) * chunk);
-    while (!sealed_ && submitted_ - taken_ < window) {
+    const auto w = static_cast<std::uint64_t>(workers_);
+    std::uint64_t window = std::max<std::uint64_t>(64 * w, 4 * w * chunk);
+    while (!sealed_ && submitted_ - taken_ < window && (submitted_ - taken_ < 2 * w || bytes_in_flight() < kMaxBytes)) {
       enc_->begin();
       std::uint64_t first = submitted_;
       try {
@@ -1006,7 +1062,10 @@ class StreamSource {
       }
       std::size_t n = enc_->items();
       if (n) {
-        core_->submit(id_, first, enc_->finish());
+        ChunkMessage msg = enc_->finish();
+        sizes_.emplace_back(first + n, msg.bytes.size());
+        bytes_ += msg.bytes.size();
+        core_->submit(id_, first, std::move(msg));
         submitted_ += n;
       }
       if (it_ == std::ranges::end(input_)) seal();
@@ -1022,8 +1081,21 @@ class StreamSource {
     sealed_ = true;
   }
 
+  // Encoded bytes of the chunks not yet fully taken (approximate for
+  // imap_unordered, which takes out of order).
+  std::size_t bytes_in_flight() {
+    while (!sizes_.empty() && sizes_.front().first <= taken_) {
+      bytes_ -= sizes_.front().second;
+      sizes_.pop_front();
+    }
+    return bytes_;
+  }
+  static constexpr std::size_t kMaxBytes = std::size_t{64} << 20;
+
   PoolCore* core_;
   int workers_;
+  std::deque<std::pair<std::uint64_t, std::size_t>> sizes_;  // (end index, bytes) per chunk
+  std::size_t bytes_ = 0;
   std::unique_ptr<ChunkEncoder<Fn, Arg, Star>> enc_;
   std::views::all_t<Range> input_;  // a reference to an lvalue range, the range itself otherwise
   std::ranges::iterator_t<std::views::all_t<Range>> it_;

@@ -130,6 +130,8 @@ class Reader {
   std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
   bool at_end() const noexcept { return p_ == end_; }
 
+  /// How many file descriptors came with the message.
+  std::size_t fd_count() const noexcept { return fds_.size(); }
   /// The file descriptor attached at index i (see Writer::add_fd).
   int fd(std::uint32_t i) const {
     if (i >= fds_.size()) throw SerializationError("mproc: message refers to a missing file descriptor");

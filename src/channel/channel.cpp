@@ -404,6 +404,11 @@ bool ChannelEnd::writable() const { return ch().tx >= 0; }
 ChannelKind ChannelEnd::kind() const { return ch().h->kind; }
 std::uint64_t ChannelEnd::id() const { return ch().h->id; }
 
+void ChannelEnd::set_spin(std::chrono::nanoseconds spin) const {
+  if (spin < spin.zero()) throw UsageError("mproc: a channel's spin time must not be negative");
+  ch().spin_ns.store(spin.count(), std::memory_order_relaxed);
+}
+
 ChannelStats ChannelEnd::stats() const {
   Channel& c = ch();
   return {c.n_sent.load(), c.n_sent_oob.load(), c.n_received.load(), c.n_received_oob.load()};

@@ -198,6 +198,9 @@ class Channel {
 
   std::atomic<std::uint64_t> n_sent{0}, n_sent_oob{0}, n_received{0}, n_received_oob{0};
 
+  // How long a waiting call on this end spins before it sleeps (set_spin).
+  std::atomic<std::int64_t> spin_ns{kDefaultSpinNs};
+
   RingState& ring(int i) const { return h->rings[i]; }
   std::byte* ring_bytes(const RingState& r) const { return seg.data() + r.offset; }
 

@@ -17,14 +17,6 @@ using std::memory_order_release;
 using std::memory_order_seq_cst;
 using Clock = std::chrono::steady_clock;
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
 bool passed(const deadline_t& d) { return d && Clock::now() >= *d; }
 
 /// Statistics: a plain load and store, not a locked add (threads racing on one end
@@ -33,11 +25,6 @@ void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
   counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
-/// How long a waiter spins before it sleeps. A round trip through futex sleep and
-/// wake costs ~1.6 µs each way here; a peer that answers within the spin is caught
-/// without either. Kept short: on a 2-core machine a spinning waiter takes the
-/// core its peer may need.
-constexpr std::int64_t kSpinNs = 4'000;
 
 // ---- the shared locks -------------------------------------------------------------
 
@@ -181,7 +168,7 @@ enum class Gone { send, recv, join };
                    " was closed in this process while a call was waiting on it");
 }
 
-/// Waits until ready() or the deadline (false). Spins for kSpinNs, then sleeps on
+/// Waits until ready() or the deadline (false). Spins for c.spin_ns, then sleeps on
 /// `seq` in slices. Before each sleep it asks whether the peers are gone (cached
 /// per slice for queues); if so and still not ready, throws the `what` error, or
 /// returns true when gone_is_ready (poll()).
@@ -189,7 +176,7 @@ template <class Ready>
 bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false) {
   if (ready()) return true;
   if (passed(deadline)) return false;
-  std::int64_t spin_end = now_ns() + kSpinNs;
+  std::int64_t spin_end = now_ns() + c.spin_ns.load(memory_order_relaxed);
   do {
     for (int i = 0; i < 32; ++i) {
       cpu_relax();

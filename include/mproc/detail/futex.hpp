@@ -22,6 +22,15 @@ namespace mproc::detail {
 using deadline_t = std::optional<std::chrono::steady_clock::time_point>;
 
 /// Deadline `timeout` from now; empty for "forever".
+/// The pause instruction of a spin-wait loop.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 inline deadline_t deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
   if (!timeout) return std::nullopt;
   return std::chrono::steady_clock::now() + *timeout;

@@ -115,6 +115,10 @@ class PoolCore {
   void join();
   bool accepting() const;
   int processes() const;
+  /// How long this pool's waiters spin before sleeping: long (kPoolSpinNs) when
+  /// the machine has a core for each worker plus the caller and the result
+  /// thread, the channels' short default otherwise (docs/pool.md, latency).
+  std::int64_t spin_ns() const;
   /// Pids of the current workers (for tests and tools).
   std::vector<pid_t> worker_pids() const;
 
