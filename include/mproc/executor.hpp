@@ -48,6 +48,9 @@ struct ExecutorOptions {
   long long max_tasks_per_child = 0;
   /// How worker processes start (Python's mp_context); ThreadPoolExecutor ignores it.
   std::optional<StartMethod> start_method;
+  /// Record a TaskRecord per task (timeline(), docs/timeline.md); ProcessPoolExecutor
+  /// only: ThreadPoolExecutor refuses it with UsageError.
+  bool timeline = false;
 };
 
 namespace detail {
@@ -560,6 +563,10 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
     core->job = job;
     return Future<typename decltype(core)::element_type::result_type>(std::move(core));
   }
+
+  /// The per-task timeline recorded so far (one call per submit/map). Throws
+  /// UsageError unless ExecutorOptions::timeline was set.
+  Timeline timeline() const { return pool_->timeline(); }
 
  private:
   void start(const ExecutorOptions& options, std::vector<std::byte> initializer);

@@ -13,4 +13,5 @@
 #include "mproc/sync.hpp"
 #include "mproc/task.hpp"
 #include "mproc/thread_pool.hpp"
+#include "mproc/timeline.hpp"
 #include "mproc/value.hpp"

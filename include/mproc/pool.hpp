@@ -39,6 +39,7 @@
 #include "mproc/process.hpp"
 #include "mproc/progress.hpp"
 #include "mproc/task.hpp"
+#include "mproc/timeline.hpp"
 
 namespace mproc {
 
@@ -66,6 +67,9 @@ struct PoolOptions {
   /// Replace a worker whose resident memory passed this many MiB after a chunk
   /// (a leaking task library, a cache that only grows); 0 = never. Negative: UsageError.
   long long max_memory_mb = 0;
+  /// Record a TaskRecord per task (Pool::timeline(), docs/timeline.md). Off:
+  /// nothing is recorded and nothing changes on the hot path.
+  bool timeline = false;
 };
 
 /// Per-call options of the map family. `pool.map(f, xs, 10)` sets the chunk size,
@@ -843,6 +847,9 @@ class Pool : public detail::MapMethods<Pool> {
   int processes() const;
   /// Pids of the current workers (they change as workers are replaced).
   std::vector<pid_t> worker_pids() const;
+  /// The per-task timeline recorded so far (a handle that outlives the pool).
+  /// Throws UsageError unless the pool was created with PoolOptions::timeline.
+  Timeline timeline() const;
 
  private:
   friend class detail::MapMethods<Pool>;

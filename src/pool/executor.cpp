@@ -19,6 +19,7 @@ PoolOptions pool_options(const ExecutorOptions& o, int default_workers) {
   p.processes = o.max_workers ? o.max_workers : default_workers;
   p.maxtasksperchild = o.max_tasks_per_child;
   p.start_method = o.start_method;
+  p.timeline = o.timeline;
   return p;
 }
 

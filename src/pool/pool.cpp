@@ -30,6 +30,7 @@
 #include "mproc/detail/channel.hpp"
 #include "mproc/detail/futex.hpp"
 #include "mproc/detail/segment.hpp"
+#include "mproc/detail/timeline_recorder.hpp"
 #include "mproc/pool.hpp"
 #include "../os/internal.hpp"
 
@@ -73,11 +74,20 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint32_t> phase;
 };
 
-enum class ResultKind : std::uint8_t { batch = 1, lost = 3, timeout = 4, wake = 5, init_failed = 6 };
+enum class ResultKind : std::uint8_t {
+  batch = 1,
+  lost = 3,
+  timeout = 4,
+  wake = 5,
+  init_failed = 6,
+  batch_timed = 7,
+};
 
 // Result messages. batch: items [first, first + count), then `count` status bytes,
-// then each item's result or ExceptionInfo. lost/timeout: the worker held
-// [first, first + count) and was running `index` (start_ns == 0: had not started it).
+// then each item's result or ExceptionInfo. batch_timed (PoolOptions::timeline):
+// a batch followed by its items' times (detail::ItemTimes) and their size in bytes
+// (uint32). lost/timeout: the worker held [first, first + count) and was running
+// `index` (start_ns == 0: had not started it).
 struct ResultHeader {
   ResultKind kind;
   std::uint32_t worker;
@@ -94,8 +104,9 @@ struct ResultHeader {
 
 class WorkerSink final : public ItemSink {
  public:
-  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, std::uint64_t job)
-      : results_(results), slot_(slot), id_(id), job_(job) {}
+  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, std::uint64_t job,
+             bool item_times)
+      : results_(results), slot_(slot), id_(id), job_(job), timed_(item_times) {}
 
   void starting(std::uint64_t index) noexcept override {
     std::int64_t t = now_ns();
@@ -106,10 +117,12 @@ class WorkerSink final : public ItemSink {
       first_ = index;
       start_ = t;
     }
+    if (timed_) item_start_ = t;
   }
   Writer& result_writer() override { return payload_; }
   void ok(std::uint64_t) override {
     status_.push_back(0);
+    if (timed_) item_ended();
     maybe_flush();
   }
   void failed(std::uint64_t index, const ExceptionInfo& info) override {
@@ -119,19 +132,27 @@ class WorkerSink final : public ItemSink {
     }
     dump(payload_, info);
     status_.push_back(1);
+    if (timed_) item_ended();
     maybe_flush();
   }
   /// Sends what is batched (the end of a chunk).
   void flush() {
     if (status_.empty()) return;
-    ResultHeader h{ResultKind::batch, id_, 0, job_, first_, status_.size(), 0, start_, now_ns()};
+    ResultKind kind = timed_ ? ResultKind::batch_timed : ResultKind::batch;
+    ResultHeader h{kind, id_, 0, job_, first_, status_.size(), 0, start_, now_ns()};
     msg_.clear();
     msg_.write(&h, sizeof h);
     msg_.write(status_.data(), status_.size());
     msg_.write(payload_.bytes().data(), payload_.size());
+    if (timed_) {
+      auto n = static_cast<std::uint32_t>(times_.size());
+      msg_.write(times_.data(), times_.size());
+      msg_.write(&n, sizeof n);
+    }
     results_.send(msg_.bytes(), payload_.fds(), std::nullopt);
     status_.clear();
     payload_.clear();
+    times_.clear();
   }
 
  private:
@@ -139,14 +160,29 @@ class WorkerSink final : public ItemSink {
   // batch passes kAutoChunkBytes (so it fits in the ring) or 1 ms of work, so that a worker crash loses (and the
   // pool re-runs) little, and a long chunk still shows progress.
   void maybe_flush() {
-    if (payload_.size() > kAutoChunkBytes || (status_.size() % 64 == 0 && now_ns() - start_ > 1'000'000)) {
+    // times_ (empty without a timeline) counts too: the whole message must fit.
+    if (payload_.size() + times_.size() > kAutoChunkBytes ||
+        (status_.size() % 64 == 0 && now_ns() - start_ > 1'000'000)) {
       flush();
     }
+  }
+  // Timeline: the item's start (0 if it failed before starting) and end.
+  void item_ended() {
+    std::int64_t end = now_ns();
+    std::int64_t start = std::exchange(item_start_, 0);
+    if (!start) start = end;
+    ItemTimes::put(times_, start - (times_.empty() ? start_ : prev_end_));
+    ItemTimes::put(times_, end - start);
+    prev_end_ = end;
   }
   const ChannelEnd& results_;
   WorkerSlot& slot_;
   std::uint32_t id_;
   std::uint64_t job_;
+  bool timed_;
+  std::int64_t item_start_ = 0;
+  std::int64_t prev_end_ = 0;
+  std::vector<std::uint8_t> times_;  // ItemTimes
   std::uint64_t first_ = 0;
   std::int64_t start_ = 0;
   std::vector<std::uint8_t> status_;
@@ -174,7 +210,7 @@ long long rss_mib() {
 
 void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
                       std::vector<std::byte> initializer, long long maxtasks, long long max_memory_mb,
-                      std::int64_t spin_ns) {
+                      std::int64_t spin_ns, bool item_times) {
   tasks.set_spin(std::chrono::nanoseconds(spin_ns));
   // Ctrl-C at a terminal reaches the whole process group; the pool's owner
   // decides what happens to the work (KeyboardInterrupt → terminate), so a
@@ -217,7 +253,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     if (h.job == 0) return;  // stop message: close() or a shrinking pool
     {
       Reader r(buf, fds);
-      WorkerSink sink(results, *slot, id, h.job);
+      WorkerSink sink(results, *slot, id, h.job, item_times);
       PoolEntryCtx ctx{&sink, h.first, h.count};
       try {
         Entry e = decode_entry(r);
@@ -318,6 +354,7 @@ struct PoolCore::Impl {
     std::size_t left;
     int retries_left;
     bool cancelled = false;  // dropped by cancel_job: the feeder skips it
+    std::int64_t queued_ns = 0;  // when submitted (recorded with a timeline only)
   };
   struct Job {
     std::shared_ptr<JobSink> sink;
@@ -368,9 +405,12 @@ struct PoolCore::Impl {
     slots[id].phase.store(0, std::memory_order_relaxed);
     slots[id].job.store(0, std::memory_order_relaxed);
     Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
-              static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb), spin);
+              static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb), spin,
+              cfg.timeline != nullptr);
     if (zygote) process_state(p).via = zygote;
+    std::int64_t started = now_ns();
     p.start();
+    if (cfg.timeline) cfg.timeline->worker_started(static_cast<int>(id), p.pid(), started);
     workers[id] = Worker{std::move(p), false};
   }
 
@@ -543,14 +583,28 @@ struct PoolCore::Impl {
           handle_init_failure(payload);
           return;
         }
-        case ResultKind::batch: {
-          if (rest.size() < h.count) return;
+        case ResultKind::batch:
+        case ResultKind::batch_timed: {
+          std::size_t times = 0;
+          if (h.kind == ResultKind::batch_timed) {
+            std::uint32_t n = 0;
+            if (rest.size() < sizeof n) return;
+            std::memcpy(&n, rest.data() + rest.size() - sizeof n, sizeof n);
+            times = std::size_t{n} + sizeof n;
+          }
+          if (rest.size() < h.count || rest.size() - h.count < times) return;
           auto status = reinterpret_cast<const std::uint8_t*>(rest.data());
-          Reader payload(rest.subspan(h.count));
+          Reader payload(rest.subspan(h.count, rest.size() - h.count - times));
           std::shared_ptr<JobSink> sink;
+          TimelineSource src;
           {
             std::lock_guard lock(mu);
+            if (cfg.timeline) src = timeline_source(h.job, h.first, h.worker);
             sink = settle(h.job, h.first, h.count, fresh);
+          }
+          if (sink && cfg.timeline) {
+            auto item_times = rest.last(times).first(times ? times - sizeof(std::uint32_t) : 0);
+            record_batch(src, h, status, fresh.data(), item_times);
           }
           if (sink) sink->on_batch(h.first, h.count, status, fresh.data(), payload, t);
           return;
@@ -560,9 +614,16 @@ struct PoolCore::Impl {
           Reader payload(rest);
           ExceptionInfo info = load<ExceptionInfo>(payload);
           std::shared_ptr<JobSink> sink;
+          TimelineSource src;
           {
             std::lock_guard lock(mu);
+            if (cfg.timeline) src = timeline_source(h.job, h.first, h.worker);
             sink = on_lost(h);
+          }
+          if (sink && cfg.timeline) {
+            src.received_ns = now_ns();
+            auto outcome = h.kind == ResultKind::timeout ? TaskOutcome::timeout : TaskOutcome::worker_lost;
+            cfg.timeline->failed(src, h.index, outcome, h.start_ns, h.end_ns);
           }
           if (sink) {
             sink->on_failure(h.index, h.kind == ResultKind::timeout ? Failure::timeout : Failure::worker_lost, info,
@@ -574,6 +635,34 @@ struct PoolCore::Impl {
     } catch (const std::exception& e) {
       std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
     }
+  }
+
+  // With mu held: where item `index` of `job` came from, for the timeline.
+  TimelineSource timeline_source(std::uint64_t job, std::uint64_t index, std::uint32_t worker) {
+    TimelineSource src{job, index, 0, 0, static_cast<int>(worker)};
+    if (auto jt = jobs.find(job); jt != jobs.end()) {
+      if (auto chunk = chunk_of(jt, index)) {
+        src.chunk = chunk->first;
+        src.queued_ns = chunk->queued_ns;
+      }
+    }
+    return src;
+  }
+
+  // A result batch for the timeline, with the per-item times the worker sent
+  // (kept encoded: decoding waits until someone reads the timeline).
+  void record_batch(TimelineSource src, const ResultHeader& h, const std::uint8_t* status,
+                    const std::uint8_t* fresh, std::span<const std::byte> times) {
+    src.received_ns = now_ns();
+    std::span<const std::uint8_t> t(reinterpret_cast<const std::uint8_t*>(times.data()), times.size());
+    cfg.timeline->ran(src, h.first, h.count, status, fresh, t, h.start_ns, h.end_ns);
+  }
+
+  // With mu held: a chunk's undelivered item will never run (the timeline's record).
+  void record_unrun(std::uint64_t job, const Chunk& c, std::uint64_t index, TaskOutcome why) {
+    if (!cfg.timeline) return;
+    std::int64_t now = now_ns();
+    cfg.timeline->failed(TimelineSource{job, c.first, c.queued_ns, now, -1}, index, why, 0, now);
   }
 
   // With mu held. A worker died holding items [h.first, h.first + h.count) of
@@ -620,7 +709,7 @@ struct PoolCore::Impl {
       // pending task with the initializer's error and refuses new work.
       if (++init_failures < 3) return;
       state = State::terminated;
-      collect_outstanding(fail);
+      collect_outstanding(fail, TaskOutcome::raised);
     }
     ExceptionInfo why{info.type_name, "the pool's initializer failed in a worker: " + info.message, info.traceback};
     for (auto& [sink, index] : fail) sink->on_failure(index, Failure::raised, why, 1, ItemTiming{});
@@ -635,7 +724,9 @@ struct PoolCore::Impl {
     for (auto& [first, c] : j.chunks) {
       c->cancelled = true;
       for (std::size_t k = 0; k < c->delivered.size(); ++k) {
-        if (!c->delivered[k]) out.emplace_back(j.sink, c->first + k);
+        if (c->delivered[k]) continue;
+        out.emplace_back(j.sink, c->first + k);
+        record_unrun(jt->first, *c, c->first + k, TaskOutcome::cancelled);
       }
       for (int fd : c->msg.fds) ::close(fd);
       c->msg.fds.clear();
@@ -654,11 +745,14 @@ struct PoolCore::Impl {
   }
 
   // With mu held: every item submitted and not settled, settled now; jobs cleared.
-  void collect_outstanding(std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
+  void collect_outstanding(std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out,
+                           TaskOutcome why = TaskOutcome::cancelled) {
     for (auto& [id, j] : jobs) {
       for (auto& [first, c] : j.chunks) {
         for (std::size_t k = 0; k < c->delivered.size(); ++k) {
-          if (!c->delivered[k]) out.emplace_back(j.sink, c->first + k);
+          if (c->delivered[k]) continue;
+          out.emplace_back(j.sink, c->first + k);
+          record_unrun(id, *c, c->first + k, why);
         }
         for (int fd : c->msg.fds) ::close(fd);
       }
@@ -842,6 +936,7 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   c->delivered.assign(n, false);
   c->left = n;
   c->retries_left = I.cfg.retries;
+  if (I.cfg.timeline) c->queued_ns = now_ns();
   c->msg = std::move(chunk);
   ChunkHeader h{job, first, n};
   std::memcpy(c->msg.bytes.data(), &h, sizeof h);
@@ -989,6 +1084,8 @@ bool PoolCore::accepting() const {
 
 int PoolCore::processes() const { return impl_->cfg.processes; }
 
+std::shared_ptr<TimelineRecorder> PoolCore::timeline() const { return impl_->cfg.timeline; }
+
 std::vector<pid_t> PoolCore::worker_pids() const {
   std::lock_guard lock(impl_->mu);
   std::vector<pid_t> out;
@@ -1035,6 +1132,7 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer,
   cfg.max_memory_mb = static_cast<std::size_t>(options.max_memory_mb);
   cfg.initializer = std::move(initializer);
   cfg.max_queued = max_queued;
+  if (options.timeline) cfg.timeline = std::make_shared<detail::TimelineRecorder>(cfg.processes);
   processes_ = cfg.processes;
   core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
 }
@@ -1059,5 +1157,13 @@ void Pool::terminate() { core_->terminate(); }
 void Pool::join() { core_->join(); }
 int Pool::processes() const { return processes_; }
 std::vector<pid_t> Pool::worker_pids() const { return core_->worker_pids(); }
+
+Timeline Pool::timeline() const {
+  auto rec = core_->timeline();
+  if (!rec) {
+    throw UsageError("mproc: this pool records no timeline; create it with PoolOptions::timeline = true");
+  }
+  return Timeline(std::move(rec));
+}
 
 }  // namespace mproc

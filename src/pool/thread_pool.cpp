@@ -257,6 +257,10 @@ void ThreadPool::start(const PoolOptions& options, std::function<void()> initial
                      "Use mproc::Pool");
   }
   if (options.retries < 0) throw UsageError("mproc: retries must be >= 0");
+  if (options.timeline) {
+    throw UsageError("mproc: timelines are recorded by process pools only (Pool, ProcessPoolExecutor); "
+                     "ThreadPool has no timeline option yet");
+  }
   threads_ = options.processes ? options.processes : cpu_count();
   core_ = std::make_unique<detail::ThreadPoolCore>(threads_, options.maxtasksperchild, std::move(initializer));
 }

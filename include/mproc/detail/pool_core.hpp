@@ -17,6 +17,8 @@
 
 namespace mproc::detail {
 
+class TimelineRecorder;  // mproc/detail/timeline_recorder.hpp
+
 /// Layout of the fixed header at the start of every task message.
 struct ChunkHeader {
   std::uint64_t job;    // 0: "stop" (the worker exits)
@@ -73,6 +75,9 @@ struct PoolConfig {
   // ProcessPoolExecutor keeps this small (Python's call queue), so that queued
   // work stays in the parent's feed queue, where cancel_job can still drop it.
   std::size_t max_queued = 0;
+  // PoolOptions::timeline: where the collector and supervisor record each task,
+  // and workers then send per-item times. Null: nothing is recorded or sent.
+  std::shared_ptr<TimelineRecorder> timeline;
 };
 
 class PoolCore {
@@ -121,6 +126,8 @@ class PoolCore {
   std::int64_t spin_ns() const;
   /// Pids of the current workers (for tests and tools).
   std::vector<pid_t> worker_pids() const;
+  /// The timeline recorder (PoolConfig::timeline), or null.
+  std::shared_ptr<TimelineRecorder> timeline() const;
 
  private:
   struct Impl;
