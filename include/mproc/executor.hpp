@@ -248,11 +248,10 @@ class [[nodiscard]] Future {
 
   /// Cancels the task if it has not started: true if it will never run (or was
   /// cancelled already), false once it runs or is done. Threads: true until a
-  /// thread takes the task. Processes: true while the task waits in the parent;
-  /// false once it was handed to the workers' task queue, which holds about
-  /// max_workers + 1 tasks (Python's call queue), so the most recently submitted
-  /// tasks of a busy executor can be cancelled. A cancelled future is done: get()
-  /// and exception() throw CancelledError; its done callbacks run.
+  /// thread takes the task. Processes: true until a worker takes the task, even
+  /// when it already waits in the workers' task channel (docs/executor.md). A
+  /// cancelled future is done: get() and exception() throw CancelledError; its
+  /// done callbacks run.
   bool cancel() {
     if (core_->gate) {
       if (!done() && core_->gate->cancel(core_->job)) core_->try_cancel();
@@ -267,9 +266,8 @@ class [[nodiscard]] Future {
     std::lock_guard lock(core_->mu);
     return core_->cancelled_locked();
   }
-  /// Not done and can no longer be cancelled. Threads: a thread is running it.
-  /// Processes: a worker runs it or has it queued (Python's meaning: it left the
-  /// executor for the call queue).
+  /// Not done and can no longer be cancelled: a thread or a worker process has
+  /// taken it.
   bool running() const {
     if (done()) return false;
     if (core_->gate) return core_->gate->dispatched(core_->job);

@@ -29,12 +29,11 @@ PoolOptions pool_options(const ExecutorOptions& o, int default_workers) {
 
 void ProcessPoolExecutor::start(const ExecutorOptions& options, std::vector<std::byte> initializer) {
   PoolOptions p = pool_options(options, cpu_count());
-  // Python's call queue holds max_workers + 1 calls: a worker finishing a task
-  // finds the next one waiting, while everything behind stays in the parent,
-  // cancellable (Future::cancel). Here: max_workers in the task channel, plus the
-  // one the pool's feeder thread holds while it waits for room there.
-  auto queued = static_cast<std::size_t>(p.processes);
-  pool_.reset(new Pool(p, std::move(initializer), queued));
+  // Python keeps its call queue at max_workers + 1 calls, so that everything
+  // behind it stays cancellable, and pays a thread hand-off per task for it. Here
+  // a task stays cancellable in the task channel until a worker claims it (the
+  // pool's tickets), so the channel can run far ahead: up to 1024 tasks.
+  pool_.reset(new Pool(p, std::move(initializer), std::size_t{1024}));
   gate_ = std::make_shared<detail::PoolGate>(pool_->core_.get());
 }
 

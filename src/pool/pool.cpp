@@ -74,6 +74,19 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint32_t> phase;
 };
 
+// Tickets (PoolConfig::cancellable): after the worker slots in the same shared
+// table, kTickets words. A chunk sent with ticket t owns word t % kTickets,
+// holding (t << 2) | state. The worker that receives the chunk flips queued ->
+// claimed, cancel_job flips queued -> cancelled; one compare-and-swap each, so
+// exactly one wins. A word is reused only once it is no longer `queued` (its
+// chunk was claimed, or cancelled and will be dropped), so a worker whose swap
+// fails knows its chunk was cancelled.
+constexpr std::uint64_t kTickets = 4096;
+enum TicketState : std::uint64_t { ticket_queued = 1, ticket_claimed = 2, ticket_cancelled = 3 };
+std::atomic<std::uint64_t>* ticket_table(const Segment& table) {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(table.data() + table.size()) - kTickets;
+}
+
 enum class ResultKind : std::uint8_t {
   batch = 1,
   lost = 3,
@@ -217,6 +230,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   // worker does not die of it mid-task.
   ::signal(SIGINT, SIG_IGN);
   auto* slot = reinterpret_cast<WorkerSlot*>(table.data()) + id;
+  auto* tickets = ticket_table(table);
   if (!initializer.empty()) {
     try {
       Reader r(initializer);
@@ -229,12 +243,20 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   }
   std::vector<std::byte> buf;
   std::vector<int> fds;
-  for (long long done = 0; maxtasks <= 0 || done < maxtasks; ++done) {
+  for (long long done = 0; maxtasks <= 0 || done < maxtasks;) {
     ChunkHeader h{};
+    bool cancelled = false;
     try {
       tasks.recv(std::nullopt, [&](Reader& r) {
         r.read(&h, sizeof h);
         if (h.job == 0) return;
+        if (h.ticket != 0) {
+          std::uint64_t expect = h.ticket << 2 | ticket_queued;
+          if (!tickets[h.ticket % kTickets].compare_exchange_strong(expect, h.ticket << 2 | ticket_claimed)) {
+            cancelled = true;  // cancel_job won: the parent already failed it
+            return;
+          }
+        }
         // Claimed inside the receive, before the record is released: if this worker
         // dies from here on, the supervisor knows which chunk it held.
         slot->job.store(h.job, std::memory_order_relaxed);
@@ -251,6 +273,8 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
       return;  // the pool's process is gone: nothing more will come
     }
     if (h.job == 0) return;  // stop message: close() or a shrinking pool
+    if (cancelled) continue;
+    ++done;
     {
       Reader r(buf, fds);
       WorkerSink sink(results, *slot, id, h.job, item_times);
@@ -345,6 +369,8 @@ struct PoolCore::Impl {
   ChannelEnd results;
   Segment table;
   WorkerSlot* slots = nullptr;
+  std::atomic<std::uint64_t>* tickets = nullptr;  // ticket_table(table)
+  std::uint64_t next_ticket = 1;
 
   struct Chunk {
     std::uint64_t job;
@@ -360,7 +386,8 @@ struct PoolCore::Impl {
     std::shared_ptr<JobSink> sink;
     std::uint64_t outstanding = 0;  // submitted, not yet delivered
     bool sealed = false;
-    bool dispatched = false;  // a chunk was handed to the task channel: no cancelling
+    bool dispatched = false;   // a chunk went to the task channel without a ticket: no cancelling
+    std::uint64_t ticket = 0;  // its one chunk went with this ticket (cancellable pools)
 
     std::map<std::uint64_t, std::shared_ptr<Chunk>> chunks;  // by first item
   };
@@ -421,9 +448,36 @@ struct PoolCore::Impl {
 
   // -- chunks --
 
+  // With mu held, for a chunk about to go to the task channel: its ticket, or 0
+  // with the job marked dispatched (not cancellable any more). A ticket goes to
+  // the first send of a job's first chunk, whole, in a cancellable pool, if its
+  // word is free (the chunk kTickets sends ago is no longer queued).
+  std::uint64_t take_ticket_locked(Job& j, const Chunk& c, std::uint64_t from, std::uint64_t to) {
+    if (cfg.cancellable && !j.dispatched && j.ticket == 0 && from == c.first && to == c.first + c.delivered.size() &&
+        j.chunks.size() == 1) {
+      std::uint64_t t = next_ticket++;
+      auto& word = tickets[t % kTickets];
+      if ((word.load(std::memory_order_relaxed) & 3) != ticket_queued) {
+        word.store(t << 2 | ticket_queued, std::memory_order_relaxed);  // published by the channel's send
+        j.ticket = t;
+        return t;
+      }
+    }
+    j.dispatched = true;
+    return 0;
+  }
+  // With mu held: whether a worker has (or may have) taken job j's chunk.
+  bool claimed_locked(const Job& j) const {
+    if (j.dispatched) return true;
+    if (j.ticket == 0) return false;
+    std::uint64_t v = tickets[j.ticket % kTickets].load(std::memory_order_acquire);
+    return v != (j.ticket << 2 | ticket_queued);
+  }
+
   // Builds the message for items [from, to) of a chunk (the whole chunk, or what
   // is left of it after a lost worker), with the header patched.
-  std::vector<std::byte> message_for(const Chunk& c, std::uint64_t from, std::uint64_t to) const {
+  std::vector<std::byte> message_for(const Chunk& c, std::uint64_t from, std::uint64_t to,
+                                     std::uint64_t ticket) const {
     const auto& m = c.msg;
     std::size_t a = m.offsets[from - c.first];
     std::size_t b = to - c.first < m.offsets.size() ? m.offsets[to - c.first] : m.bytes.size();
@@ -431,7 +485,7 @@ struct PoolCore::Impl {
     out.reserve(m.prefix + (b - a));
     out.insert(out.end(), m.bytes.begin(), m.bytes.begin() + static_cast<std::ptrdiff_t>(m.prefix));
     out.insert(out.end(), m.bytes.begin() + static_cast<std::ptrdiff_t>(a), m.bytes.begin() + static_cast<std::ptrdiff_t>(b));
-    ChunkHeader h{c.job, from, to - from};
+    ChunkHeader h{c.job, from, to - from, ticket};
     std::memcpy(out.data(), &h, sizeof h);
     return out;
   }
@@ -501,6 +555,7 @@ struct PoolCore::Impl {
   void feeder_loop() {
     for (;;) {
       Pending p;
+      std::uint64_t ticket = 0;
       {
         std::unique_lock lock(mu);
         for (;;) {
@@ -510,8 +565,10 @@ struct PoolCore::Impl {
           feed.pop_front();
           if (!p.chunk) break;
           if (p.chunk->cancelled) continue;  // cancel_job dropped it while it waited here
-          // From here on the chunk may reach a worker: the job can no longer be cancelled.
-          if (auto jt = jobs.find(p.chunk->job); jt != jobs.end()) jt->second.dispatched = true;
+          // From here on the chunk may reach a worker: cancellable only by its ticket.
+          if (auto jt = jobs.find(p.chunk->job); jt != jobs.end()) {
+            ticket = take_ticket_locked(jt->second, *p.chunk, p.from, p.to);
+          }
           break;
         }
       }
@@ -522,7 +579,7 @@ struct PoolCore::Impl {
         msg.resize(sizeof stop);
         std::memcpy(msg.data(), &stop, sizeof stop);
       } else {
-        msg = message_for(*p.chunk, p.from, p.to);
+        msg = message_for(*p.chunk, p.from, p.to, ticket);
         fds = p.chunk->msg.fds;
       }
       for (;;) {
@@ -721,6 +778,10 @@ struct PoolCore::Impl {
                      std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
     Job& j = jt->second;
     if (!j.sealed || j.dispatched) return false;
+    if (j.ticket != 0) {  // sent: the worker that would take it may be faster
+      std::uint64_t expect = j.ticket << 2 | ticket_queued;
+      if (!tickets[j.ticket % kTickets].compare_exchange_strong(expect, j.ticket << 2 | ticket_cancelled)) return false;
+    }
     for (auto& [first, c] : j.chunks) {
       c->cancelled = true;
       for (std::size_t k = 0; k < c->delivered.size(); ++k) {
@@ -877,8 +938,11 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
   task_opt.max_items = I.cfg.max_queued;
   I.tasks = ChannelEnd::create_queue(task_opt);
   I.results = ChannelEnd::create_queue(copt);
-  I.table = Segment::create(sizeof(WorkerSlot) * static_cast<std::size_t>(I.cfg.processes), "mproc-pool");
+  I.table = Segment::create(sizeof(WorkerSlot) * static_cast<std::size_t>(I.cfg.processes) +
+                                kTickets * sizeof(std::uint64_t),
+                            "mproc-pool");
   I.slots = reinterpret_cast<WorkerSlot*>(I.table.data());
+  I.tickets = ticket_table(I.table);
   I.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (I.wake_fd < 0) throw std::system_error(errno, std::generic_category(), "mproc: eventfd failed");
   I.workers.resize(static_cast<std::size_t>(I.cfg.processes));
@@ -956,7 +1020,10 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
       I.feed_cv.notify_one();
       return;
     }
-    was_dispatched = std::exchange(jt->second.dispatched, true);  // about to be sent: not cancellable
+    // About to be sent: cancellable only by a ticket from here on.
+    was_dispatched = jt->second.dispatched;
+    h.ticket = I.take_ticket_locked(jt->second, *c, first, first + n);
+    std::memcpy(c->msg.bytes.data(), &h, sizeof h);
   }
   // Fast path: straight into the task channel when it has room, saving the hop
   // through the feeder thread (a thread wake-up, several microseconds). Chunks may
@@ -969,9 +1036,16 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   }
   if (!sent) {
     std::lock_guard lock(I.mu);
-    // It waits in the feed queue after all: cancellable again, unless an earlier
-    // chunk of the job was sent.
-    if (auto jt = I.jobs.find(job); jt != I.jobs.end() && !was_dispatched) jt->second.dispatched = false;
+    if (c->cancelled) return;  // cancel_job won the ticket meanwhile and failed it
+    // It waits in the feed queue after all: its ticket's word is free again (no
+    // record carries it), and the job is as cancellable as before.
+    if (auto jt = I.jobs.find(job); jt != I.jobs.end()) {
+      if (h.ticket != 0) {
+        I.tickets[h.ticket % kTickets].store(h.ticket << 2 | ticket_cancelled, std::memory_order_relaxed);
+        jt->second.ticket = 0;
+      }
+      jt->second.dispatched = was_dispatched;
+    }
     I.feed.push_back(Impl::Pending{c, first, first + n});
     I.feed_cv.notify_one();
   }
@@ -995,11 +1069,15 @@ std::size_t PoolCore::cancel_queued_jobs() {
   std::size_t n = 0;
   {
     std::lock_guard lock(I.mu);
-    // By index: cancelling the last job of a closing pool appends stop entries.
-    for (std::size_t i = 0; i < I.feed.size(); ++i) {
-      const auto& chunk = I.feed[i].chunk;
-      if (!chunk || chunk->cancelled) continue;
-      auto jt = I.jobs.find(chunk->job);
+    // Ids first: cancelling forgets jobs (and, for the last job of a closing
+    // pool, appends stop entries to the feed queue).
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, j] : I.jobs) {
+      if (j.sealed && !I.claimed_locked(j)) ids.push_back(id);
+    }
+    std::sort(ids.begin(), ids.end());  // oldest first, as they would have run
+    for (std::uint64_t id : ids) {
+      auto jt = I.jobs.find(id);
       if (jt != I.jobs.end() && I.cancel_locked(jt, fail)) ++n;
     }
   }
@@ -1010,7 +1088,7 @@ std::size_t PoolCore::cancel_queued_jobs() {
 bool PoolCore::job_dispatched(std::uint64_t job) const {
   std::lock_guard lock(impl_->mu);
   auto jt = impl_->jobs.find(job);
-  return jt != impl_->jobs.end() && jt->second.dispatched;
+  return jt != impl_->jobs.end() && impl_->claimed_locked(jt->second);
 }
 
 void PoolCore::seal_job(std::uint64_t job) {
@@ -1133,6 +1211,7 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer,
   cfg.initializer = std::move(initializer);
   cfg.max_queued = max_queued;
   if (options.timeline) cfg.timeline = std::make_shared<detail::TimelineRecorder>(cfg.processes);
+  cfg.cancellable = max_queued > 0;  // ProcessPoolExecutor's pool
   processes_ = cfg.processes;
   core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
 }

@@ -21,9 +21,10 @@ class TimelineRecorder;  // mproc/detail/timeline_recorder.hpp
 
 /// Layout of the fixed header at the start of every task message.
 struct ChunkHeader {
-  std::uint64_t job;    // 0: "stop" (the worker exits)
-  std::uint64_t first;  // index of the first item in the job's input
-  std::uint64_t count;  // items in this chunk
+  std::uint64_t job;         // 0: "stop" (the worker exits)
+  std::uint64_t first;       // index of the first item in the job's input
+  std::uint64_t count;       // items in this chunk
+  std::uint64_t ticket = 0;  // cancellable until a worker claims it (0: not cancellable)
 };
 
 /// When and where an item ran (CLOCK_MONOTONIC ns, comparable across processes).
@@ -72,12 +73,13 @@ struct PoolConfig {
   std::size_t max_memory_mb = 0;
   std::vector<std::byte> initializer;  // an encoded process task, or empty
   // Most chunks waiting in the task channel at once; 0: only its bytes bound it.
-  // ProcessPoolExecutor keeps this small (Python's call queue), so that queued
-  // work stays in the parent's feed queue, where cancel_job can still drop it.
   std::size_t max_queued = 0;
   // PoolOptions::timeline: where the collector and supervisor record each task,
   // and workers then send per-item times. Null: nothing is recorded or sent.
   std::shared_ptr<TimelineRecorder> timeline;
+  // Jobs stay cancellable in the task channel until a worker claims them
+  // (tickets; ProcessPoolExecutor's Future::cancel). Needs max_queued <= 1024.
+  bool cancellable = false;
 };
 
 class PoolCore {
@@ -97,19 +99,21 @@ class PoolCore {
   void seal_job(std::uint64_t job);
 
   // -- cancellation (ProcessPoolExecutor's Future::cancel and shutdown) --
-  // A chunk handed to the task channel cannot be pulled back: a worker may have
-  // taken it already. So a job can be cancelled only while every chunk of it still
-  // waits in the parent's feed queue.
+  // A job can be cancelled while its chunks wait in the parent's feed queue and,
+  // in a cancellable pool, while its one chunk waits in the task channel: it
+  // carries a ticket, an entry in shared memory that the worker taking the chunk
+  // and cancel_job race to flip (queued -> claimed, or queued -> cancelled); a
+  // worker that finds it cancelled drops the chunk unrun.
 
-  /// Cancels sealed job `job` if none of its chunks has been handed to the task
-  /// channel: they are dropped (never run), each item fails through the job's
-  /// sink with Failure::cancelled, and true is returned. False if a chunk was
-  /// sent (it will run), or the job is not sealed, finished or unknown.
+  /// Cancels sealed job `job` if no worker has claimed any of it: it never runs,
+  /// each item fails through the job's sink with Failure::cancelled, and true is
+  /// returned. False if a worker took it, or the job is not sealed, finished or
+  /// unknown.
   bool cancel_job(std::uint64_t job);
   /// cancel_job for every job it would succeed for; returns how many.
   std::size_t cancel_queued_jobs();
-  /// Whether a chunk of `job` has been handed to the task channel (a worker runs
-  /// it or takes it next). False for a job that is finished or unknown.
+  /// Whether a worker has (or may have) taken a chunk of `job`: it runs, or ran.
+  /// False for a job that is finished or unknown.
   bool job_dispatched(std::uint64_t job) const;
 
   /// Stop accepting work; workers exit once the queued work is done.
