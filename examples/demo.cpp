@@ -6,13 +6,15 @@
 //      (CPU-bound prime counting, I/O-like waiting, a matrix product on shared
 //      memory), as a table of times and speedups;
 //   4. a pool with a per-task timeout surviving a task that segfaults and one that
-//      never ends, and still usable afterwards.
+//      never ends, and still usable afterwards;
+//   5. that pool's timeline: a summary table, and timeline.html (a Gantt chart of
+//      which worker ran what, when) plus a Chrome trace written to --out.
 //
 // Everything runs on this machine with the default start method (forkserver): no
 // server, nothing to set up. The full tour takes under 10 s on 2 cores; --quick
 // (the CTest test) runs the same scenes with smaller work in about 2 s.
 //
-//   demo [--quick] [--workers=N]
+//   demo [--quick] [--workers=N] [--out DIR]
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +23,8 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <numeric>
 #include <ranges>
@@ -51,7 +55,7 @@ struct Sizes {
   std::chrono::milliseconds timeout;  // scene 4: the pool's per-task limit
 };
 
-constexpr int kScenes = 4;
+constexpr int kScenes = 5;
 
 /// A scene's one-line heading: what it shows.
 void heading(int scene, const char* what) { std::printf("\n== %d/%d  %s\n", scene, kScenes, what); }
@@ -182,6 +186,9 @@ int main(int argc, char** argv) {
   bool quick = flags.has("quick", "smaller work, same scenes (the CTest test)");
   int workers = static_cast<int>(flags.get("workers", std::clamp(mproc::cpu_count(), 4, 16),
                                            "threads and processes in the comparisons"));
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::filesystem::path out = flags.get_string("out", tmpdir && *tmpdir ? tmpdir : "/tmp",
+                                               "where timeline.html and timeline.json are written");
   flags.check();
   // Line-buffered even into a pipe, so the progress bar (stderr) and the text
   // (stdout) come out in order in a log.
@@ -271,7 +278,7 @@ int main(int argc, char** argv) {
   // 4 -----------------------------------------------------------------------------------
   heading(4, "Crash and timeout: one task segfaults, one never ends; the others finish, the pool lives on");
   const int items = 8, crash = 3, runaway = 5;
-  mproc::Pool risky_pool({.processes = 2, .timeout = z.timeout});
+  mproc::Pool risky_pool({.processes = 2, .timeout = z.timeout, .timeline = true});
   std::printf("  Pool({.processes = 2, .timeout = %lld ms}); imap over %d items: item %d raises SIGSEGV, item %d "
               "loops forever\n",
               static_cast<long long>(z.timeout.count()), items, crash, runaway);
@@ -298,6 +305,24 @@ int main(int argc, char** argv) {
   auto squares = risky_pool.map(square, std::views::iota(0, 10));
   std::printf("  pool still usable: map(square, 0..9) = %s\n", examples::to_list(squares).c_str());
   ok &= good == items - 2 && lost == 1 && timed_out == 1 && squares[9] == 81;
+
+  // 5 -----------------------------------------------------------------------------------
+  heading(5, "Timeline: where and when each task of scene 4 ran (PoolOptions::timeline), to read or open");
+  mproc::Timeline timeline = risky_pool.timeline();
+  std::string summary = timeline.summary();
+  for (std::size_t at = 0; at < summary.size();) {  // indented like the other scenes
+    std::size_t nl = std::min(summary.find('\n', at), summary.size());
+    std::printf("%s%.*s\n", nl > at ? "  " : "", static_cast<int>(nl - at), summary.data() + at);
+    at = nl + 1;
+  }
+  std::filesystem::create_directories(out);
+  std::filesystem::path html = std::filesystem::absolute(out / "timeline.html");
+  std::filesystem::path trace = std::filesystem::absolute(out / "timeline.json");
+  timeline.write_html(html, "mproc demo: a pool surviving a segfault and a runaway task");
+  timeline.write_chrome_trace(trace);
+  std::printf("  timeline chart: %s (open it in a browser)\n", html.c_str());
+  std::printf("  Chrome trace:   %s (chrome://tracing or ui.perfetto.dev)\n", trace.c_str());
+  ok &= std::filesystem::exists(html) && std::filesystem::exists(trace);
 
   std::printf("\ndemo finished in %s\n", human_time(total.seconds()).c_str());
   return examples::verdict(ok, "every scene did what it says");
