@@ -11,6 +11,7 @@
 #include <mproc/pool.hpp>
 #include <mproc/shared_memory.hpp>
 #include <mproc/sync.hpp>
+#include <list>
 #include <numeric>
 #include <ranges>
 #include <set>
@@ -187,6 +188,15 @@ TEST_P(PoolTest, MapWithLargeItemsChunksByBytes) {
   EXPECT_EQ(pool.map(shout, xs), expect);
   EXPECT_EQ(pool.map(shout, xs, 7), expect);  // an explicit chunksize is used as given
 }
+
+// map encodes straight from inputs whose reading cannot throw; others are copied
+// first, so an exception from the input comes out before any task runs.
+static_assert(mproc::detail::NoThrowSizedInput<std::vector<int>&>);
+static_assert(mproc::detail::NoThrowSizedInput<const std::vector<std::string>&>);
+static_assert(mproc::detail::NoThrowSizedInput<std::views::all_t<std::vector<int>&>>);
+static_assert(mproc::detail::NoThrowSizedInput<decltype(std::views::iota(0, 3))>);
+static_assert(!mproc::detail::NoThrowSizedInput<decltype(std::views::iota(0, 3) |
+                                                         std::views::transform([](int x) { return x; }))>);
 
 TEST_P(PoolTest, ImapOrderedAndUnordered) {
   Pool pool(opts());

@@ -652,6 +652,24 @@ ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {
 }
 
 /// Python's map chunk size rule: ceil(n / (4 * workers)).
+template <class R>
+inline constexpr bool integral_iota = false;
+template <std::integral W, std::integral B>
+inline constexpr bool integral_iota<std::ranges::iota_view<W, B>> = true;
+
+/// A map input that can be encoded as it is read, without a copy first: its size
+/// is known, and reading it cannot throw (a vector, an array, an iota of
+/// integers), so no task can start before an error in the input is seen.
+template <class R>
+concept NoThrowSizedInput =
+    std::ranges::sized_range<R> && std::ranges::forward_range<R> &&
+    std::is_copy_constructible_v<std::remove_cvref_t<std::ranges::range_reference_t<R>>> &&
+    (integral_iota<std::remove_cvref_t<R>> || requires(std::ranges::iterator_t<R> it, std::ranges::sentinel_t<R> end) {
+      requires noexcept(*it);
+      requires noexcept(++it);
+      requires noexcept(it != end);
+    });
+
 /// An automatic map chunk ends once its encoding passes this size, so that it
 /// travels inside the task ring (below ChannelOptions::oob_threshold): memory
 /// that is already mapped and faulted in, reused message after message. A
@@ -917,26 +935,40 @@ class Pool : public detail::MapMethods<Pool> {
     using V = detail::stored_value_t<Res>;
     check_types<Fn, Arg, Res>();
     std::size_t chunk = detail::checked_chunksize(options.chunksize);
-    // Python materializes the input first, so an exception while reading it comes
-    // out of map() before any task runs. Same here.
-    std::vector<std::remove_cvref_t<Elem>> items;
-    if constexpr (std::ranges::sized_range<R>) items.reserve(std::ranges::size(input));
-    for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
+    if constexpr (detail::NoThrowSizedInput<R>) {
+      // Reading cannot throw and the size is known: encode straight from the range.
+      return gather_range<Star, Fn, Arg, V>(f, input, std::ranges::size(input), chunk, options);
+    } else {
+      // Python materializes the input first, so an exception while reading it
+      // comes out of map() before any task runs. Same here.
+      std::vector<std::remove_cvref_t<Elem>> items;
+      if constexpr (std::ranges::sized_range<R>) items.reserve(std::ranges::size(input));
+      for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
+      auto moved = items | std::views::transform([](auto& e) -> decltype(auto) { return std::move(e); });
+      return gather_range<Star, Fn, Arg, V>(f, moved, items.size(), chunk, options);
+    }
+  }
+
+  // map_async over `input`, of `n` items, read once from the front.
+  template <bool Star, class Fn, class Arg, class V, class R>
+  AsyncResult<std::vector<V>> gather_range(const Fn& f, R&& input, std::size_t n, std::size_t chunk,
+                                           const MapOptions& options) {
     // Automatic chunks also end once their encoding passes kAutoChunkBytes.
     const std::size_t max_bytes = chunk == 0 ? detail::kAutoChunkBytes : SIZE_MAX;
-    if (chunk == 0) chunk = detail::auto_chunksize(items.size(), processes());
+    if (chunk == 0) chunk = detail::auto_chunksize(n, processes());
     auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
-    auto bar = detail::make_progress(options.progress, options.desc, items.size());
-    if (items.empty()) {
+    auto bar = detail::make_progress(options.progress, options.desc, n);
+    if (n == 0) {
       core->finish(std::vector<V>{}, nullptr);
       return AsyncResult<std::vector<V>>(core);
     }
-    auto job = detail::progress_sink(std::make_shared<detail::GatherJob<V, false>>(items.size(), core), bar, true);
+    auto job = detail::progress_sink(std::make_shared<detail::GatherJob<V, false>>(n, core), bar, true);
     detail::ChunkEncoder<Fn, Arg, Star> enc(f);
     run_job(job, [&](std::uint64_t id) {
-      for (std::size_t i = 0, k = 0; i < items.size(); i = k) {
+      auto it = std::ranges::begin(input);
+      for (std::size_t i = 0, k = 0; i < n; i = k) {
         enc.begin();
-        for (k = i; k < std::min(items.size(), i + chunk) && enc.bytes() < max_bytes; ++k) enc.add(std::move(items[k]));
+        for (k = i; k < std::min(n, i + chunk) && enc.bytes() < max_bytes; ++k, ++it) enc.add(*it);
         core_->submit(id, i, enc.finish());
       }
     });
