@@ -252,7 +252,10 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
         if (h.job == 0) return;
         if (h.ticket != 0) {
           std::uint64_t expect = h.ticket << 2 | ticket_queued;
-          if (!tickets[h.ticket % kTickets].compare_exchange_strong(expect, h.ticket << 2 | ticket_claimed)) {
+          const std::uint64_t claimed = h.ticket << 2 | ticket_claimed;
+          // Already claimed: a worker died inside this very receive and the
+          // record came back (the ring hands it to the next receiver); run it.
+          if (!tickets[h.ticket % kTickets].compare_exchange_strong(expect, claimed) && expect != claimed) {
             cancelled = true;  // cancel_job won: the parent already failed it
             return;
           }
