@@ -196,6 +196,19 @@ std::string markup_error(const std::string& text) {
   return open.empty() ? "" : "unclosed <" + open.back() + ">";
 }
 
+// Takes every result of an imap; returns how many threw E (the others must not throw).
+template <class E, class Results>
+int drain(Results& results) {
+  int thrown = 0;
+  for (;;) {
+    try {
+      if (!results.next()) return thrown;
+    } catch (const E&) {
+      ++thrown;
+    }
+  }
+}
+
 void expect_well_formed_records(const std::vector<TaskRecord>& recs, int workers) {
   for (const auto& r : recs) {
     SCOPED_TRACE("call " + std::to_string(r.call) + " index " + std::to_string(r.index));
@@ -309,15 +322,7 @@ TEST_P(TimelineWorkers, InsightsAgreeWithRecords) {
 TEST(Timeline, RaisedTaskIsMarked) {
   Pool pool({.processes = 2, .timeline = true});
   auto results = pool.imap(raise_on_7, std::views::iota(0, 20), 3);
-  int errors = 0;
-  for (;;) {
-    try {
-      if (!results.next()) break;
-    } catch (const mproc::TaskError&) {
-      ++errors;
-    }
-  }
-  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(drain<mproc::TaskError>(results), 1);
   auto recs = pool.timeline().tasks();
   ASSERT_EQ(recs.size(), 20u);
   expect_well_formed_records(recs, 2);
@@ -332,16 +337,7 @@ TEST(Timeline, LostWorkerIsMarked) {
   Pool pool({.processes = 2, .timeline = true});
   auto before = pool.worker_pids();
   auto results = pool.imap(segv_on_5, std::views::iota(0, 10), 1);
-  int lost = 0;
-  for (;;) {
-    try {
-      if (!results.next()) break;
-    } catch (const mproc::WorkerLostError& e) {
-      ++lost;
-      EXPECT_EQ(e.index(), 5u);
-    }
-  }
-  EXPECT_EQ(lost, 1);
+  EXPECT_EQ(drain<mproc::WorkerLostError>(results), 1);
   auto recs = pool.timeline().tasks();
   ASSERT_EQ(recs.size(), 10u);
   expect_well_formed_records(recs, 2);
@@ -408,13 +404,64 @@ TEST(Timeline, CancelledFuturesAndTerminatedWorkAreMarked) {
   EXPECT_EQ(pool.timeline().insights().count(TaskOutcome::cancelled), 9u);
 }
 
+TEST_P(TimelineWorkers, ThreadPoolRecordsToo) {
+  const int n = GetParam();
+  mproc::ThreadPool pool({.processes = n, .timeline = true});
+  auto got = pool.map(square, std::views::iota(0, 200), 7);               // call 1
+  EXPECT_EQ(pool.apply_async([](int x) { return x + 1; }, 9).get(), 10);  // call 2
+  auto results = pool.imap(raise_on_7, std::views::iota(0, 30), 4);       // call 3
+  EXPECT_EQ(drain<std::invalid_argument>(results), 1);
+  auto recs = pool.timeline().tasks();
+  ASSERT_EQ(recs.size(), 200u + 1 + 30);
+  expect_well_formed_records(recs, n);
+  std::map<std::uint64_t, std::set<std::uint64_t>> by_call;
+  for (const auto& r : recs) {
+    EXPECT_EQ(r.pid, static_cast<int>(::getpid()));  // threads: this process
+    bool raised = r.call == 3 && r.index == 7;
+    EXPECT_EQ(r.outcome, raised ? TaskOutcome::raised : TaskOutcome::ok) << r.call << " " << r.index;
+    EXPECT_TRUE(by_call[r.call].insert(r.index).second);  // each index once
+    if (r.call == 1) {
+      EXPECT_EQ(r.chunk, r.index / 7 * 7);
+    }
+  }
+  EXPECT_EQ(by_call[1].size(), 200u);
+  EXPECT_EQ(by_call[2].size(), 1u);
+  EXPECT_EQ(by_call[3].size(), 30u);
+  auto in = pool.timeline().insights();
+  std::uint64_t sum = 0;
+  for (const auto& w : in.per_worker) sum += w.tasks;
+  EXPECT_EQ(sum, in.tasks);
+  EXPECT_EQ(in.count(TaskOutcome::raised), 1u);
+}
+
+TEST(Timeline, ThreadPoolExecutorCancelledFuture) {
+  mproc::Event started, go;
+  mproc::ThreadPoolExecutor ex({.max_workers = 1, .timeline = true});
+  auto running = ex.submit(block, started, go, 1);  // call 1
+  ASSERT_TRUE(started.wait_for(30s));
+  std::vector<mproc::Future<int>> queued;
+  for (int i = 0; i < 3; ++i) queued.push_back(ex.submit(square, i));  // calls 2..4
+  ASSERT_TRUE(queued.back().cancel());
+  go.set();
+  EXPECT_EQ(running.get(), 1);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(queued[static_cast<std::size_t>(i)].get(), i * i);
+  ex.shutdown();  // the cancelled task is dropped by its thread: recorded then
+  auto recs = ex.timeline().tasks();
+  ASSERT_EQ(recs.size(), 4u);
+  expect_well_formed_records(recs, 1);
+  for (const auto& r : recs)
+    EXPECT_EQ(r.outcome, r.call == 4 ? TaskOutcome::cancelled : TaskOutcome::ok) << r.call;
+}
+
 TEST(Timeline, OffByDefault) {
   Pool pool({.processes = 1});
   EXPECT_THROW((void)pool.timeline(), mproc::UsageError);
   mproc::ProcessPoolExecutor ex({.max_workers = 1});
   EXPECT_THROW((void)ex.timeline(), mproc::UsageError);
-  EXPECT_THROW(mproc::ThreadPool({.processes = 1, .timeline = true}), mproc::UsageError);
-  EXPECT_THROW(mproc::ThreadPoolExecutor({.max_workers = 1, .timeline = true}), mproc::UsageError);
+  mproc::ThreadPool threads({.processes = 1});
+  EXPECT_THROW((void)threads.timeline(), mproc::UsageError);
+  mproc::ThreadPoolExecutor tex({.max_workers = 1});
+  EXPECT_THROW((void)tex.timeline(), mproc::UsageError);
   mproc::Timeline empty;
   EXPECT_TRUE(empty.tasks().empty());
   EXPECT_EQ(empty.insights().tasks, 0u);

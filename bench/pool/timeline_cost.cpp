@@ -2,14 +2,18 @@
 // with the timeline off and on, alternating which goes first in each round, and
 // the median time of each; then what reading the records and the exports take.
 //
-//   timeline_cost [--items N] [--rounds R] [--workers W] [--no-exports]
+//   timeline_cost [--items N] [--rounds R] [--workers W] [--threads] [--no-exports]
+//
+// --threads measures a ThreadPool instead of a Pool.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mproc/pool.hpp>
+#include <mproc/thread_pool.hpp>
 #include <ranges>
+#include <string_view>
 #include <vector>
 
 using Clock = std::chrono::steady_clock;
@@ -25,8 +29,9 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+template <class P>
 double run(bool timeline, int workers, int items) {
-  mproc::Pool pool({.processes = workers, .timeline = timeline});
+  P pool({.processes = workers, .timeline = timeline});
   (void)pool.map(inc, std::views::iota(0, 1000));  // workers up and warm
   auto t0 = Clock::now();
   auto r = pool.map(inc, std::views::iota(0, items));
@@ -40,24 +45,26 @@ double run(bool timeline, int workers, int items) {
 int main(int argc, char** argv) {
   mproc::init(argc, argv);
   int items = 1'000'000, rounds = 7, workers = 4;
-  bool exports = true;
+  bool exports = true, threads = false;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--no-exports")) exports = false;
+    std::string_view arg = argv[i];
+    bool has_value = i + 1 < argc;
+    if (arg == "--no-exports") exports = false;
+    if (arg == "--threads") threads = true;
+    if (arg == "--items" && has_value) items = std::atoi(argv[++i]);
+    if (arg == "--rounds" && has_value) rounds = std::atoi(argv[++i]);
+    if (arg == "--workers" && has_value) workers = std::atoi(argv[++i]);
   }
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--items")) items = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--rounds")) rounds = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--workers")) workers = std::atoi(argv[i + 1]);
-  }
+  auto run_one = threads ? run<mproc::ThreadPool> : run<mproc::Pool>;
   std::vector<double> off, on, ratio;
   for (int r = 0; r < rounds; ++r) {
     double a, b;
     if (r % 2) {
-      b = run(true, workers, items);
-      a = run(false, workers, items);
+      b = run_one(true, workers, items);
+      a = run_one(false, workers, items);
     } else {
-      a = run(false, workers, items);
-      b = run(true, workers, items);
+      a = run_one(false, workers, items);
+      b = run_one(true, workers, items);
     }
     off.push_back(a);
     on.push_back(b);
@@ -65,9 +72,9 @@ int main(int argc, char** argv) {
     std::printf("round %d: off %.3f s, on %.3f s, on/off %.3f\n", r + 1, a, b, b / a);
   }
   std::printf(
-      "map of %d trivial items on %d workers, %d rounds: median off %.3f s, on %.3f s; "
+      "%s map of %d trivial items on %d workers, %d rounds: median off %.3f s, on %.3f s; "
       "median of the rounds' on/off ratios %.3f\n",
-      items, workers, rounds, median(off), median(on), median(ratio));
+      threads ? "ThreadPool" : "Pool", items, workers, rounds, median(off), median(on), median(ratio));
   if (!exports) return 0;
 
   mproc::Pool pool({.processes = workers, .timeline = true});

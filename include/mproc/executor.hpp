@@ -48,8 +48,7 @@ struct ExecutorOptions {
   long long max_tasks_per_child = 0;
   /// How worker processes start (Python's mp_context); ThreadPoolExecutor ignores it.
   std::optional<StartMethod> start_method;
-  /// Record a TaskRecord per task (timeline(), docs/timeline.md); ProcessPoolExecutor
-  /// only: ThreadPoolExecutor refuses it with UsageError.
+  /// Record a TaskRecord per task (timeline(), docs/timeline.md).
   bool timeline = false;
 };
 
@@ -504,6 +503,9 @@ class BasicExecutor {
   }
   /// Number of workers (processes or threads).
   int max_workers() const { return pool_->processes(); }
+  /// The per-task timeline recorded so far (one call per submit/map). Throws
+  /// UsageError unless ExecutorOptions::timeline was set.
+  Timeline timeline() const { return pool_->timeline(); }
 
  protected:
   BasicExecutor() = default;
@@ -561,10 +563,6 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
     core->job = job;
     return Future<typename decltype(core)::element_type::result_type>(std::move(core));
   }
-
-  /// The per-task timeline recorded so far (one call per submit/map). Throws
-  /// UsageError unless ExecutorOptions::timeline was set.
-  Timeline timeline() const { return pool_->timeline(); }
 
  private:
   void start(const ExecutorOptions& options, std::vector<std::byte> initializer);

@@ -33,10 +33,56 @@
 
 #include "mproc/pool.hpp"
 #include "mproc/progress.hpp"
+#include "mproc/timeline.hpp"
 
 namespace mproc {
 
 namespace detail {
+
+class TimelineRecorder;  // mproc/detail/timeline_recorder.hpp
+
+/// A ThreadTask's part in its pool's timeline (PoolOptions::timeline). Inert —
+/// a null pointer and one untaken branch per item — unless the pool armed it when
+/// it was posted. run() brackets each item with item_start()/item_end() and calls
+/// commit() before it makes results visible, so a result that can be seen has its
+/// record (src/pool/thread_pool.cpp).
+class TaskStamp {
+ public:
+  TaskStamp() noexcept;
+  ~TaskStamp();
+  TaskStamp(const TaskStamp&) = delete;
+  TaskStamp& operator=(const TaskStamp&) = delete;
+  void item_start() noexcept {
+    if (s_) started();
+  }
+  /// Ends the item started last (nothing if none is open).
+  void item_end(bool raised) noexcept {
+    if (s_) ended(raised);
+  }
+  /// Records the items ended since the last commit.
+  void commit() noexcept {
+    if (s_) flush();
+  }
+  /// The task's items: [first, first + count) of its call.
+  void set_items(std::uint64_t first, std::uint64_t count) noexcept {
+    first_ = first;
+    count_ = count;
+  }
+  void set_worker(int worker) noexcept { worker_ = worker; }
+  /// By the pool, when it queues the task: records go to `rec`. Throws std::bad_alloc.
+  void arm(std::shared_ptr<TimelineRecorder> rec, std::uint64_t call, std::int64_t queued_ns);
+  /// The task's items not recorded yet will not run: recorded with `why`.
+  void unrun(TaskOutcome why) noexcept;
+
+ private:
+  struct State;  // what an armed stamp measures
+  void started() noexcept;
+  void ended(bool raised) noexcept;
+  void flush() noexcept;
+  std::unique_ptr<State> s_;
+  std::uint64_t first_ = 0, count_ = 1;
+  int worker_ = -1;
+};
 
 /// One unit of work of a ThreadPool: an apply, a chunk of a map, a submit.
 class ThreadTask {
@@ -47,14 +93,17 @@ class ThreadTask {
   /// It will never run (terminate, cancellation, a failed initializer): its
   /// results fail with `error`. Never throws.
   virtual void fail(std::exception_ptr error) noexcept = 0;
+  /// The task's timeline record (inert without PoolOptions::timeline).
+  TaskStamp stamp;
 };
 
 /// The untyped engine under ThreadPool: threads, a FIFO queue of tasks,
 /// maxtasksperchild, the initializer (src/pool/thread_pool.cpp).
 class ThreadPoolCore {
  public:
-  /// Starts `threads` threads; each runs `initializer` (if any) before its first task.
-  ThreadPoolCore(int threads, long long maxtasks, std::function<void()> initializer);
+  /// Starts `threads` threads; each runs `initializer` (if any) before its first
+  /// task. With `timeline`, tasks posted with a call number are recorded.
+  ThreadPoolCore(int threads, long long maxtasks, std::function<void()> initializer, bool timeline = false);
   /// terminate() and join().
   ~ThreadPoolCore();
   ThreadPoolCore(const ThreadPoolCore&) = delete;
@@ -62,9 +111,14 @@ class ThreadPoolCore {
 
   /// Queues tasks (one lock, one wake-up). A continuation (the next chunks of an
   /// imap already running) is accepted after close(). Throws UsageError when the
-  /// pool takes no new work, CancelledError after terminate().
-  void post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool continuation = false);
-  void post(std::unique_ptr<ThreadTask> task, bool continuation = false);
+  /// pool takes no new work, CancelledError after terminate(). `call`: the
+  /// open_call() number of the tasks' call, for the timeline.
+  void post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool continuation = false, std::uint64_t call = 0);
+  void post(std::unique_ptr<ThreadTask> task, bool continuation = false, std::uint64_t call = 0);
+  /// The next call's number (1, 2, ...) when recording a timeline, else 0.
+  std::uint64_t open_call() noexcept;
+  /// The timeline recorder, or null.
+  std::shared_ptr<TimelineRecorder> timeline() const;
   /// An imap holds the pool open while it may still post chunks: after close(),
   /// the threads wait for it before they exit.
   void open_stream();
@@ -162,12 +216,20 @@ class ApplyTask final : public ThreadTask {
   ApplyTask(std::shared_ptr<Core> core, Fn f, Args args) : core_(std::move(core)), f_(std::move(f)), args_(std::move(args)) {}
   void run() noexcept override {
     if constexpr (requires(Core& c) { c.try_start(); }) {
-      if (!core_->try_start()) return;  // cancelled while queued
+      if (!core_->try_start()) {  // cancelled while queued
+        stamp.unrun(TaskOutcome::cancelled);
+        return;
+      }
     }
+    stamp.item_start();
     try {
-      core_->finish(invoke_to_value<typename Core::V>([&]() -> decltype(auto) { return std::apply(f_, std::move(args_)); }),
-                    nullptr);
+      auto v = invoke_to_value<typename Core::V>([&]() -> decltype(auto) { return std::apply(f_, std::move(args_)); });
+      stamp.item_end(false);
+      stamp.commit();
+      core_->finish(std::move(v), nullptr);
     } catch (...) {
+      stamp.item_end(true);
+      stamp.commit();
       core_->finish(std::nullopt, std::current_exception());
     }
   }
@@ -227,15 +289,23 @@ class GatherChunk final : public ThreadTask {
  public:
   GatherChunk(std::shared_ptr<Fn> f, std::shared_ptr<std::vector<Elem>> items, std::size_t from, std::size_t to,
               std::shared_ptr<ThreadGather<V>> state)
-      : f_(std::move(f)), items_(std::move(items)), from_(from), to_(to), state_(std::move(state)) {}
+      : f_(std::move(f)), items_(std::move(items)), from_(from), to_(to), state_(std::move(state)) {
+    stamp.set_items(from, to - from);
+  }
   void run() noexcept override {
     for (std::size_t i = from_; i < to_; ++i) {
+      stamp.item_start();
       try {
-        state_->put(i, invoke_to_value<V>([&]() -> decltype(auto) { return call_item<Star>(*f_, (*items_)[i]); }));
+        auto v = invoke_to_value<V>([&]() -> decltype(auto) { return call_item<Star>(*f_, (*items_)[i]); });
+        stamp.item_end(false);
+        state_->put(i, std::move(v));
       } catch (...) {
+        stamp.item_end(true);
+        stamp.commit();  // the failure may make the map's result ready
         state_->failed(std::current_exception(), 1);
       }
     }
+    stamp.commit();
     state_->settled(to_ - from_);
   }
   void fail(std::exception_ptr error) noexcept override {
@@ -265,7 +335,9 @@ template <class Fn, class Elem, class V>
 class StreamChunk final : public ThreadTask {
  public:
   StreamChunk(std::shared_ptr<Fn> f, std::vector<Elem> items, std::uint64_t first, std::shared_ptr<ThreadStream<V>> state)
-      : f_(std::move(f)), items_(std::move(items)), first_(first), state_(std::move(state)) {}
+      : f_(std::move(f)), items_(std::move(items)), first_(first), state_(std::move(state)) {
+    stamp.set_items(first, items_.size());
+  }
   void run() noexcept override {
     using Outcome = typename OutcomeBuffer<V>::Outcome;
     auto t0 = std::chrono::steady_clock::now();
@@ -277,14 +349,18 @@ class StreamChunk final : public ThreadTask {
       return;
     }
     for (auto& item : items_) {
+      stamp.item_start();
       try {
         out.emplace_back(invoke_to_value<V>([&]() -> decltype(auto) { return call_item<false>(*f_, item); }));
+        stamp.item_end(false);
         if (state_->bar) state_->bar->update(1);
       } catch (...) {
+        stamp.item_end(true);
         out.emplace_back(std::current_exception());
         if (state_->bar) state_->bar->update(0, 1);
       }
     }
+    stamp.commit();
     state_->ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     state_->items += items_.size();
     state_->buffer.add([&](auto& buffered) {
@@ -327,6 +403,7 @@ class ThreadStreamSource {
     chunk_.fixed = chunk;
     state_->bar = std::move(bar);
     core_->open_stream();
+    call_ = core_->open_call();
   }
   ThreadStreamSource(const ThreadStreamSource&) = delete;
   ThreadStreamSource& operator=(const ThreadStreamSource&) = delete;
@@ -372,7 +449,7 @@ class ThreadStreamSource {
       }
       std::size_t n = items.size();
       if (n) {
-        core_->post(std::make_unique<StreamChunk<Fn, Elem, V>>(f_, std::move(items), submitted_, state_), true);
+        core_->post(std::make_unique<StreamChunk<Fn, Elem, V>>(f_, std::move(items), submitted_, state_), true, call_);
         submitted_ += n;
       }
       if (sealed_by_error_ || it_ == std::ranges::end(input_)) {
@@ -399,6 +476,7 @@ class ThreadStreamSource {
   bool sealed_by_error_ = false;
   std::exception_ptr input_error_;
   AdaptiveChunk chunk_;
+  std::uint64_t call_ = 0;  // for the timeline
 };
 
 }  // namespace detail
@@ -448,6 +526,10 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
   void join();
   /// Number of threads (Pool's name, so code switches with one word).
   int processes() const;
+  /// The per-task timeline recorded so far (worker = thread slot, pid = this
+  /// process). Throws UsageError unless the pool was created with
+  /// PoolOptions::timeline.
+  Timeline timeline() const;
 
  private:
   friend class detail::MapMethods<ThreadPool>;
@@ -469,7 +551,8 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
     check_running();
     auto core = std::make_shared<Core<R>>();
     core_->post(std::make_unique<detail::ApplyTask<Core<R>, Fn, Tuple>>(core, Fn(std::forward<F>(f)),
-                                                                         Tuple(std::forward<Args>(args)...)));
+                                                                         Tuple(std::forward<Args>(args)...)),
+                false, core_->open_call());
     return core;
   }
 
@@ -508,7 +591,7 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
     for (std::size_t i = 0; i < n; i += chunk) {
       tasks.push_back(std::make_unique<detail::GatherChunk<Star, Fn, Elem, V>>(fn, items, i, std::min(n, i + chunk), state));
     }
-    core_->post(std::move(tasks));
+    core_->post(std::move(tasks), false, core_->open_call());
     return AsyncResult<std::vector<V>>(core);
   }
 

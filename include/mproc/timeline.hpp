@@ -1,4 +1,4 @@
-// mproc/timeline.hpp — per-task timelines of a process pool, and what they say.
+// mproc/timeline.hpp — per-task timelines of a pool, and what they say.
 //
 //   mproc::Pool pool({.processes = 4, .timeline = true});
 //   pool.map(work, inputs);
@@ -95,7 +95,8 @@ namespace detail {
 class TimelineRecorder;
 }
 
-/// The per-task timeline of a pool (PoolOptions::timeline, Pool::timeline()).
+/// The per-task timeline of a pool (PoolOptions::timeline; Pool, ThreadPool and
+/// the executors' timeline()).
 /// A cheap copyable handle on the records: it stays valid after the pool is gone,
 /// and reads what has been recorded so far whenever it is asked. Safe to use from
 /// several threads. Exports never include anything but numbers and the title,

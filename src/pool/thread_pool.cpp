@@ -6,22 +6,101 @@
 // std::thread handle travels from the old thread to the new one).
 #include "mproc/thread_pool.hpp"
 
+#include <unistd.h>
+
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <mutex>
 #include <thread>
 
+#include "mproc/detail/timeline_recorder.hpp"
+
 namespace mproc {
 namespace detail {
 
 std::exception_ptr cancelled_error(const char* why) { return std::make_exception_ptr(CancelledError(why)); }
+
+// ---- TaskStamp: a task's timeline records -------------------------------------------
+
+namespace {
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+struct TaskStamp::State {
+  std::shared_ptr<TimelineRecorder> rec;
+  std::uint64_t call = 0, done = 0;  // done: items recorded so far
+  std::int64_t queued_ns = 0, start_ns = 0, base_ns = 0, prev_ns = 0;
+  std::vector<std::uint8_t> outcomes, times;  // since the last commit; times: ItemTimes
+};
+
+TaskStamp::TaskStamp() noexcept = default;
+TaskStamp::~TaskStamp() = default;
+
+void TaskStamp::arm(std::shared_ptr<TimelineRecorder> rec, std::uint64_t call, std::int64_t queued_ns) {
+  s_ = std::make_unique<State>();
+  s_->rec = std::move(rec);
+  s_->call = call;
+  s_->queued_ns = queued_ns;
+}
+
+// Between two items of a chunk a thread only stores the first one's result, so
+// the second starts when the first ended: one clock read per item, not two.
+void TaskStamp::started() noexcept { s_->start_ns = s_->outcomes.empty() ? steady_ns() : s_->prev_ns; }
+
+void TaskStamp::ended(bool raised) noexcept {
+  State& s = *s_;
+  if (!s.start_ns) return;  // no item open
+  std::int64_t end = steady_ns();
+  std::int64_t start = std::exchange(s.start_ns, 0);
+  try {
+    if (s.outcomes.empty()) s.base_ns = s.prev_ns = start;
+    ItemTimes::put(s.times, start - s.prev_ns);
+    ItemTimes::put(s.times, end - start);
+    s.outcomes.push_back(raised ? 1 : 0);
+    s.prev_ns = end;
+  } catch (...) {
+    // No memory: these items go unrecorded.
+    s.done += s.outcomes.size();
+    s.times.clear();
+    s.outcomes.clear();
+  }
+}
+
+void TaskStamp::flush() noexcept {
+  State& s = *s_;
+  if (s.outcomes.empty()) return;
+  try {
+    std::vector<std::uint8_t> fresh(s.outcomes.size(), 1);
+    TimelineSource src{s.call, first_, s.queued_ns, steady_ns(), worker_};
+    s.rec->ran(src, first_ + s.done, s.outcomes.size(), s.outcomes.data(), fresh.data(), s.times, s.base_ns,
+               s.prev_ns);
+  } catch (...) {
+  }
+  s.done += s.outcomes.size();
+  s.outcomes.clear();
+  s.times.clear();
+}
+
+void TaskStamp::unrun(TaskOutcome why) noexcept {
+  if (!s_) return;
+  flush();
+  std::int64_t now = steady_ns();
+  for (; s_->done < count_; ++s_->done) {
+    s_->rec->failed(TimelineSource{s_->call, first_, s_->queued_ns, now, -1}, first_ + s_->done, why, 0, now);
+  }
+}
 
 struct ThreadPoolCore::Impl {
   enum class State { running, closing, terminated };
 
   long long maxtasks = 0;
   std::function<void()> initializer;
+  std::shared_ptr<TimelineRecorder> timeline;  // PoolOptions::timeline, or null
+  std::atomic<std::uint64_t> calls{0};
 
   mutable std::mutex mu;
   std::condition_variable cv;  // work queued, or the state changed
@@ -37,8 +116,12 @@ struct ThreadPoolCore::Impl {
   }
 
   // Fails tasks taken off the queue (without mu: they run user callbacks).
-  static void fail_all(std::deque<std::unique_ptr<ThreadTask>>& tasks, const std::exception_ptr& error) {
-    for (auto& t : tasks) t->fail(error);
+  static void fail_all(std::deque<std::unique_ptr<ThreadTask>>& tasks, const std::exception_ptr& error,
+                       TaskOutcome why = TaskOutcome::cancelled) {
+    for (auto& t : tasks) {
+      t->stamp.unrun(why);
+      t->fail(error);
+    }
     tasks.clear();
   }
 
@@ -58,7 +141,7 @@ struct ThreadPoolCore::Impl {
           dropped.swap(queue);
         }
         cv.notify_all();
-        fail_all(dropped, broken);
+        fail_all(dropped, broken, TaskOutcome::raised);
         return;
       }
     }
@@ -72,6 +155,7 @@ struct ThreadPoolCore::Impl {
         queue.pop_front();
         if (queue.empty() && state == State::closing && open_streams == 0) cv.notify_all();  // let idle threads exit
       }
+      task->stamp.set_worker(static_cast<int>(slot));
       task->run();
     }
     // maxtasksperchild reached: a fresh thread takes this slot (Python replaces
@@ -106,11 +190,16 @@ struct ThreadPoolCore::Impl {
   }
 };
 
-ThreadPoolCore::ThreadPoolCore(int threads, long long maxtasks, std::function<void()> initializer)
+ThreadPoolCore::ThreadPoolCore(int threads, long long maxtasks, std::function<void()> initializer, bool timeline)
     : impl_(std::make_unique<Impl>()) {
   Impl& I = *impl_;
   I.maxtasks = maxtasks;
   I.initializer = std::move(initializer);
+  if (timeline) {
+    // Every slot's "process" is this one, from the timeline's origin on.
+    I.timeline = std::make_shared<TimelineRecorder>(threads);
+    for (int i = 0; i < threads; ++i) I.timeline->worker_started(i, static_cast<int>(::getpid()), I.timeline->origin_ns());
+  }
   I.threads.resize(static_cast<std::size_t>(threads));
   // No lock needed: until a task is queued no thread touches `threads`.
   try {
@@ -137,8 +226,12 @@ ThreadPoolCore::~ThreadPoolCore() {
   }
 }
 
-void ThreadPoolCore::post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool continuation) {
+void ThreadPoolCore::post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool continuation, std::uint64_t call) {
   Impl& I = *impl_;
+  if (I.timeline && call) {
+    std::int64_t now = steady_ns();
+    for (auto& t : tasks) t->stamp.arm(I.timeline, call, now);
+  }
   {
     std::lock_guard lock(I.mu);
     if (I.state == Impl::State::terminated) {
@@ -157,11 +250,15 @@ void ThreadPoolCore::post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool c
   }
 }
 
-void ThreadPoolCore::post(std::unique_ptr<ThreadTask> task, bool continuation) {
+void ThreadPoolCore::post(std::unique_ptr<ThreadTask> task, bool continuation, std::uint64_t call) {
   std::vector<std::unique_ptr<ThreadTask>> one;
   one.push_back(std::move(task));
-  post(std::move(one), continuation);
+  post(std::move(one), continuation, call);
 }
+
+std::uint64_t ThreadPoolCore::open_call() noexcept { return impl_->timeline ? ++impl_->calls : 0; }
+
+std::shared_ptr<TimelineRecorder> ThreadPoolCore::timeline() const { return impl_->timeline; }
 
 void ThreadPoolCore::open_stream() {
   std::lock_guard lock(impl_->mu);
@@ -257,12 +354,9 @@ void ThreadPool::start(const PoolOptions& options, std::function<void()> initial
                      "Use mproc::Pool");
   }
   if (options.retries < 0) throw UsageError("mproc: retries must be >= 0");
-  if (options.timeline) {
-    throw UsageError("mproc: timelines are recorded by process pools only (Pool, ProcessPoolExecutor); "
-                     "ThreadPool has no timeline option yet");
-  }
   threads_ = options.processes ? options.processes : cpu_count();
-  core_ = std::make_unique<detail::ThreadPoolCore>(threads_, options.maxtasksperchild, std::move(initializer));
+  core_ = std::make_unique<detail::ThreadPoolCore>(threads_, options.maxtasksperchild, std::move(initializer),
+                                                   options.timeline);
 }
 
 ThreadPool::~ThreadPool() = default;  // ThreadPoolCore's destructor terminates and joins
@@ -273,5 +367,13 @@ void ThreadPool::close() { core_->close(); }
 void ThreadPool::terminate() { core_->terminate(); }
 void ThreadPool::join() { core_->join(); }
 int ThreadPool::processes() const { return threads_; }
+
+Timeline ThreadPool::timeline() const {
+  auto rec = core_->timeline();
+  if (!rec) {
+    throw UsageError("mproc: this ThreadPool records no timeline; create it with PoolOptions::timeline = true");
+  }
+  return Timeline(std::move(rec));
+}
 
 }  // namespace mproc
