@@ -620,3 +620,37 @@ TEST(TimelineRecorder, KeepsFreshItemsAndSurvivesBadTimes) {
   EXPECT_EQ(at(9, 4).received.count(), 9500);
   EXPECT_EQ(mproc::to_string(TaskOutcome::worker_lost), "worker_lost");
 }
+
+// A chunk whose worker timed out: its first item is re-run later by the slot's
+// replacement. The gap between the two processes is neither worker overhead
+// (it is not inside one process's run of the chunk) nor work.
+TEST(TimelineRecorder, ReRunsByAReplacementAreNotOverhead) {
+  mproc::detail::TimelineRecorder rec(1);
+  const std::int64_t t0 = rec.origin_ns();
+  rec.worker_started(0, 100, t0 + 1);
+  rec.worker_started(0, 200, t0 + 1'000'000);  // the replacement, 1 ms in
+  // Item 1 of chunk 0 ran 100..900 us in pid 100 and timed out.
+  rec.failed(mproc::detail::TimelineSource{1, 0, t0 + 10, t0 + 950'000, 0}, 1, TaskOutcome::timeout,
+             t0 + 100'000, t0 + 900'000);
+  // Item 0 of the same chunk, re-run by pid 200 at 2.0..2.1 ms.
+  std::vector<std::uint8_t> times;
+  mproc::detail::ItemTimes::put(times, 0);
+  mproc::detail::ItemTimes::put(times, 100'000);
+  const std::uint8_t ok[1] = {0}, fresh[1] = {1};
+  rec.ran(mproc::detail::TimelineSource{1, 0, t0 + 10, t0 + 2'200'000, 0}, 0, 1, ok, fresh, times,
+          t0 + 2'000'000, t0 + 2'100'000);
+  mproc::Timeline t(std::shared_ptr<const mproc::detail::TimelineRecorder>(
+      std::shared_ptr<const mproc::detail::TimelineRecorder>(), &rec));  // not owned: rec outlives t
+  auto recs = t.tasks();
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].pid, 100);
+  EXPECT_EQ(recs[1].pid, 200);
+  auto in = t.insights();
+  EXPECT_EQ(in.worker_overhead.count(), 0);
+  EXPECT_EQ(in.work.count(), 800'000 + 100'000);
+  EXPECT_EQ(in.chunks, 1u);
+  EXPECT_EQ(in.queue_wait.count(), 100'000 - 10);  // first start - queued
+  EXPECT_EQ(in.result_latency.count(), (950'000 - 900'000) + (2'200'000 - 2'100'000));
+  // Dispatch: the first run from its queueing, the re-run from the timeout's end.
+  EXPECT_EQ(in.dispatch.count(), (100'000 - 10) + (2'000'000 - 900'000));
+}

@@ -72,7 +72,7 @@ struct Insights {
   std::uint64_t chunks = 0;
   std::chrono::nanoseconds queue_wait{0};
   /// Time in the workers between tasks of a chunk (decoding arguments, encoding
-  /// results): per worker and chunk, last end - first start - the tasks' work.
+  /// results): per worker process and chunk, last end - first start - the tasks' work.
   std::chrono::nanoseconds worker_overhead{0};
   /// Time from the end of a result batch's last task to the parent having it:
   /// per batch, received - last end.

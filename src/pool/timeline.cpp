@@ -274,12 +274,13 @@ Insights compute(std::vector<TaskRecord> recs, int workers, std::size_t nslow) {
   in.p99_task = ns(durations[std::max<std::size_t>(rank, 1) - 1]);
   in.max_task = ns(durations.back());
 
-  // Overheads, from the records grouped by chunk, by worker within a chunk, and
-  // by result batch (the items of a batch share their `received`).
+  // Overheads, from the records grouped by chunk, by worker process within a chunk
+  // (a chunk's items re-run by the replacement of a lost worker are apart), and by
+  // result batch (the items of a batch share their `received`).
   std::erase_if(recs, [](const TaskRecord& r) { return !ran(r); });
   std::sort(recs.begin(), recs.end(), [](const TaskRecord& a, const TaskRecord& b) {
-    return std::tie(a.call, a.chunk, a.worker, a.received, a.start) <
-           std::tie(b.call, b.chunk, b.worker, b.received, b.start);
+    return std::tie(a.call, a.chunk, a.worker, a.pid, a.received, a.start) <
+           std::tie(b.call, b.chunk, b.worker, b.pid, b.received, b.start);
   });
   auto positive = [](ns d) { return std::max(d, ns(0)); };
   for (std::size_t i = 0; i < recs.size();) {  // one chunk
@@ -289,11 +290,12 @@ Insights compute(std::vector<TaskRecord> recs, int workers, std::size_t nslow) {
       std::size_t k = j;  // one worker's part of it
       ns s = ns::max(), e = ns::min(), work{0};
       while (k < recs.size() && recs[k].call == recs[j].call && recs[k].chunk == recs[j].chunk &&
-             recs[k].worker == recs[j].worker) {
+             recs[k].worker == recs[j].worker && recs[k].pid == recs[j].pid) {
         std::size_t b = k;  // one batch
         ns last_end = ns::min();
         while (b < recs.size() && recs[b].call == recs[k].call && recs[b].chunk == recs[k].chunk &&
-               recs[b].worker == recs[k].worker && recs[b].received == recs[k].received) {
+               recs[b].worker == recs[k].worker && recs[b].pid == recs[k].pid &&
+               recs[b].received == recs[k].received) {
           s = std::min(s, recs[b].start);
           e = std::max(e, recs[b].end);
           last_end = std::max(last_end, recs[b].end);
@@ -317,10 +319,10 @@ Insights compute(std::vector<TaskRecord> recs, int workers, std::size_t nslow) {
   });
   for (std::size_t i = 0; i < recs.size(); ++i) {
     const auto& r = recs[i];
-    bool same_worker = i > 0 && recs[i - 1].worker == r.worker;
-    if (same_worker && recs[i - 1].call == r.call && recs[i - 1].chunk == r.chunk)
-      continue;  // within a chunk
-    ns from = same_worker ? std::max(r.queued, recs[i - 1].end) : r.queued;
+    const TaskRecord* prev = i > 0 && recs[i - 1].worker == r.worker ? &recs[i - 1] : nullptr;
+    // Within one process's run of a chunk: not a dispatch.
+    if (prev && prev->pid == r.pid && prev->call == r.call && prev->chunk == r.chunk) continue;
+    ns from = prev ? std::max(r.queued, prev->end) : r.queued;
     in.dispatch += positive(r.start - from);
   }
 
@@ -618,8 +620,10 @@ std::string svg_chart(const std::vector<TaskRecord>& recs, int workers, std::str
           left + plot_w, axis_y + 31);
   // Bars, with what they are in a hover title.
   for (const auto& b : bars) {
-    double x = px(b.start);
-    double w = std::max(0.5, static_cast<double>((b.end - b.start).count()) * scale);
+    // At least half a pixel; tasks that never ran (no duration) get a 3 px mark.
+    double w = std::max(b.outcome == TaskOutcome::cancelled ? 3.0 : 0.5,
+                        static_cast<double>((b.end - b.start).count()) * scale);
+    double x = std::min(px(b.start), left + plot_w - w);
     std::string what;
     if (b.n == 1) {
       what = "call " + std::to_string(b.call) + ", index " + std::to_string(b.first) + " (chunk " +
