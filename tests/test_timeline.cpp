@@ -469,6 +469,24 @@ TEST(Timeline, OffByDefault) {
   EXPECT_EQ(markup_error(empty.svg()), "");
 }
 
+TEST(Timeline, ReadWhileThePoolRuns) {
+  Pool pool({.processes = 2, .timeline = true});
+  auto t = pool.timeline();
+  std::size_t seen = 0, taken = 0;
+  for (int v : pool.imap(square, std::views::iota(0, 3000), 10)) {
+    (void)v;
+    if (++taken % 250 == 0) {
+      auto recs = t.tasks();  // while the collector records more
+      EXPECT_GE(recs.size(), seen);
+      EXPECT_GE(recs.size(), taken);  // a result taken has its record
+      seen = recs.size();
+    }
+  }
+  auto recs = t.tasks();
+  EXPECT_EQ(recs.size(), 3000u);
+  expect_well_formed_records(recs, 2);
+}
+
 TEST(Timeline, OutlivesThePool) {
   mproc::Timeline t;
   {

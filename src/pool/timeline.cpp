@@ -194,20 +194,27 @@ void TimelineRecorder::failed(const TimelineSource& src, std::uint64_t index, Ta
 }
 
 std::vector<TaskRecord> TimelineRecorder::snapshot() const {
-  std::vector<TaskRecord> out;
+  // Only the batch list is copied under the lock, so that reading a big timeline
+  // does not hold up the pool's collector: the bytes a batch points to are
+  // written before it is listed and never move or change afterwards.
+  std::vector<Batch> batches;
+  std::size_t items = 0;
   {
     std::lock_guard lock(mu_);
-    out.reserve(items_);
-    auto rel = [&](std::int64_t t) { return std::chrono::nanoseconds(t - origin_ns_); };
-    std::vector<std::int64_t> t;
-    for (const auto& b : batches_) {
-      std::span<const std::uint8_t> bytes(b.bytes, b.size);
-      decode_times(bytes.subspan(b.count), b.count, b.base, b.end, t);
-      for (std::uint64_t k = 0; k < b.count; ++k) {
-        auto o = static_cast<TaskOutcome>(std::min<std::uint8_t>(bytes[k], 4));
-        out.push_back(TaskRecord{b.call, b.first + k, b.chunk, b.worker, b.pid, rel(b.queued), rel(t[2 * k]),
-                                 rel(t[2 * k + 1]), rel(b.received), o});
-      }
+    batches = batches_;
+    items = items_;
+  }
+  std::vector<TaskRecord> out;
+  out.reserve(items);
+  auto rel = [&](std::int64_t t) { return std::chrono::nanoseconds(t - origin_ns_); };
+  std::vector<std::int64_t> t;
+  for (const auto& b : batches) {
+    std::span<const std::uint8_t> bytes(b.bytes, b.size);
+    decode_times(bytes.subspan(b.count), b.count, b.base, b.end, t);
+    for (std::uint64_t k = 0; k < b.count; ++k) {
+      auto o = static_cast<TaskOutcome>(std::min<std::uint8_t>(bytes[k], 4));
+      out.push_back(TaskRecord{b.call, b.first + k, b.chunk, b.worker, b.pid, rel(b.queued), rel(t[2 * k]),
+                               rel(t[2 * k + 1]), rel(b.received), o});
     }
   }
   std::sort(out.begin(), out.end(), [](const TaskRecord& a, const TaskRecord& b) {
