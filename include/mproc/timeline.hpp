@@ -109,8 +109,9 @@ class Timeline {
 
   /// The records so far, sorted by start (then call, then index).
   std::vector<TaskRecord> tasks() const;
-  /// Per-worker and overall numbers; `slowest` is how many tasks to list.
-  Insights insights(std::size_t slowest = 5) const;
+  /// Per-worker and overall numbers, with the 5 (or `slowest`) slowest tasks.
+  Insights insights() const;
+  Insights insights(std::size_t slowest) const;
   /// insights() as a fixed-width text table.
   std::string summary() const;
 

@@ -685,6 +685,7 @@ std::vector<TaskRecord> Timeline::tasks() const {
 }
 int Timeline::workers() const { return rec_ ? rec_->workers() : 0; }
 
+Insights Timeline::insights() const { return insights(5); }
 Insights Timeline::insights(std::size_t slowest) const { return compute(tasks(), workers(), slowest); }
 std::string Timeline::summary() const { return summary_text(insights()); }
 
