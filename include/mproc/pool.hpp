@@ -222,6 +222,9 @@ struct ResultCore {
   }
 };
 
+template <class Derived>
+class MapMethods;  // below: Pool's and ThreadPool's shared methods
+
 }  // namespace detail
 
 /// The result of an asynchronous call (Python's AsyncResult / MapResult).
@@ -304,6 +307,17 @@ class [[nodiscard]] AsyncResult {
     std::lock_guard lock(core_->mu);
     if (core_->error) std::rethrow_exception(core_->error);
     if constexpr (!std::is_void_v<T>) return *core_->value;
+  }
+  // For the pool's own blocking calls (apply, map, starmap), whose AsyncResult
+  // is a temporary no one else sees: the value is moved out, not copied (for a
+  // map of 10 M ints, 80 MB of fresh pages and a TLB shoot-down saved).
+  template <class>
+  friend class detail::MapMethods;
+  T get_owned() && {
+    wait();
+    std::lock_guard lock(core_->mu);
+    if (core_->error) std::rethrow_exception(core_->error);
+    if constexpr (!std::is_void_v<T>) return std::move(*core_->value);
   }
   std::shared_ptr<Core> core_;
 };
@@ -775,7 +789,7 @@ class MapMethods {
   /// f(args...) in a worker; blocks for the result.
   template <class F, class... Args>
   auto apply(F&& f, Args&&... args) {
-    return self().apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+    return self().apply_async(std::forward<F>(f), std::forward<Args>(args)...).get_owned();
   }
 
   // ---- map / starmap -----------------------------------------------------------------
@@ -788,7 +802,7 @@ class MapMethods {
   /// [f(x) for x in input], in input order. Blocks. Throws the first failure.
   template <class F, std::ranges::input_range R>
   auto map(F&& f, R&& input, MapOptions options = {}) {
-    return map_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get();
+    return map_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get_owned();
   }
   template <class F, std::ranges::input_range R>
   auto starmap_async(F&& f, R&& input, MapOptions options = {}) {
@@ -797,7 +811,7 @@ class MapMethods {
   /// [f(*args) for args in input]: each element is a tuple of arguments.
   template <class F, std::ranges::input_range R>
   auto starmap(F&& f, R&& input, MapOptions options = {}) {
-    return starmap_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get();
+    return starmap_async(std::forward<F>(f), std::forward<R>(input), std::move(options)).get_owned();
   }
 
   // ---- imap ----------------------------------------------------------------------------
