@@ -226,6 +226,20 @@ ThreadPoolCore::~ThreadPoolCore() {
   }
 }
 
+namespace {
+/// Work offered to a pool whose initializer threw (Python: BrokenThreadPool).
+[[noreturn]] void throw_broken(const std::exception_ptr& broken) {
+  std::string why = "unknown exception";
+  try {
+    std::rethrow_exception(broken);
+  } catch (const std::exception& e) {
+    why = e.what();
+  } catch (...) {
+  }
+  throw UsageError("mproc: ThreadPool is broken: its initializer threw (" + why + ")");
+}
+}  // namespace
+
 void ThreadPoolCore::post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool continuation, std::uint64_t call) {
   Impl& I = *impl_;
   if (I.timeline && call) {
@@ -235,7 +249,9 @@ void ThreadPoolCore::post(std::vector<std::unique_ptr<ThreadTask>> tasks, bool c
   {
     std::lock_guard lock(I.mu);
     if (I.state == Impl::State::terminated) {
-      if (I.broken) std::rethrow_exception(I.broken);
+      // The initializer threw between the caller's check_accepting() and here:
+      // the same UsageError the check would have raised.
+      if (I.broken) throw_broken(I.broken);
       throw CancelledError("mproc: the ThreadPool was terminated");
     }
     if (I.state == Impl::State::closing && !continuation) {
@@ -317,16 +333,7 @@ void ThreadPoolCore::join() {
 void ThreadPoolCore::check_accepting() const {
   std::lock_guard lock(impl_->mu);
   if (impl_->state == Impl::State::running) return;
-  if (impl_->broken) {
-    std::string why = "unknown exception";
-    try {
-      std::rethrow_exception(impl_->broken);
-    } catch (const std::exception& e) {
-      why = e.what();
-    } catch (...) {
-    }
-    throw UsageError("mproc: ThreadPool is broken: its initializer threw (" + why + ")");
-  }
+  if (impl_->broken) throw_broken(impl_->broken);
   throw UsageError("mproc: ThreadPool is not running (closed or terminated)");
 }
 
