@@ -1,5 +1,6 @@
 // pool_squares — the articles' first Pool example: square every number with
-// map, imap and imap_unordered, and count progress with a '\r' line.
+// map, imap and imap_unordered, count progress with a '\r' line, and the same
+// with mproc's built-in progress bar.
 //
 // Python:
 //   pool = multiprocessing.Pool(processes=cores)
@@ -16,7 +17,8 @@
 //
 // What to look for: map and imap print the squares in order; imap_unordered
 // prints them in the order they finished; the counter line is rewritten in place
-// on a terminal (each update ends in '\r') and ends at "done N/N".
+// on a terminal (each update ends in '\r') and ends at "done N/N"; the progress
+// bar (stderr) ends at "squares: 100% N/N".
 //
 //   pool_squares [--n=20] [--processes=cpu_count]
 #include <unistd.h>
@@ -72,9 +74,14 @@ int main(int argc, char** argv) {
   std::printf("\n");
   std::printf("imap_unordered: %s\n", examples::to_list(by_unordered).c_str());
 
+  // method 4: the built-in progress bar (tqdm's, on stderr): done/total, %, rate,
+  // elapsed and ETA, redrawn in place on a terminal, a line per step in a log.
+  std::vector<int> by_bar = pool.map(f, xs, {0, true, "squares"});
+  std::printf("map with a progress bar: %s\n", by_bar == expected ? "same squares" : "WRONG");
+
   std::vector<int> sorted = by_unordered;
   std::sort(sorted.begin(), sorted.end());
-  bool ok = by_map == expected && by_imap == expected && sorted == expected;
+  bool ok = by_map == expected && by_imap == expected && sorted == expected && by_bar == expected;
   std::printf("imap_unordered order %s input order\n", by_unordered == expected ? "matched" : "differed from");
   pool.close();
   pool.join();
