@@ -630,19 +630,25 @@ class ChunkEncoder {
   template <class E>
   void add(E&& elem) {
     msg_.offsets.push_back(w_.size());
-    std::size_t had = w_.fds().size();
-    // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
-    // close when it dies, so our own copies are taken while it is alive.
-    auto arg = [&]() -> Arg {
-      if constexpr (Star) {
-        return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
-      } else {
-        return static_cast<Arg>(std::forward<E>(elem));
-      }
-    }();
-    dump(w_, arg);
-    auto added = dup_fds(w_.fds().subspan(had));
-    msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
+    if constexpr (!Star && kind_of<Arg>() == Kind::bytes) {
+      // Plain bytes (numbers, trivially copyable structs): no fds to track.
+      const Arg arg = static_cast<Arg>(std::forward<E>(elem));
+      w_.write(&arg, sizeof arg);
+    } else {
+      std::size_t had = w_.fds().size();
+      // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
+      // close when it dies, so our own copies are taken while it is alive.
+      auto arg = [&]() -> Arg {
+        if constexpr (Star) {
+          return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
+        } else {
+          return static_cast<Arg>(std::forward<E>(elem));
+        }
+      }();
+      dump(w_, arg);
+      auto added = dup_fds(w_.fds().subspan(had));
+      msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
+    }
   }
   std::size_t items() const { return msg_.offsets.size(); }
   /// Bytes encoded so far (prefix included).
