@@ -7,6 +7,8 @@
 //   memory of an idle worker; and throughput and parallel efficiency against task
 //   size (0 to 1 ms of calibrated busy work per task) for Pool.map, Pool.imap with
 //   chunksize 1, the C++ thread pool with map's chunks, and Python's Pool.
+// Where TBB is installed, map and the executor rows also show TBB on 2 threads
+// (parallel_for; task_group run + wait): what in-process work stealing does.
 //
 //   pool_bench [--quick] [--json FILE] [--python PATH | --no-python]
 #include <unistd.h>
@@ -23,6 +25,13 @@
 #include <ranges>
 #include <thread>
 #include <vector>
+
+#ifdef MPROC_BENCH_TBB  // libtbb-dev: set by bench/CMakeLists.txt when TBB is found
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+#endif
 
 #include "../common/report.hpp"
 #include "../common/thread_pool.hpp"
@@ -137,7 +146,24 @@ int main(int argc, char** argv) {
     if (v.size() != static_cast<std::size_t>(n_map)) std::abort();
     return n_map / secs_since(t0);
   });
-  r.row("map", mp_map, "items/s", {{"Python Pool", py.num("map_ints.items_per_s")}}, bench::higher_is_better);
+  double tbb_map = -1;  // n/a without TBB
+#ifdef MPROC_BENCH_TBB
+  tbb::task_arena arena(2);
+  tbb_map = med([&] {
+    auto t0 = Clock::now();
+    std::vector<long long> v(static_cast<std::size_t>(n_map));
+    arena.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<int>(0, n_map), [&](const tbb::blocked_range<int>& b) {
+        for (int i = b.begin(); i != b.end(); ++i) v[static_cast<std::size_t>(i)] = square(i);
+      });
+    });
+    if (v.back() != square(n_map - 1)) std::abort();
+    return n_map / secs_since(t0);
+  });
+#endif
+  r.row("map", mp_map, "items/s",
+        {{"Python Pool", py.num("map_ints.items_per_s")}, {"TBB parallel_for, 2 threads", tbb_map}},
+        bench::higher_is_better);
 
   r.section("Monte Carlo pi, 2 workers (parallel efficiency, higher is better)");
   const long long n_pi = args.quick ? 4'000'000 : 40'000'000;
@@ -198,10 +224,27 @@ int main(int argc, char** argv) {
     if (s < 0) std::abort();
     return n_exec / secs_since(t1);
   });
+  double tbb_exec = -1;  // n/a without TBB
+#ifdef MPROC_BENCH_TBB
+  tbb_exec = med([&] {
+    auto t1 = Clock::now();
+    std::vector<long long> out(static_cast<std::size_t>(n_exec));
+    arena.execute([&] {
+      tbb::task_group g;
+      for (int i = 0; i < n_exec; ++i) g.run([&out, i] { out[static_cast<std::size_t>(i)] = square(i); });
+      g.wait();
+    });
+    if (out.back() != square(n_exec - 1)) std::abort();
+    return n_exec / secs_since(t1);
+  });
+#endif
   r.row("ProcessPoolExecutor", proc_exec, "tasks/s",
-        {{"C++ thread pool", tp_exec}, {"Python ProcessPoolExecutor", py.num("executor.tasks_per_s")}},
+        {{"C++ thread pool", tp_exec},
+         {"Python ProcessPoolExecutor", py.num("executor.tasks_per_s")},
+         {"TBB task_group, 2 threads", tbb_exec}},
         bench::higher_is_better);
-  r.row("ThreadPoolExecutor", thread_exec, "tasks/s", {{"C++ thread pool", tp_exec}}, bench::higher_is_better);
+  r.row("ThreadPoolExecutor", thread_exec, "tasks/s", {{"C++ thread pool", tp_exec}, {"TBB task_group, 2 threads", tbb_exec}},
+        bench::higher_is_better);
 
   // Against task size: n tasks of `us` µs of busy work each, 2 workers.
   {
