@@ -256,6 +256,26 @@ int mark_ran(mproc::Array<int> ran, int i) {
 // cancel() racing the workers that take the tasks: whatever the outcome, a
 // future cancelled (true) never ran, and every other one ran exactly once and
 // has its result. Nothing is lost, nothing runs twice, nothing hangs.
+int square_with(mproc::Event e, int x) { return e.is_set() ? x * x : -1; }
+
+// More tasks than the task channel holds, each carrying fds (an Event), behind a
+// busy worker: the pool's feeder is left holding one while it waits for room.
+// Cancelling them all must not close fds the feeder is still sending (it would
+// die, and the pool would never feed again): later work still runs, nothing hangs.
+TYPED_TEST(ExecutorTest, CancellingTasksThatCarryFdsWhileTheFeederWaits) {
+  mproc::Event started, go;
+  TypeParam ex(ExecutorOptions{.max_workers = 1});
+  auto running = ex.submit(block, started, go, 1);
+  ASSERT_TRUE(started.wait_for(30s));
+  std::vector<Future<int>> fs;
+  for (int i = 0; i < 1100; ++i) fs.push_back(ex.submit(square_with, go, i));
+  for (auto& f : fs) EXPECT_TRUE(f.cancel());
+  go.set();
+  EXPECT_EQ(running.get(30s), 1);
+  EXPECT_EQ(ex.submit(square_with, go, 3).get(30s), 9);  // the pool still feeds its workers
+  for (auto& f : fs) EXPECT_THROW(f.get(30s), mproc::CancelledError);
+}
+
 TYPED_TEST(ExecutorTest, CancelRacingTheWorkersIsExactlyOnce) {
   constexpr std::size_t kTasks = 5000;  // more than the pool's 4096 tickets: their words are reused
   mproc::Array<int> ran(kTasks);

@@ -177,6 +177,17 @@ TEST_P(PoolTest, ApplyAndMap) {
 // Automatic map chunks end at 48 KiB of encoding (docs/pool.md): 3,000 strings of
 // 1 KiB make chunks of ~47 items, not Python's 3000 / (4 * workers). Every result
 // must come back in its place, whichever way the chunks were cut.
+// The 48 KiB cap counts the items only: a callable whose bound values alone pass
+// it (here 80 KB) still gets chunks, and the map completes.
+double sum_with(std::vector<double> weights, int x) { return weights.at(0) * x + static_cast<double>(weights.size()); }
+
+TEST_P(PoolTest, MapWithALargeBoundCallable) {
+  Pool pool(opts());
+  std::vector<double> weights(10000, 2.0);
+  EXPECT_EQ(pool.map(mproc::bind(sum_with, weights), std::vector<int>{1, 2, 3}),
+            (std::vector<double>{10002, 10004, 10006}));
+}
+
 TEST_P(PoolTest, MapWithLargeItemsChunksByBytes) {
   Pool pool(opts());
   std::vector<std::string> xs;

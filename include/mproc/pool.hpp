@@ -104,6 +104,7 @@ void check_keyboard_interrupt();
 /// costs no wake-up.
 template <class Done>
 bool spin_until(Done done, std::int64_t ns) noexcept {
+  if (ns <= 0) return done();
   auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
   do {
     for (int i = 0; i < 32; ++i) {
@@ -651,8 +652,9 @@ class ChunkEncoder {
     }
   }
   std::size_t items() const { return msg_.offsets.size(); }
-  /// Bytes encoded so far (prefix included).
-  std::size_t bytes() const { return w_.size(); }
+  /// Bytes of the items encoded so far in this chunk (the callable's prefix not
+  /// counted: the first item always fits, so a chunk is never empty).
+  std::size_t item_bytes() const { return w_.size() - prefix_.size(); }
   /// Finishes the chunk: owned copies of the fds its items carry.
   ChunkMessage finish();
 
@@ -973,10 +975,11 @@ class Pool : public detail::MapMethods<Pool> {
   template <bool Star, class Fn, class Arg, class V, class R>
   AsyncResult<std::vector<V>> gather_range(const Fn& f, R&& input, std::size_t n, std::size_t chunk,
                                            const MapOptions& options) {
-    // Automatic chunks also end once their encoding passes kAutoChunkBytes.
+    // Automatic chunks also end once their items' encoding passes kAutoChunkBytes.
     const std::size_t max_bytes = chunk == 0 ? detail::kAutoChunkBytes : SIZE_MAX;
     if (chunk == 0) chunk = detail::auto_chunksize(n, processes());
     auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
+    core->spin_ns = core_->spin_ns();
     auto bar = detail::make_progress(options.progress, options.desc, n);
     if (n == 0) {
       core->finish(std::vector<V>{}, nullptr);
@@ -988,7 +991,7 @@ class Pool : public detail::MapMethods<Pool> {
       auto it = std::ranges::begin(input);
       for (std::size_t i = 0, k = 0; i < n; i = k) {
         enc.begin();
-        for (k = i; k < std::min(n, i + chunk) && enc.bytes() < max_bytes; ++k, ++it) enc.add(*it);
+        for (k = i; k < std::min(n, i + chunk) && enc.item_bytes() < max_bytes; ++k, ++it) enc.add(*it);
         core_->submit(id, i, enc.finish());
       }
     });

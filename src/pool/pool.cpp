@@ -82,7 +82,9 @@ struct alignas(64) WorkerSlot {
 // chunk was claimed, or cancelled and will be dropped), so a worker whose swap
 // fails knows its chunk was cancelled.
 constexpr std::uint64_t kTickets = 4096;
-enum TicketState : std::uint64_t { ticket_queued = 1, ticket_claimed = 2, ticket_cancelled = 3 };
+// reclaimed: a worker died inside the receive after claiming, and the record came
+// back to another worker, which took it over (see pool_worker_main and on_lost).
+enum TicketState : std::uint64_t { ticket_reclaimed = 0, ticket_queued = 1, ticket_claimed = 2, ticket_cancelled = 3 };
 std::atomic<std::uint64_t>* ticket_table(const Segment& table) {
   return reinterpret_cast<std::atomic<std::uint64_t>*>(table.data() + table.size()) - kTickets;
 }
@@ -255,13 +257,18 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
         r.read(&h, sizeof h);
         if (h.job == 0) return;
         if (h.ticket != 0) {
+          auto& word = tickets[h.ticket % kTickets];
           std::uint64_t expect = h.ticket << 2 | ticket_queued;
           const std::uint64_t claimed = h.ticket << 2 | ticket_claimed;
-          // Already claimed: a worker died inside this very receive and the
-          // record came back (the ring hands it to the next receiver); run it.
-          if (!tickets[h.ticket % kTickets].compare_exchange_strong(expect, claimed) && expect != claimed) {
-            cancelled = true;  // cancel_job won: the parent already failed it
-            return;
+          if (!word.compare_exchange_strong(expect, claimed)) {
+            // Already claimed: a worker died inside this very receive and the
+            // ring handed the record to us. Take it over unless the supervisor
+            // re-queued it first (on_lost flips claimed -> cancelled): one wins.
+            // Otherwise cancel_job won, and the parent already failed it.
+            if (expect != claimed || !word.compare_exchange_strong(expect, h.ticket << 2 | ticket_reclaimed)) {
+              cancelled = true;
+              return;
+            }
           }
         }
         // Claimed inside the receive, before the record is released: if this worker
@@ -380,6 +387,15 @@ struct PoolCore::Impl {
   std::uint64_t next_ticket = 1;
 
   struct Chunk {
+    Chunk() = default;
+    Chunk(const Chunk&) = delete;
+    Chunk& operator=(const Chunk&) = delete;
+    // The chunk owns the fds its message carries; they close with its last
+    // reference, never sooner: the feeder may be sending them (a cancelled or
+    // settled chunk can still be in its hands, or in the feed queue).
+    ~Chunk() {
+      for (int fd : msg.fds) ::close(fd);
+    }
     std::uint64_t job;
     std::uint64_t first;
     ChunkMessage msg;
@@ -388,6 +404,7 @@ struct PoolCore::Impl {
     int retries_left;
     bool cancelled = false;  // dropped by cancel_job: the feeder skips it
     std::int64_t queued_ns = 0;  // when submitted (recorded with a timeline only)
+    std::uint64_t ticket = 0;    // the ticket of its first, whole send (0: none)
   };
   struct Job {
     std::shared_ptr<JobSink> sink;
@@ -459,7 +476,7 @@ struct PoolCore::Impl {
   // with the job marked dispatched (not cancellable any more). A ticket goes to
   // the first send of a job's first chunk, whole, in a cancellable pool, if its
   // word is free (the chunk kTickets sends ago is no longer queued).
-  std::uint64_t take_ticket_locked(Job& j, const Chunk& c, std::uint64_t from, std::uint64_t to) {
+  std::uint64_t take_ticket_locked(Job& j, Chunk& c, std::uint64_t from, std::uint64_t to) {
     if (cfg.cancellable && !j.dispatched && j.ticket == 0 && from == c.first && to == c.first + c.delivered.size() &&
         j.chunks.size() == 1) {
       std::uint64_t t = next_ticket++;
@@ -467,6 +484,7 @@ struct PoolCore::Impl {
       if ((word.load(std::memory_order_relaxed) & 3) != ticket_queued) {
         word.store(t << 2 | ticket_queued, std::memory_order_relaxed);  // published by the channel's send
         j.ticket = t;
+        c.ticket = t;
         return t;
       }
     }
@@ -528,10 +546,7 @@ struct PoolCore::Impl {
       --j.outstanding;
       --chunk->left;
     }
-    if (chunk->left == 0) {
-      for (int fd : chunk->msg.fds) ::close(fd);
-      j.chunks.erase(chunk->first);
-    }
+    if (chunk->left == 0) j.chunks.erase(chunk->first);
     maybe_finish_job(jt);
     return sink;
   }
@@ -743,6 +758,19 @@ struct PoolCore::Impl {
     auto undelivered = [&](std::uint64_t i) {
       return !chunk->delivered[i - chunk->first] && !(started && i == h.index);
     };
+    if (chunk->ticket != 0) {
+      // The dead worker may have died inside the receive, and the ring may hand
+      // the record to another worker, which then takes the ticket over
+      // (claimed -> reclaimed). Flip claimed -> cancelled first: whoever wins
+      // runs the items; the other side leaves them alone. (Any other value: the
+      // record was consumed long ago, so it cannot come back.)
+      const std::uint64_t t = chunk->ticket;
+      std::uint64_t expect = t << 2 | ticket_claimed;
+      if (!tickets[t % kTickets].compare_exchange_strong(expect, t << 2 | ticket_cancelled) &&
+          expect == (t << 2 | ticket_reclaimed)) {
+        lo = hi;  // another worker runs them
+      }
+    }
     for (std::uint64_t from = lo; from < hi;) {
       while (from < hi && !undelivered(from)) ++from;
       std::uint64_t to = from;
@@ -796,8 +824,6 @@ struct PoolCore::Impl {
         out.emplace_back(j.sink, c->first + k);
         record_unrun(jt->first, *c, c->first + k, TaskOutcome::cancelled);
       }
-      for (int fd : c->msg.fds) ::close(fd);
-      c->msg.fds.clear();
     }
     j.chunks.clear();
     j.outstanding = 0;
@@ -822,7 +848,6 @@ struct PoolCore::Impl {
           out.emplace_back(j.sink, c->first + k);
           record_unrun(id, *c, c->first + k, why);
         }
-        for (int fd : c->msg.fds) ::close(fd);
       }
     }
     jobs.clear();
@@ -1016,8 +1041,7 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
     std::lock_guard lock(I.mu);
     auto jt = I.jobs.find(job);
     if (jt == I.jobs.end() || I.state == Impl::State::terminated) {
-      for (int fd : c->msg.fds) ::close(fd);
-      throw CancelledError("mproc: the pool was terminated");
+      throw CancelledError("mproc: the pool was terminated");  // ~Chunk closes its fds
     }
     // Registered before it is sent: a result can come back before send() returns.
     jt->second.outstanding += n;
@@ -1050,6 +1074,7 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
       if (h.ticket != 0) {
         I.tickets[h.ticket % kTickets].store(h.ticket << 2 | ticket_cancelled, std::memory_order_relaxed);
         jt->second.ticket = 0;
+        c->ticket = 0;
       }
       jt->second.dispatched = was_dispatched;
     }
