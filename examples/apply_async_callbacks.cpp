@@ -97,9 +97,9 @@ int main(int argc, char** argv) {
 
   // 3. Callbacks instead of get(): Python's callback= / error_callback=.
   std::printf("\n3. then(callback, error_callback)\n");
-  // Callbacks run on the pool's result thread (in the parent). A latch tells us
-  // when all three have run: unlike Python's, mproc's wait()/get() can return
-  // before a result's callbacks have finished (they run after waiters are woken).
+  // Callbacks run on the pool's result thread (in the parent), before the result
+  // is marked ready, as in Python. A latch tells us when all three have run; the
+  // results become ready just after, so successful() waits for that first.
   std::atomic<int> values{0}, errors{0};
   std::latch callbacks_done(3);
   std::vector<mproc::AsyncResult<int>> results;
@@ -122,6 +122,7 @@ int main(int argc, char** argv) {
         }));
   }
   callbacks_done.wait();
+  for (auto& r : results) r.wait();  // successful() before ready is a UsageError
   std::printf("  %d values, %d errors; successful(): %s %s %s\n", values.load(), errors.load(),
               results[0].successful() ? "true" : "false", results[1].successful() ? "true" : "false",
               results[2].successful() ? "true" : "false");
