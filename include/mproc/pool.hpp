@@ -98,23 +98,6 @@ bool keyboard_interrupt_enabled() noexcept;
 /// Throws KeyboardInterrupt (clearing the flag) if Ctrl-C arrived.
 void check_keyboard_interrupt();
 
-/// Spins (with a pause instruction) until done() or `ns` nanoseconds have
-/// passed; returns done(). Waiters call it before they sleep when their pool
-/// has a core to spare (PoolCore::spin_ns): a result that comes within the spin
-/// costs no wake-up.
-template <class Done>
-bool spin_until(Done done, std::int64_t ns) noexcept {
-  if (ns <= 0) return done();
-  auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
-  do {
-    for (int i = 0; i < 32; ++i) {
-      if (done()) return true;
-      cpu_relax();
-    }
-  } while (std::chrono::steady_clock::now() < end);
-  return done();
-}
-
 /// cv.wait(lock, pred) that, when keyboard interrupts are enabled, wakes every
 /// 20 ms to see whether Ctrl-C arrived (a signal handler cannot notify a
 /// condition variable).

@@ -176,13 +176,7 @@ template <class Ready>
 bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false) {
   if (ready()) return true;
   if (passed(deadline)) return false;
-  std::int64_t spin_end = now_ns() + c.spin_ns.load(memory_order_relaxed);
-  do {
-    for (int i = 0; i < 32; ++i) {
-      cpu_relax();
-      if (ready()) return true;
-    }
-  } while (now_ns() < spin_end);
+  if (spin_until(ready, c.spin_ns.load(memory_order_relaxed))) return true;
   for (;;) {
     if (c.closed.load(memory_order_acquire)) throw_closed(c);
     if (c.peers_gone(false)) {

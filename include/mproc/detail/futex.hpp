@@ -31,6 +31,23 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+/// Spins (with a pause instruction) until done() or `ns` nanoseconds have
+/// passed; returns done(). Every spin-then-sleep waiter calls it before it
+/// sleeps (the channels, pool results): an answer that comes within the spin
+/// costs no wake-up.
+template <class Done>
+bool spin_until(Done done, std::int64_t ns) noexcept(noexcept(done())) {
+  if (ns <= 0) return done();
+  auto end = std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
+  do {
+    for (int i = 0; i < 32; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+  } while (std::chrono::steady_clock::now() < end);
+  return done();
+}
+
 inline deadline_t deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
   if (!timeout) return std::nullopt;
   return std::chrono::steady_clock::now() + *timeout;
