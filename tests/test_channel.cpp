@@ -1,7 +1,9 @@
 // The channel core under Queue and Pipe (mproc/detail/channel.hpp): records of
 // every size wrapping around a small ring, batches, the side band, handles
 // inherited through fork.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <mproc/detail/channel.hpp>
@@ -94,6 +96,31 @@ void use_global_end() {
   } catch (const mproc::UsageError&) {
     std::exit(7);  // expected: pipe ends are closed in fork children
   }
+}
+
+// What a claim step saw, in shared memory (written by a child that then dies).
+struct ClaimSeen {
+  std::uint32_t calls;
+  std::uint32_t size;
+  std::byte bytes[mproc::detail::kClaimPrefixBytes];
+};
+ChannelEnd* g_claim_ch = nullptr;
+mproc::SharedArray<ClaimSeen>* g_claim_seen = nullptr;
+
+// Receives one message with a claim step that records its prefix, then dies:
+// inside f (exit 4), or inside claim itself (exit 3).
+void claim_then_die(bool die_in_claim) {
+  g_claim_ch->recv(
+      std::nullopt,
+      [&](mproc::Reader& prefix) {
+        ClaimSeen& s = (*g_claim_seen)[0];
+        s.size = static_cast<std::uint32_t>(prefix.remaining());
+        std::memcpy(s.bytes, prefix.take(s.size), s.size);
+        ++s.calls;
+        if (die_in_claim) ::_exit(3);
+      },
+      [](mproc::Reader&) { ::_exit(4); });
+  ::_exit(5);
 }
 
 }  // namespace
@@ -296,4 +323,110 @@ TEST(ChannelLocks, ADeadHolderIsTakenOver) {
   h->rings[0].plock.word.store(((owner + (1u << 9)) << 1));
   q.put(8);
   EXPECT_EQ(q.get(), 8);
+}
+
+// recv with a claim step: claim sees the first bytes of every kind of record
+// (inline, carrying fds, out of band) before the record leaves the ring. A
+// receiver dying inside f (after claim) has consumed the message, and the channel
+// goes on; one dying inside claim leaves the message whole in the ring (bytes and
+// fds) for the next receiver, which runs its own claim on it.
+TEST(ChannelClaim, ClaimSeesThePrefixAndCrashOrderHolds) {
+  using mproc::detail::kClaimPrefixBytes;
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  ASSERT_EQ(ch.oob_threshold(), std::size_t{64} << 10);
+  mproc::SharedArray<ClaimSeen> seen(1);
+  g_claim_ch = &ch;
+  g_claim_seen = &seen;
+  const int fds_before = mproc_test::fd_count();
+  int pfd[2];
+  ASSERT_EQ(::pipe2(pfd, O_CLOEXEC), 0);
+  auto receive_in_child = [&](bool die_in_claim) {
+    seen[0] = ClaimSeen{};
+    Process p(with(StartMethod::fork), claim_then_die, die_in_claim);
+    p.start();
+    p.join();
+    return p.exitcode();
+  };
+  auto claimed = [&](const std::vector<std::byte>& m) {
+    std::size_t n = std::min(m.size(), kClaimPrefixBytes);
+    return seen[0].calls == 1 && seen[0].size == n && std::memcmp(seen[0].bytes, m.data(), n) == 0;
+  };
+
+  // Out of band: the claim sees the first 64 bytes; dying in f consumed it.
+  auto big = message(1, 0, 200 << 10);
+  ASSERT_TRUE(ch.send(big, {}, std::nullopt));
+  EXPECT_EQ(receive_in_child(false), 4);
+  EXPECT_TRUE(claimed(big));
+  // Carrying an fd, shorter than the prefix: the claim sees all of it.
+  auto small = message(2, 0, 40);
+  ASSERT_TRUE(ch.send(small, std::span(&pfd[1], 1), std::nullopt));
+  EXPECT_EQ(receive_in_child(false), 4);
+  EXPECT_TRUE(claimed(small));
+  EXPECT_EQ(ch.size(), 0u);
+
+  // Dying inside claim, on an out-of-band message with an fd: it stays in the
+  // ring, and the next receiver (here, after taking over the dead child's lock)
+  // gets it whole.
+  auto big2 = message(3, 0, 100 << 10);
+  ASSERT_TRUE(ch.send(big2, std::span(&pfd[1], 1), std::nullopt));
+  EXPECT_EQ(receive_in_child(true), 3);
+  EXPECT_TRUE(claimed(big2));
+  EXPECT_EQ(ch.size(), 1u);
+  std::vector<std::byte> got, prefix;
+  int got_fd = -1;
+  auto copy_prefix = [&](mproc::Reader& p) {
+    std::size_t n = p.remaining();
+    const std::byte* b = p.take(n);
+    prefix.assign(b, b + n);
+  };
+  ASSERT_TRUE(ch.recv(std::chrono::steady_clock::now() + 10s, copy_prefix, [&](mproc::Reader& r) {
+    std::size_t n = r.remaining();
+    const std::byte* b = r.take(n);
+    got.assign(b, b + n);
+    if (r.fd_count() == 1) got_fd = ::fcntl(r.fd(0), F_DUPFD_CLOEXEC, 0);
+  }));
+  EXPECT_EQ(got, big2);
+  EXPECT_EQ(prefix, std::vector<std::byte>(big2.begin(), big2.begin() + kClaimPrefixBytes));
+  ASSERT_GE(got_fd, 0);
+  char c = 'k';
+  ASSERT_EQ(::write(got_fd, &c, 1), 1);  // the same pipe
+  c = 0;
+  ASSERT_EQ(::read(pfd[0], &c, 1), 1);
+  EXPECT_EQ(c, 'k');
+  ::close(got_fd);
+
+  // An exception from claim consumes the message (its fds closed) without f.
+  ASSERT_TRUE(ch.send(small, std::span(&pfd[1], 1), std::nullopt));
+  bool f_ran = false;
+  EXPECT_THROW(ch.recv(
+                   std::nullopt, [](mproc::Reader&) { throw std::runtime_error("refused"); },
+                   [&](mproc::Reader&) { f_ran = true; }),
+               std::runtime_error);
+  EXPECT_FALSE(f_ran);
+
+  // The channel goes on: inline and out-of-band messages after all that, with
+  // and without a claim step.
+  auto copy_all = [&](mproc::Reader& r) {
+    std::size_t n = r.remaining();
+    const std::byte* b = r.take(n);
+    got.assign(b, b + n);
+  };
+  for (std::size_t size : {std::size_t{10}, std::size_t{100}, std::size_t{300} << 10}) {
+    auto m = message(4, 0, size);
+    ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+    ASSERT_TRUE(ch.recv(std::nullopt, copy_prefix, copy_all));
+    EXPECT_EQ(got, m);
+    EXPECT_EQ(prefix, std::vector<std::byte>(m.begin(), m.begin() + std::min(m.size(), kClaimPrefixBytes)));
+    got.clear();
+    ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+    ASSERT_TRUE(ch.recv(std::nullopt, copy_all));
+    EXPECT_EQ(got, m);
+  }
+  EXPECT_EQ(ch.size(), 0u);
+  ::close(pfd[0]);
+  ::close(pfd[1]);
+  EXPECT_EQ(mproc_test::fd_count(), fds_before);
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+  g_claim_ch = nullptr;
+  g_claim_seen = nullptr;
 }

@@ -18,7 +18,8 @@ namespace mproc::detail {
 // ---- constants ---------------------------------------------------------------------
 
 inline constexpr std::uint32_t kChannelMagic = 0x6d70'6368;  // "mpch"
-inline constexpr std::uint32_t kChannelVersion = 1;
+// 2: out-of-band records carry the message's first kClaimPrefixBytes bytes.
+inline constexpr std::uint32_t kChannelVersion = 2;
 inline constexpr std::size_t kMinCapacity = std::size_t{4} << 10;
 inline constexpr std::size_t kMaxCapacity = std::size_t{64} << 20;
 /// Attachment slots: processes that hold the channel. Beyond this many at once,
@@ -75,7 +76,12 @@ struct SidebandInfo {
   std::uint32_t oob;       // 1 if an out-of-band segment travels as the first fd
 };
 
-inline std::size_t record_span(std::size_t payload) { return (sizeof(RecordHeader) + payload + 7) & ~std::size_t{7}; }
+constexpr std::size_t record_span(std::size_t payload) { return (sizeof(RecordHeader) + payload + 7) & ~std::size_t{7}; }
+// An out-of-band record (SidebandInfo, then the message's first min(size,
+// kClaimPrefixBytes) bytes for a claim step) is never longer than the record the
+// message would take inline, and stays within a quarter of the smallest ring, the
+// bound the oob threshold keeps every record under (channel.cpp).
+static_assert(record_span(sizeof(SidebandInfo) + kClaimPrefixBytes) <= kMinCapacity / 4);
 
 // ---- shared state ------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <exception>
 
 #include "../os/internal.hpp"
 #include "internal.hpp"
@@ -16,6 +17,8 @@ using std::memory_order_relaxed;
 using std::memory_order_release;
 using std::memory_order_seq_cst;
 using Clock = std::chrono::steady_clock;
+
+using RecvCallback = void (*)(void* ctx, Reader& r);  // ChannelEnd::RecvFn
 
 bool passed(const deadline_t& d) { return d && Clock::now() >= *d; }
 
@@ -307,28 +310,44 @@ bool messages_waiting(const RingState& r) {
 
 /// Under clock: takes the side-band record at `head` out of the ring (its inline
 /// bytes copied out), receives its fds, and publishes the new head. Crash order:
-/// head first, then the socket, so a consumer dying in between leaves an orphan
-/// socket message (dropped by sequence number), never a record without its fds.
+/// claim (if any) first, then head, then the socket. A consumer dying inside claim
+/// leaves the record in the ring for the next one; dying after head leaves an
+/// orphan socket message (dropped by sequence number), never a record without its
+/// fds, and a message that claim already recorded as this consumer's.
 struct Sideband {
   SidebandInfo info;
   std::vector<std::byte> bytes;
   FdList fds;
 };
 
-void take_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHeader* h, Sideband& out) {
+void take_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHeader* h, Sideband& out,
+                   RecvCallback claim, void* claim_ctx) {
   const auto* p = reinterpret_cast<const std::byte*>(h + 1);
   std::memcpy(&out.info, p, sizeof out.info);
-  if (!out.info.oob) out.bytes.assign(p + sizeof out.info, p + h->size);
-  if (out.info.nfds > kMaxMessageFds || (out.info.oob && h->size != sizeof out.info)) {
+  const std::size_t inline_bytes = h->size - sizeof out.info;  // record_at checked h->size >= sizeof info
+  // An out-of-band record carries the message's first bytes, for claim.
+  if (out.info.nfds > kMaxMessageFds ||
+      (out.info.oob && inline_bytes != std::min<std::uint64_t>(out.info.oob_size, kClaimPrefixBytes))) {
     throw Error("mproc: channel ring corrupted (bad side-band record)");
+  }
+  if (!out.info.oob) out.bytes.assign(p + sizeof out.info, p + h->size);
+  std::exception_ptr claim_error;  // the record is consumed all the same, its fds received and closed
+  if (claim) {
+    try {
+      Reader prefix(std::span(p + sizeof out.info, std::min(inline_bytes, kClaimPrefixBytes)));
+      claim(claim_ctx, prefix);
+    } catch (...) {
+      claim_error = std::current_exception();
+    }
   }
   r.head.store(pack(pos_of(head) + record_span(h->size), count_of(head) + 1), memory_order_seq_cst);
   out.fds.fds = sideband_recv(c, c.sock_rx, out.info.seq, out.info.nfds + out.info.oob);
   r.sb_received.store(out.info.seq, memory_order_release);
+  if (claim_error) std::rethrow_exception(claim_error);
 }
 
 /// After clock is released: decodes a side-band message.
-void deliver_sideband(Channel& c, Sideband& s, void (*fn)(void*, Reader&), void* ctx) {
+void deliver_sideband(Channel& c, Sideband& s, RecvCallback fn, void* ctx) {
   if (s.info.oob) {
     int fd = s.fds.fds[0];
     s.fds.fds[0] = -1;  // owned by the mapping now
@@ -357,7 +376,11 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
   check_pipe_peer(c);
   const bool oob = bytes.size() > r.oob_threshold;
   const bool sideband = oob || !fds.empty();
-  const std::size_t payload = sideband ? sizeof(SidebandInfo) + (oob ? 0 : bytes.size()) : bytes.size();
+  // Out of band, the record still carries the message's first bytes (for a
+  // receiver's claim step, ChannelEnd::recv): never more than the ring takes, as
+  // kClaimPrefixBytes is far below any ring's capacity / 4 (static_assert in internal.hpp).
+  const std::size_t in_ring = oob ? std::min(bytes.size(), kClaimPrefixBytes) : bytes.size();
+  const std::size_t payload = sideband ? sizeof(SidebandInfo) + in_ring : bytes.size();
   const std::size_t span = record_span(payload);
 
   // The out-of-band copy is made before taking the lock, so other producers are
@@ -382,7 +405,7 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
         SidebandInfo info{r.sb_sent.load(memory_order_relaxed) + 1, oob ? bytes.size() : 0,
                           static_cast<std::uint32_t>(fds.size()), oob ? 1u : 0u};
         std::memcpy(p, &info, sizeof info);
-        if (!oob && !bytes.empty()) std::memcpy(p + sizeof info, bytes.data(), bytes.size());
+        if (in_ring) std::memcpy(p + sizeof info, bytes.data(), in_ring);
         // The sequence number is used up before the socket message goes: a
         // producer dying after sending leaves an orphan with an older number,
         // which the consumer drops, and the next producer takes a fresh one.
@@ -454,7 +477,7 @@ std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<cons
 
 // ---- receiving ------------------------------------------------------------------------
 
-bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
+bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn claim, void* claim_ctx) const {
   Channel& c = ch();
   c.enter();
   RingState& r = rx_ring(c);
@@ -478,13 +501,18 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const {
             after_consume(r);
           }
         } consume{r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held};
-        Reader rd(std::span<const std::byte>(reinterpret_cast<const std::byte*>(h + 1), h->size));
+        const auto* p = reinterpret_cast<const std::byte*>(h + 1);
+        if (claim) {  // inline, claim and f both run before head moves
+          Reader prefix(std::span(p, std::min<std::size_t>(h->size, kClaimPrefixBytes)));
+          claim(claim_ctx, prefix);
+        }
+        Reader rd(std::span(p, h->size));
         fn(ctx, rd);
         return true;
       }
       Sideband s;
       try {
-        take_sideband(c, r, head, h, s);
+        take_sideband(c, r, head, h, s, claim, claim_ctx);
       } catch (...) {
         held.unlock();
         after_consume(r);
@@ -538,7 +566,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
       if (h->kind == RecordKind::sideband) {
         if (n > 0) break;  // delivered on its own, by the next call
         Sideband s;
-        take_sideband(c, r, at, h, s);
+        take_sideband(c, r, at, h, s, nullptr, nullptr);
         head = r.head.load(memory_order_relaxed);
         start = head;  // already published by take_sideband
         publish.start = head;

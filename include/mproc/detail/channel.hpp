@@ -40,6 +40,11 @@ struct ChannelOptions {
   bool joinable = false;
 };
 
+/// Bytes of a message that ChannelEnd::recv's claim callback sees, at most. An
+/// out-of-band message keeps a copy of this many in its ring record, so that the
+/// claim can run before the record leaves the ring (see docs/queue.md).
+inline constexpr std::size_t kClaimPrefixBytes = 64;
+
 /// How long a waiter spins before it sleeps, unless ChannelEnd::set_spin says
 /// otherwise. A futex sleep and wake-up costs ~1.6 µs each way on a quiet
 /// machine (far more on a loaded VM); a peer that answers within the spin is
@@ -90,6 +95,21 @@ class ChannelEnd {
   template <class F>
   bool recv(deadline_t deadline, F&& f) const {
     return recv_erased(deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  /// As recv(deadline, f), with a claim step first: claim(Reader& prefix) is
+  /// called under the consumer lock, before the message leaves the ring, with its
+  /// first min(size, kClaimPrefixBytes) bytes (no fds); then f(Reader&) with the
+  /// whole message, as above. Crash order: a receiver that dies inside claim leaves
+  /// the message in the ring, and the next receiver gets it (and runs claim on it
+  /// again); once claim has returned, the message may be gone from the ring before
+  /// f runs (out-of-band and fd-carrying ones are: f runs after the lock is
+  /// released), so what must survive this process dying while it holds the message
+  /// is recorded in claim. An exception from claim consumes the message without
+  /// calling f. The pool's workers use this to record which chunk they hold.
+  template <class C, class F>
+  bool recv(deadline_t deadline, C&& claim, F&& f) const {
+    return recv_erased(deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)), &call<C>,
+                       const_cast<void*>(static_cast<const void*>(&claim)));
   }
   /// Receives up to `max` messages (at least one, waiting until the deadline
   /// for it), calling f(Reader&) on each. Returns how many.
@@ -146,7 +166,7 @@ class ChannelEnd {
   static void call(void* ctx, Reader& r) {
     (*static_cast<std::remove_reference_t<F>*>(ctx))(r);
   }
-  bool recv_erased(deadline_t deadline, RecvFn fn, void* ctx) const;
+  bool recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn claim = nullptr, void* claim_ctx = nullptr) const;
   std::size_t recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const;
   Channel& ch() const;
 
