@@ -759,15 +759,23 @@ struct PoolCore::Impl {
       return !chunk->delivered[i - chunk->first] && !(started && i == h.index);
     };
     if (chunk->ticket != 0) {
-      // The dead worker may have died inside the receive, and the ring may hand
-      // the record to another worker, which then takes the ticket over
-      // (claimed -> reclaimed). Flip claimed -> cancelled first: whoever wins
-      // runs the items; the other side leaves them alone. (Any other value: the
-      // record was consumed long ago, so it cannot come back.)
+      // The dead worker may have died after its claim, before the record left the
+      // ring, and the ring may hand the record to another worker, which then takes
+      // the ticket over (claimed -> reclaimed). Flip claimed -> cancelled first:
+      // whoever wins runs the items; the other side leaves them alone. (Any other
+      // value: the record was consumed long ago, so it cannot come back.)
       const std::uint64_t t = chunk->ticket;
+      auto& word = tickets[t % kTickets];
       std::uint64_t expect = t << 2 | ticket_claimed;
-      if (!tickets[t % kTickets].compare_exchange_strong(expect, t << 2 | ticket_cancelled) &&
-          expect == (t << 2 | ticket_reclaimed)) {
+      if (!word.compare_exchange_strong(expect, t << 2 | ticket_cancelled) && expect == (t << 2 | ticket_reclaimed)) {
+        // Another worker took it over: this notice accounts for that takeover, and
+        // puts the word back to claimed, so that the taker's own death, if it comes,
+        // re-queues the chunk (otherwise it would find `reclaimed` too, and skip).
+        // Notices of several dead claimants may come in any order: each takeover
+        // skips one, and the last claimant's death, if any, re-queues. Nothing else
+        // writes a reclaimed word (workers swap from queued or claimed, cancel_job
+        // from queued, and a word is reused only under mu, held here).
+        word.compare_exchange_strong(expect, t << 2 | ticket_claimed);
         lo = hi;  // another worker runs them
       }
     }
