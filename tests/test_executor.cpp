@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "pool_test_tasks.hpp"
+#include "util.hpp"
 
 using namespace std::chrono_literals;
 using namespace pool_tasks;
@@ -476,4 +477,66 @@ TEST(ThreadPoolExecutor, AnyCallable) {
   for (int v : ex.map([&base](int x) { return base * x; }, std::views::iota(0, 5))) got.push_back(v);
   EXPECT_EQ(got, (std::vector<int>{0, 10, 20, 30, 40}));
   EXPECT_GE(ThreadPoolExecutor().max_workers(), 5);  // min(32, cpu_count() + 4)
+}
+
+namespace {
+std::size_t mark_ran_big(mproc::Array<int> ran, std::string big, int i) {
+  ran.fetch_add(static_cast<std::size_t>(i), 1);
+  return big.size() + static_cast<std::size_t>(i);
+}
+// White-box: the executor's pool, to find the workers to kill (and to end a test
+// that found a lost task, which shutdown(wait) would wait for forever).
+class KillableExecutor : public ProcessPoolExecutor {
+ public:
+  using ProcessPoolExecutor::ProcessPoolExecutor;
+  std::vector<pid_t> worker_pids() const { return pool_->worker_pids(); }
+  void terminate() { pool_->terminate(); }
+};
+}  // namespace
+
+TEST(ProcessPoolExecutor, WorkersKilledWhileReceivingLargeTasksLoseNothing) {
+  // Pool's test of that name, with the executor's tickets (cancellable tasks):
+  // each task travels out of band (> 64 KiB) while workers are killed at random.
+  // Every future completes with a result or WorkerLostError (none hangs), a task
+  // with a result ran exactly once, and no task ran twice.
+  const std::string big(100 << 10, 'x');
+  constexpr int kMax = 8000;
+  mproc::Array<int> ran(kMax);
+  std::vector<int> outcome(kMax, 0);  // 1 result, 2 WorkerLostError
+  int total = 0;
+  std::size_t hung = 0, wrong = 0;
+  {
+    KillableExecutor ex(ExecutorOptions{.max_workers = 2});
+    mproc_test::RandomKiller killer([&] { return ex.worker_pids(); }, 60, 3ms);
+    while (!killer.done() && total + 32 <= kMax && !hung) {
+      std::vector<Future<std::size_t>> fs;
+      for (int i = 0; i < 32; ++i) fs.push_back(ex.submit(mark_ran_big, ran, big, total + i));
+      auto deadline = std::chrono::steady_clock::now() + 30s;
+      for (int i = 0; i < 32; ++i) {
+        try {
+          auto left = std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration{});
+          wrong += fs[static_cast<std::size_t>(i)].get(left) != big.size() + static_cast<std::size_t>(total + i);
+          outcome[static_cast<std::size_t>(total + i)] = 1;
+        } catch (const mproc::WorkerLostError&) {
+          outcome[static_cast<std::size_t>(total + i)] = 2;
+        } catch (const mproc::TimeoutError&) {
+          ++hung;
+        }
+      }
+      total += 32;
+    }
+    killer.stop();
+    if (hung) ex.terminate();
+  }
+  EXPECT_EQ(hung, 0u);
+  EXPECT_EQ(wrong, 0u);
+  for (int i = 0; i < total; ++i) {
+    auto k = static_cast<std::size_t>(i);
+    if (outcome[k] == 1) {
+      ASSERT_EQ(ran.get(k), 1) << "task " << i;
+    } else {
+      ASSERT_LE(ran.get(k), 1) << "task " << i;
+    }
+  }
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
 }

@@ -502,20 +502,7 @@ TEST(Pool, KilledWorkersUnderLoadLoseNothing) {
   // Fault injection: a 10,000-task map while workers are killed at random. Every
   // task ends up with a result or WorkerLostError; nothing hangs.
   Pool pool(PoolOptions{.processes = 2});
-  std::atomic<bool> stop{false};
-  std::thread killer([&] {
-    unsigned seed = 12345;
-    int kills = 0;
-    while (!stop && kills < 10) {
-      auto pids = pool.worker_pids();
-      if (!pids.empty()) {
-        seed = seed * 1103515245 + 12345;
-        ::kill(pids[seed % pids.size()], SIGKILL);
-        ++kills;
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-  });
+  mproc_test::RandomKiller killer([&] { return pool.worker_pids(); }, 10, 20ms);
   std::size_t ok = 0, lost = 0;
   std::string unexpected;
   try {
@@ -532,12 +519,62 @@ TEST(Pool, KilledWorkersUnderLoadLoseNothing) {
   } catch (const std::exception& e) {
     unexpected = e.what();
   }
-  stop = true;
-  killer.join();
+  killer.stop();
   EXPECT_EQ(unexpected, "");
   EXPECT_EQ(ok + lost, 10000u);
   EXPECT_LE(lost, 10u);
   pool.close();
   pool.join();
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
+
+namespace {
+std::size_t length_plus(std::string big, std::size_t i) { return big.size() + i; }
+}  // namespace
+
+TEST(Pool, WorkersKilledWhileReceivingLargeChunksLoseNothing) {
+  // Each task's chunk is larger than the out-of-band threshold (64 KiB), so it
+  // travels in its own memfd; workers are killed at random, often while receiving
+  // one. Every task ends with a result or WorkerLostError (with retries: a
+  // result), and a chunk taken out of the ring by a worker that died before it
+  // ran is re-queued, never lost: a lost one would hang its get(), caught by the
+  // timeout. Regression: the worker wrote its slot only after the out-of-band
+  // read, so a death in between lost the chunk.
+  const std::string big(100 << 10, 'x');
+  for (int retries : {0, 1000}) {
+    SCOPED_TRACE("retries " + std::to_string(retries));
+    Pool pool(PoolOptions{.processes = 2, .retries = retries});
+    mproc_test::RandomKiller killer([&] { return pool.worker_pids(); }, 60, 3ms);
+    std::size_t ok = 0, lost = 0, hung = 0, wrong = 0, total = 0;
+    while (!killer.done()) {
+      std::vector<mproc::AsyncResult<std::size_t>> rs;
+      for (std::size_t i = 0; i < 32; ++i) rs.push_back(pool.apply_async(length_plus, big, total + i));
+      // One bound for the batch, so a lost task fails the test in 30 s, not 30 s each.
+      auto deadline = std::chrono::steady_clock::now() + 30s;
+      for (std::size_t i = 0; i < rs.size(); ++i) {
+        try {
+          auto left = std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration{});
+          wrong += rs[i].get(left) != big.size() + total + i;
+          ++ok;
+        } catch (const mproc::WorkerLostError&) {
+          ++lost;
+        } catch (const mproc::TimeoutError&) {
+          ++hung;
+        }
+      }
+      total += rs.size();
+      if (hung) break;
+    }
+    killer.stop();
+    EXPECT_EQ(hung, 0u);
+    EXPECT_EQ(wrong, 0u);
+    EXPECT_EQ(ok + lost, total);
+    if (retries) {
+      EXPECT_EQ(lost, 0u);
+    }
+    if (hung) break;  // ~Pool terminates
+    pool.close();
+    pool.join();
+  }
   EXPECT_EQ(mproc_test::zombie_children(), 0);
 }

@@ -10,13 +10,17 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace mproc::detail {
@@ -170,5 +174,42 @@ inline std::string wait_for_file(const std::string& path, std::chrono::milliseco
     ::usleep(2000);
   }
 }
+
+/// Fault injection: a thread that SIGKILLs one of `pids()` (picked by a fixed
+/// pseudo-random sequence, so a failing run can be replayed) every `every`, until
+/// `max_kills` were sent or stop(). Used by the pool and executor tests.
+class RandomKiller {
+ public:
+  RandomKiller(std::function<std::vector<pid_t>()> pids, int max_kills, std::chrono::microseconds every)
+      : max_kills_(max_kills),
+        thread_([this, pids = std::move(pids), max_kills, every] {
+          unsigned seed = 12345;
+          while (!stop_.load() && kills_.load() < max_kills) {
+            auto p = pids();
+            if (!p.empty()) {
+              seed = seed * 1103515245 + 12345;
+              ::kill(p[seed % p.size()], SIGKILL);
+              kills_.fetch_add(1);
+            }
+            std::this_thread::sleep_for(every);
+          }
+        }) {}
+  ~RandomKiller() { stop(); }
+  RandomKiller(const RandomKiller&) = delete;
+  RandomKiller& operator=(const RandomKiller&) = delete;
+  /// Stops killing and joins the thread. Idempotent.
+  void stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  int kills() const { return kills_.load(); }
+  bool done() const { return kills_.load() >= max_kills_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> kills_{0};
+  int max_kills_ = 0;
+  std::thread thread_;
+};
 
 }  // namespace mproc_test

@@ -82,6 +82,8 @@ struct alignas(64) WorkerSlot {
 // chunk was claimed, or cancelled and will be dropped), so a worker whose swap
 // fails knows its chunk was cancelled.
 constexpr std::uint64_t kTickets = 4096;
+// The worker claims a chunk from its header alone (ChannelEnd::recv's claim step).
+static_assert(sizeof(ChunkHeader) <= kClaimPrefixBytes, "a chunk's header must fit in the channel's claim prefix");
 // reclaimed: a worker died inside the receive after claiming, and the record came
 // back to another worker, which took it over (see pool_worker_main and on_lost).
 enum TicketState : std::uint64_t { ticket_reclaimed = 0, ticket_queued = 1, ticket_claimed = 2, ticket_cancelled = 3 };
@@ -253,36 +255,58 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     ChunkHeader h{};
     bool cancelled = false;
     try {
-      tasks.recv(std::nullopt, [&](Reader& r) {
-        r.read(&h, sizeof h);
-        if (h.job == 0) return;
-        if (h.ticket != 0) {
-          auto& word = tickets[h.ticket % kTickets];
-          std::uint64_t expect = h.ticket << 2 | ticket_queued;
-          const std::uint64_t claimed = h.ticket << 2 | ticket_claimed;
-          if (!word.compare_exchange_strong(expect, claimed)) {
-            // Already claimed: a worker died inside this very receive and the
-            // ring handed the record to us. Take it over unless the supervisor
-            // re-queued it first (on_lost flips claimed -> cancelled): one wins.
-            // Otherwise cancel_job won, and the parent already failed it.
-            if (expect != claimed || !word.compare_exchange_strong(expect, h.ticket << 2 | ticket_reclaimed)) {
-              cancelled = true;
-              return;
+      // Two steps (ChannelEnd::recv with a claim). The claim runs under the task
+      // channel's consumer lock, before the record leaves the ring, for every kind
+      // of record: inline, carrying fds, or out of band (whose record keeps the
+      // chunk's first bytes, enough for the header). It takes the ticket and writes
+      // the slot, so from the moment the record can be gone from the ring the
+      // supervisor knows which chunk this worker holds. f copies the chunk out; for
+      // a side-band record it runs after the lock is released and the memfd is read.
+      //
+      // Dying between the claim and the head's move (inline: anywhere inside f, as
+      // f runs under the lock too) hands the record to the next worker AND makes
+      // the supervisor re-queue the chunk from the slot. Both are safe: with a
+      // ticket, exactly one of them takes the chunk (the next worker swaps claimed
+      // -> reclaimed, on_lost claimed -> cancelled); without one, both may run its
+      // items and the collector keeps the first result of each (Chunk::delivered),
+      // ignoring results of a job already finished.
+      tasks.recv(
+          std::nullopt,
+          [&](Reader& prefix) {
+            prefix.read(&h, sizeof h);
+            if (h.job == 0) return;
+            if (h.ticket != 0) {
+              auto& word = tickets[h.ticket % kTickets];
+              std::uint64_t expect = h.ticket << 2 | ticket_queued;
+              const std::uint64_t claimed = h.ticket << 2 | ticket_claimed;
+              if (!word.compare_exchange_strong(expect, claimed)) {
+                // Already claimed: a worker died after its claim, before the record
+                // left the ring, and the ring handed the record to us. Take it over
+                // unless the supervisor re-queued it first (on_lost flips claimed ->
+                // cancelled): one wins. Otherwise cancel_job won, and the parent
+                // already failed it.
+                if (expect != claimed || !word.compare_exchange_strong(expect, h.ticket << 2 | ticket_reclaimed)) {
+                  cancelled = true;
+                  return;
+                }
+              }
             }
-          }
-        }
-        // Claimed inside the receive, before the record is released: if this worker
-        // dies from here on, the supervisor knows which chunk it held.
-        slot->job.store(h.job, std::memory_order_relaxed);
-        slot->begin.store(h.first, std::memory_order_relaxed);
-        slot->end.store(h.first + h.count, std::memory_order_relaxed);
-        slot->phase.store(static_cast<std::uint32_t>(SlotPhase::holding), std::memory_order_release);
-        std::size_t n = r.remaining();
-        const std::byte* p = r.take(n);
-        buf.assign(p, p + n);
-        fds.clear();
-        for (std::uint32_t i = 0; i < r.fd_count(); ++i) fds.push_back(::fcntl(r.fd(i), F_DUPFD_CLOEXEC, 0));
-      });
+            // Before the record is released: if this worker dies from here on, the
+            // supervisor knows which chunk it held.
+            slot->job.store(h.job, std::memory_order_relaxed);
+            slot->begin.store(h.first, std::memory_order_relaxed);
+            slot->end.store(h.first + h.count, std::memory_order_relaxed);
+            slot->phase.store(static_cast<std::uint32_t>(SlotPhase::holding), std::memory_order_release);
+          },
+          [&](Reader& r) {
+            if (h.job == 0 || cancelled) return;  // its fds are closed by the channel
+            r.take(sizeof h);
+            std::size_t n = r.remaining();
+            const std::byte* p = r.take(n);
+            buf.assign(p, p + n);
+            fds.clear();
+            for (std::uint32_t i = 0; i < r.fd_count(); ++i) fds.push_back(::fcntl(r.fd(i), F_DUPFD_CLOEXEC, 0));
+          });
     } catch (const EOFError&) {
       return;  // the pool's process is gone: nothing more will come
     }
