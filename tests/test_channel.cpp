@@ -13,6 +13,7 @@
 #include <mproc/shared_memory.hpp>
 #include <numeric>
 #include <random>
+#include <thread>
 
 #include "../src/channel/internal.hpp"  // white-box: the shared layout, to plant a dead lock holder
 #include "util.hpp"
@@ -429,4 +430,135 @@ TEST(ChannelClaim, ClaimSeesThePrefixAndCrashOrderHolds) {
   EXPECT_EQ(mproc_test::zombie_children(), 0);
   g_claim_ch = nullptr;
   g_claim_seen = nullptr;
+}
+
+// ---- recv_spinning and spinning consumers ----------------------------------------------
+
+namespace {
+
+// A second mapping of a queue channel's shared memory (white-box, as above).
+struct RingView {
+  mproc::detail::Segment seg;
+  mproc::detail::RingState* ring;
+  explicit RingView(const ChannelEnd& ch) {
+    using namespace mproc::detail;
+    mproc::Writer w;
+    ch.encode(w);
+    seg = Segment::adopt(w.fds()[0], kHeaderBytes + ch.capacity());
+    ring = &reinterpret_cast<ChannelHeader*>(seg.data())->rings[0];
+    mproc::Reader balance(w.bytes(), w.fds());
+    (void)ChannelEnd::decode(balance);  // the encode above counted a handle in flight
+  }
+};
+
+std::vector<std::byte> bytes_of(std::string_view s) {
+  auto p = reinterpret_cast<const std::byte*>(s.data());
+  return {p, p + s.size()};
+}
+
+std::string text_of(mproc::Reader& r) {
+  std::size_t n = r.remaining();
+  auto p = reinterpret_cast<const char*>(r.take(n));
+  return {p, n};
+}
+
+}  // namespace
+
+// What recv_spinning does with each kind of head record, and when it gives up.
+TEST(ChannelSpin, RecvSpinningTakesDeclinesOrGivesUp) {
+  using Spun = ChannelEnd::Spun;
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  auto never = [] { return false; };
+  std::string got;
+  auto take = [&](mproc::Reader& r) {
+    got = text_of(r);
+    return true;
+  };
+  // Nothing there: the spin ends (idle), or stop() ends it first.
+  EXPECT_EQ(ch.recv_spinning(std::chrono::microseconds(200), take, never), Spun::idle);
+  EXPECT_EQ(ch.recv_spinning(std::chrono::seconds(30), take, [] { return true; }), Spun::stopped);
+  // An inline message declined stays, whole, for the next receiver.
+  ASSERT_TRUE(ch.send(bytes_of("first"), {}, std::nullopt));
+  ASSERT_TRUE(ch.send(bytes_of("second"), {}, std::nullopt));
+  std::string offered;
+  EXPECT_EQ(ch.recv_spinning(
+                std::chrono::seconds(30),
+                [&](mproc::Reader& r) {
+                  offered = text_of(r);
+                  return false;
+                },
+                never),
+            Spun::declined);
+  EXPECT_EQ(offered, "first");
+  EXPECT_EQ(ch.recv_spinning(std::chrono::seconds(30), take, never), Spun::received);
+  EXPECT_EQ(got, "first");
+  EXPECT_EQ(ch.recv_spinning(std::chrono::seconds(30), take, never), Spun::received);
+  EXPECT_EQ(got, "second");
+  // A side-band message (one carrying an fd) is never offered: left for recv.
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_TRUE(ch.send(bytes_of("with fd"), std::span<const int>(fds, 1), std::nullopt));
+  bool called = false;
+  EXPECT_EQ(ch.recv_spinning(
+                std::chrono::seconds(30),
+                [&](mproc::Reader&) {
+                  called = true;
+                  return true;
+                },
+                never),
+            Spun::declined);
+  EXPECT_FALSE(called);
+  ASSERT_TRUE(ch.recv(mproc::detail::no_wait(), [&](mproc::Reader& r) {
+    EXPECT_EQ(r.fd_count(), 1u);
+    got = text_of(r);
+  }));
+  EXPECT_EQ(got, "with fd");
+  ::close(fds[0]);
+  ::close(fds[1]);
+  // A take that throws consumes the message, and the error comes out.
+  ASSERT_TRUE(ch.send(bytes_of("bad"), {}, std::nullopt));
+  EXPECT_THROW(ch.recv_spinning(
+                   std::chrono::seconds(30), [](mproc::Reader&) -> bool { throw std::runtime_error("no"); }, never),
+               std::runtime_error);
+  EXPECT_TRUE(ch.empty());
+}
+
+// While a consumer spins, a sender skips waking a sleeping one; a spinner that
+// leaves the record (declines it) wakes a sleeper for it on its way out.
+TEST(ChannelSpin, ASpinnerSparesTheWakeUpOrPassesTheRecordOn) {
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  RingView view(ch);
+  auto& data = view.ring->data;
+  std::string slept_got;
+  std::thread sleeper([&] { ch.recv(std::nullopt, [&](mproc::Reader& r) { slept_got = text_of(r); }); });
+  // Synchronize on the sleeper's registration (white-box), not on time.
+  auto until = std::chrono::steady_clock::now() + 30s;
+  while (data.waiters.load() == 0 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  ASSERT_EQ(data.waiters.load(), 1u);
+  const std::uint32_t seq0 = data.seq.load();
+
+  std::thread sender;
+  std::uint32_t seq_after_send = 0;
+  auto spun = ch.recv_spinning(
+      std::chrono::seconds(10),
+      [&](mproc::Reader& r) {
+        EXPECT_EQ(text_of(r), "hello");
+        sender.join();  // its send, and the wake it skipped, are over
+        seq_after_send = data.seq.load();
+        return false;
+      },
+      [&] {
+        // Once we are marked as spinning, a record arrives.
+        if (!sender.joinable() && data.spin_end.load() != 0) {
+          sender = std::thread([&] { ASSERT_TRUE(ch.send(bytes_of("hello"), {}, std::nullopt)); });
+        }
+        return false;
+      });
+  if (sender.joinable()) sender.join();
+  EXPECT_EQ(spun, ChannelEnd::Spun::declined);
+  EXPECT_EQ(seq_after_send, seq0) << "the sender woke the sleeper although a consumer was spinning";
+  EXPECT_NE(data.seq.load(), seq0) << "the declining spinner did not wake the sleeper";
+  EXPECT_EQ(data.spin_end.load(), 0) << "the spinner's mark outlived its spin";
+  sleeper.join();
+  EXPECT_EQ(slept_got, "hello");
 }

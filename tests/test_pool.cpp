@@ -292,6 +292,38 @@ TEST_P(PoolTest, CallbacksAndThrowingCallbacks) {
   EXPECT_EQ(errors.load(), 1);
 }
 
+// A thread waiting in get() takes its own results off the result channel while
+// it spins (docs/pool.md, latency), never another job's: another job's callbacks
+// run on the pool's result thread (or in then()'s caller once ready), so a waiter
+// holding a lock that such a callback takes cannot deadlock on itself.
+TEST_P(PoolTest, OtherJobsCallbacksNeverRunOnAWaitingThread) {
+  Pool pool(opts());
+  const auto waiter = std::this_thread::get_id();
+  std::atomic<int> on_waiter{0}, ran{0};
+  std::atomic<bool> done{false};
+  std::thread other([&] {
+    std::vector<mproc::AsyncResult<int>> rs;
+    for (int i = 0; i < 300; ++i) {
+      rs.push_back(pool.apply_async(square, i));
+      rs.back().then([&](const int&) {
+        if (std::this_thread::get_id() == waiter) ++on_waiter;
+        ++ran;
+      });
+    }
+    for (auto& r : rs) r.wait();
+    done = true;
+  });
+  long long sum = 0, expect = 0;
+  for (int i = 0; !done || i < 100; ++i) {
+    sum += pool.apply(square, i % 10);
+    expect += (i % 10) * (i % 10);
+  }
+  other.join();
+  EXPECT_EQ(sum, expect);
+  EXPECT_EQ(ran.load(), 300);
+  EXPECT_EQ(on_waiter.load(), 0);
+}
+
 TEST_P(PoolTest, GetWithTimeoutLeavesThePoolUsable) {
   Pool pool(opts());
   auto r = pool.apply_async(sleep_ms, 2000);

@@ -147,6 +147,10 @@ struct ResultCore {
   // before it sleeps on cv (set by pools that have a core to spare for it).
   std::atomic<bool> done{false};
   std::int64_t spin_ns = 0;
+  // A process pool's: the waiter receives job `source_job`'s results itself
+  // while it spins (ResultReceiver). Null for thread pools.
+  std::shared_ptr<ResultReceiver> receiver;
+  std::uint64_t source_job = 0;
   std::optional<V> value;
   std::exception_ptr error;
   std::vector<std::function<void(const V&)>> callbacks;
@@ -237,7 +241,12 @@ class [[nodiscard]] AsyncResult {
   /// Blocks until ready. Throws KeyboardInterrupt on Ctrl-C once
   /// mproc::enable_keyboard_interrupt() was called.
   void wait() const {
-    if (detail::spin_until([&] { return core_->done.load(std::memory_order_acquire); }, core_->spin_ns)) return;
+    auto done = [&] { return core_->done.load(std::memory_order_acquire); };
+    if (done()) return;
+    // A process pool's waiter takes its own result off the result channel while
+    // it spins, sparing the result thread's wake-up of it (docs/pool.md, latency).
+    bool spun = core_->receiver && core_->receiver->receive(core_->source_job, done, core_->spin_ns);
+    if (!spun && detail::spin_until(done, core_->spin_ns)) return;
     std::unique_lock lock(core_->mu);
     detail::interruptible_wait(core_->cv, lock, [&] { return core_->ready; });
   }
@@ -261,7 +270,9 @@ class [[nodiscard]] AsyncResult {
 
   /// Python's callback= / error_callback=: `callback(value)` or
   /// `error_callback(exception)` runs once the result is ready — on the pool's
-  /// result thread, or right here if it already is. A callback that throws is
+  /// result thread, on a thread waiting in this result's own get()/wait() (which
+  /// may receive it itself: docs/pool.md, latency), or right here if it already
+  /// is; never on a thread waiting for another result. A callback that throws is
   /// reported on stderr and ignored; the pool carries on.
   template <class C, class E = std::nullptr_t>
   AsyncResult& then(C&& callback, E&& error_callback = nullptr) {
@@ -409,6 +420,11 @@ class OutcomeBuffer {
   }
   /// How long take() spins before it sleeps (PoolCore::spin_ns).
   void set_spin(std::int64_t ns) { spin_ns_ = ns; }
+  /// A process pool's: take() receives job `job`'s results itself while it spins.
+  void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) {
+    receiver_ = std::move(r);
+    job_ = job;
+  }
   /// Waits for item `index` (ordered) or any item (unordered), until `deadline`
   /// if one is given. Returns it and its index, or empty when the deadline passed.
   std::optional<std::pair<std::uint64_t, Outcome>> take(std::optional<std::uint64_t> index,
@@ -419,10 +435,12 @@ class OutcomeBuffer {
     for (auto spin_end = clock::now() + std::chrono::nanoseconds(spin_ns_); !present() && clock::now() < spin_end;) {
       std::uint64_t seen = added_.load(std::memory_order_acquire);
       lock.unlock();
-      bool added = spin_until([&] { return added_.load(std::memory_order_acquire) != seen; },
-                              (spin_end - clock::now()).count());
+      auto added = [&] { return added_.load(std::memory_order_acquire) != seen; };
+      std::int64_t left = (spin_end - clock::now()).count();
+      // Receiving our own results here spares the result thread's wake-up of us.
+      if (!(receiver_ && receiver_->receive(job_, added, left))) spin_until(added, left);
       lock.lock();
-      if (!added) break;
+      if (!added()) break;
     }
     if (!deadline) {
       interruptible_wait(cv_, lock, present);
@@ -441,6 +459,8 @@ class OutcomeBuffer {
   std::map<std::uint64_t, Outcome> buffered_;
   std::atomic<std::uint64_t> added_{0};
   std::int64_t spin_ns_ = 0;
+  std::shared_ptr<ResultReceiver> receiver_;
+  std::uint64_t job_ = 0;
 };
 
 /// Items of a lazily-fed job, buffered until the iterating thread takes them.
@@ -480,6 +500,7 @@ class StreamJob final : public JobSink {
     return buffer_.take(index, deadline);
   }
   void set_spin(std::int64_t ns) { buffer_.set_spin(ns); }
+  void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { buffer_.set_receiver(std::move(r), job); }
 
  private:
   OutcomeBuffer<V> buffer_;
@@ -903,7 +924,12 @@ class Pool : public detail::MapMethods<Pool> {
     detail::ChunkEncoder<Fn, Stored, true> enc(f);
     enc.begin();
     enc.add(std::forward_as_tuple(std::forward<Args>(args)...));
-    std::uint64_t id = run_job(job, [&](std::uint64_t i) { core_->submit(i, 0, enc.finish()); });
+    // Set before the job exists: no one waits on the core before this returns.
+    core->receiver = core_->receiver();
+    std::uint64_t id = run_job(job, [&](std::uint64_t i) {
+      core->source_job = i;
+      core_->submit(i, 0, enc.finish());
+    });
     return std::make_pair(std::move(core), id);
   }
 
@@ -1027,6 +1053,7 @@ class StreamSource {
     chunk_.fixed = chunk;
     job_->set_spin(core_->spin_ns());
     id_ = core_->open_job(progress_sink(job_, bar_, false));
+    job_->set_receiver(core_->receiver(), id_);
   }
   StreamSource(const StreamSource&) = delete;
   StreamSource& operator=(const StreamSource&) = delete;
@@ -1073,6 +1100,7 @@ class StreamSource {
       return inner_.take(i, deadline);
     }
     void set_spin(std::int64_t ns) { inner_.set_spin(ns); }
+    void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { inner_.set_receiver(std::move(r), job); }
     std::uint64_t items() const { return items_.load(); }
     std::int64_t ns() const { return ns_.load(); }
 

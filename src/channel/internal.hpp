@@ -97,11 +97,15 @@ struct alignas(64) SharedLock {
 /// A condition some processes sleep on. `seq` is the futex word, bumped by each
 /// wake; `waiters` counts sleepers (no sleeper, no system call); `pending` is set
 /// by a waker and cleared by a woken sleeper, so a burst of publishes while the
-/// sleeper is being scheduled costs one futex_wake, not one each.
+/// sleeper is being scheduled costs one futex_wake, not one each. `spin_end`
+/// (consumers' `data` word only): a consumer spinning for a record until this
+/// steady-clock time in ns (0: none); a sender skips waking a sleeper meanwhile,
+/// since the spinner takes the record (ring.cpp, "wake-ups").
 struct alignas(64) WaitWord {
   std::atomic<std::uint32_t> seq;
   std::atomic<std::uint32_t> waiters;
   std::atomic<std::uint32_t> pending;
+  std::atomic<std::int64_t> spin_end;
 };
 
 struct alignas(64) RingState {

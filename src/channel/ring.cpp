@@ -22,6 +22,11 @@ using RecvCallback = void (*)(void* ctx, Reader& r);  // ChannelEnd::RecvFn
 
 bool passed(const deadline_t& d) { return d && Clock::now() >= *d; }
 
+/// The steady clock in ns (CLOCK_MONOTONIC: the same in every process).
+std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
 /// Statistics: a plain load and store, not a locked add (threads racing on one end
 /// may lose a count; the hot path stays free of another atomic read-modify-write).
 void bump(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
@@ -114,8 +119,53 @@ class Held {
 // leaves records behind while others sleep wakes the next one (chain), so no
 // record waits for a slice with every consumer asleep.
 
+//
+// Spinning consumers. A consumer spinning for a record (wait_for on `data`, and
+// recv_spinning) first stores the end of its spin in `spin_end`; a sender that
+// finds a spin not yet over skips the futex_wake: the spinner takes the record,
+// and a sleeper woken for it would only find the ring empty (on a small machine,
+// taking the core the spinner or the sender needs). When its spin ends, the
+// spinner clears `spin_end` (if still its own) and then looks at the ring again
+// before leaving or sleeping: seq_cst again, so either the sender saw the word
+// cleared and woke a sleeper, or the spinner's re-check sees the record (and
+// takes it, or wakes a sleeper for it). A spinner that dies mid-spin leaves a
+// stale end at most one spin ahead; then a sleeper wakes at its 100 ms slice at
+// the latest. Where several spin, the last to start owns the word; an earlier
+// one's leaving clears nothing, a later one's end may be the earlier (a wake
+// too many, never one too few).
+
+/// Whether a consumer is spinning for a record now (see above). Reads the clock
+/// only while one has said it spins.
+bool spinner_will_see(const WaitWord& w) noexcept {
+  std::int64_t end = w.spin_end.load(memory_order_seq_cst);
+  return end != 0 && steady_ns() < end;
+}
+
+/// A spin of `ns` on `w`, marked in w.spin_end while it lasts (RAII).
+class MarkedSpin {
+ public:
+  MarkedSpin(WaitWord& w, std::int64_t ns) noexcept : w_(w), end_(steady_ns() + ns) {
+    w_.spin_end.store(end_, memory_order_seq_cst);
+  }
+  ~MarkedSpin() { end(); }
+  MarkedSpin(const MarkedSpin&) = delete;
+  MarkedSpin& operator=(const MarkedSpin&) = delete;
+  std::int64_t end_ns() const noexcept { return end_; }
+  /// Clears the mark if it is still ours. The caller re-checks the ring after.
+  void end() noexcept {
+    if (end_ == 0) return;
+    std::int64_t mine = end_;
+    w_.spin_end.compare_exchange_strong(mine, 0, memory_order_seq_cst, memory_order_relaxed);
+    end_ = 0;
+  }
+
+ private:
+  WaitWord& w_;
+  std::int64_t end_;
+};
+
 void notify(WaitWord& w, int n) noexcept {
-  if (w.waiters.load(memory_order_seq_cst) != 0 && w.pending.load(memory_order_relaxed) == 0 &&
+  if (w.waiters.load(memory_order_seq_cst) != 0 && !spinner_will_see(w) && w.pending.load(memory_order_relaxed) == 0 &&
       w.pending.exchange(1, memory_order_acq_rel) == 0) {
     w.seq.fetch_add(1, memory_order_release);
     futex_wake(&w.seq, n);
@@ -175,11 +225,22 @@ enum class Gone { send, recv, join };
 /// `seq` in slices. Before each sleep it asks whether the peers are gone (cached
 /// per slice for queues); if so and still not ready, throws the `what` error, or
 /// returns true when gone_is_ready (poll()).
+/// Who waits: consumers waiting for a record mark their spin (see "Spinning
+/// consumers"); the chain in after_consume makes one spinner enough for any
+/// number of records. Producers waiting for room do not: nothing chains their
+/// wake-ups, so each sleeper must be woken.
+enum class Waiter { other, consumer };
+
 template <class Ready>
-bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false) {
+bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false,
+              Waiter who = Waiter::other) {
   if (ready()) return true;
   if (passed(deadline)) return false;
-  if (spin_until(ready, c.spin_ns.load(memory_order_relaxed))) return true;
+  if (std::int64_t spin = c.spin_ns.load(memory_order_relaxed); spin > 0) {
+    std::optional<MarkedSpin> mark;
+    if (who == Waiter::consumer) mark.emplace(w, spin);
+    if (spin_until(ready, spin)) return true;  // the mark ends before the record is taken
+  }
   for (;;) {
     if (c.closed.load(memory_order_acquire)) throw_closed(c);
     if (c.peers_gone(false)) {
@@ -524,9 +585,60 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn c
       return true;
     }
     held.unlock();
-    if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
+    if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, false, Waiter::consumer)) {
       return false;
     }
+  }
+}
+
+ChannelEnd::Spun ChannelEnd::recv_spinning_erased(std::int64_t spin_ns, TakeFn take, void* take_ctx, StopFn stop,
+                                                  void* stop_ctx) const {
+  Channel& c = ch();
+  c.enter();
+  RingState& r = rx_ring(c);
+  Spun out = Spun::idle;
+  struct Leave {  // the mark ends first, then the re-check ("Spinning consumers")
+    RingState& r;
+    MarkedSpin mark;
+    ~Leave() {
+      mark.end();
+      if (messages_waiting(r)) notify(r.data, 1);
+    }
+  } leave{r, MarkedSpin(r.data, spin_ns)};
+  const std::uint32_t mine = c.owner_id() << 1;
+  for (unsigned i = 0;; ++i) {
+    std::uint32_t free = 0;
+    if (messages_waiting(r) && r.clock.word.load(memory_order_relaxed) == 0 &&
+        r.clock.word.compare_exchange_strong(free, mine, memory_order_acquire, memory_order_relaxed)) {
+      Held held(r.clock);
+      std::uint64_t head = r.head.load(memory_order_relaxed);
+      if (count_of(head) != count_of(r.tail.load(memory_order_acquire))) {
+        const RecordHeader* h = record_at(c, r, head);
+        if (h->kind != RecordKind::inline_) return Spun::declined;
+        struct Consume {  // as in recv_erased, once take() said yes (or threw)
+          RingState& r;
+          std::uint64_t next;
+          Held& held;
+          bool armed = true;
+          ~Consume() {
+            if (!armed) return;
+            r.head.store(next, memory_order_seq_cst);
+            held.unlock();
+            after_consume(r);
+          }
+        } consume{r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held};
+        Reader rd(std::span<const std::byte>(reinterpret_cast<const std::byte*>(h + 1), h->size));
+        if (!take(take_ctx, rd)) {
+          consume.armed = false;
+          return Spun::declined;
+        }
+        bump(c.n_received, 1);
+        return Spun::received;
+      }
+    }
+    if (stop(stop_ctx)) return Spun::stopped;
+    if (i % 32 == 31 && steady_ns() >= leave.mark.end_ns()) return out;
+    cpu_relax();
   }
 }
 
@@ -542,7 +654,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
     const std::uint64_t tail = r.tail.load(memory_order_acquire);
     if (count_of(head) == count_of(tail)) {
       held.unlock();
-      if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv)) {
+      if (!wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, false, Waiter::consumer)) {
         return 0;
       }
       continue;
@@ -601,6 +713,7 @@ bool ChannelEnd::poll(deadline_t deadline) const {
   c.enter();
   RingState& r = rx_ring(c);
   // Like Python, true at end of file too, so that recv() reports it at once.
+  // Not marked as a spinning consumer: poll() promises no receive.
   return wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
          c.peers_gone(false);
 }

@@ -469,6 +469,12 @@ struct PoolCore::Impl {
   std::thread feeder, collector, supervisor;
   // How long workers and callers spin before sleeping (spin_ns()).
   std::int64_t spin = kDefaultSpinNs;
+  // Held from taking result messages off the channel until they are settled, by
+  // the result thread or a waiter receiving its own results (ResultReceiver), so
+  // that results are settled in the order they were sent (a lost worker's message
+  // comes after the batches it sent before it died).
+  std::mutex take_mu;
+  std::shared_ptr<ResultReceiver> receiver = std::make_shared<ResultReceiver>();
 
   // -- workers --
 
@@ -641,22 +647,43 @@ struct PoolCore::Impl {
     }
   }
 
-  void collector_loop() {
-    std::vector<std::vector<std::byte>> batch;
+  // One result message between its two steps: settled (under take_mu, in channel
+  // order) and then delivered to its job's sink (without any lock: user callbacks
+  // run there). The message's bytes stay where they were received.
+  struct Settled {
+    ResultHeader h{};
+    std::span<const std::byte> rest;  // after the header
+    std::shared_ptr<JobSink> sink;    // null: nothing to deliver
+    TimelineSource src{};
     std::vector<std::uint8_t> fresh;
+    std::size_t times = 0;  // batch_timed: bytes of item times and their count
+    ExceptionInfo info;     // lost, timeout
+    bool init_failed = false;
+  };
+
+  void collector_loop() {
+    // Messages are copied out of the ring (the sinks and user callbacks run
+    // without the channel's lock), into buffers kept from batch to batch.
+    std::vector<std::vector<std::byte>> batch;
+    std::vector<Settled> settled;
     for (;;) {
-      batch.clear();
+      std::size_t n = 0;
+      std::unique_lock take(take_mu, std::defer_lock);
       try {
-        // Copied out of the ring: the sinks (and user callbacks) run without the
-        // channel's lock held.
         results.recv_many(64, std::nullopt, [&](Reader& r) {
-          std::size_t n = r.remaining();
-          const std::byte* p = r.take(n);
-          batch.emplace_back(p, p + n);
+          // Taken before the first message leaves the ring (a waiter receiving its
+          // own results holds it while it spins: at most its spin): results are
+          // settled in the order they were sent.
+          if (!take.owns_lock()) take.lock();
+          std::size_t len = r.remaining();
+          const std::byte* p = r.take(len);
+          if (batch.size() == n) batch.emplace_back();
+          batch[n++].assign(p, p + len);
         });
       } catch (const EOFError&) {
         // Every worker is gone at this instant (e.g. the only one crashed and its
         // replacement has not attached yet). Nothing is lost: wait and look again.
+        if (take.owns_lock()) take.unlock();
         std::unique_lock lock(mu);
         if (stopping) return;
         feed_cv.wait_for(lock, std::chrono::milliseconds(5));
@@ -665,78 +692,128 @@ struct PoolCore::Impl {
         std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
         return;
       }
-      for (auto& m : batch) handle_result(m, fresh);
+      if (settled.size() < n) settled.resize(n);
+      for (std::size_t i = 0; i < n; ++i) settle_message(batch[i], settled[i]);
+      if (take.owns_lock()) take.unlock();
+      for (std::size_t i = 0; i < n; ++i) deliver(settled[i]);
       std::lock_guard lock(mu);
       if (stopping) return;  // stop_threads() sent a wake message to get us here
     }
   }
 
-  void handle_result(const std::vector<std::byte>& m, std::vector<std::uint8_t>& fresh) {
+  // Step one of a result message, under take_mu: marks its items delivered
+  // (or re-queues a lost worker's) and finds the sink to tell.
+  void settle_message(std::span<const std::byte> m, Settled& s) {
+    s.sink = nullptr;
+    s.init_failed = false;
+    s.times = 0;
     if (m.size() < sizeof(ResultHeader)) return;
-    ResultHeader h;
-    std::memcpy(&h, m.data(), sizeof h);
-    auto rest = std::span<const std::byte>(m).subspan(sizeof h);
-    ItemTiming t{h.worker, h.start_ns, h.end_ns};
+    std::memcpy(&s.h, m.data(), sizeof s.h);
+    const ResultHeader& h = s.h;
+    s.rest = m.subspan(sizeof h);
     try {
       switch (h.kind) {
         case ResultKind::wake:
           return;
-        case ResultKind::init_failed: {
-          Reader payload(rest);
-          handle_init_failure(payload);
+        case ResultKind::init_failed:
+          s.init_failed = true;
           return;
-        }
         case ResultKind::batch:
         case ResultKind::batch_timed: {
-          std::size_t times = 0;
           if (h.kind == ResultKind::batch_timed) {
             std::uint32_t n = 0;
-            if (rest.size() < sizeof n) return;
-            std::memcpy(&n, rest.data() + rest.size() - sizeof n, sizeof n);
-            times = std::size_t{n} + sizeof n;
+            if (s.rest.size() < sizeof n) return;
+            std::memcpy(&n, s.rest.data() + s.rest.size() - sizeof n, sizeof n);
+            s.times = std::size_t{n} + sizeof n;
           }
-          if (rest.size() < h.count || rest.size() - h.count < times) return;
-          auto status = reinterpret_cast<const std::uint8_t*>(rest.data());
-          Reader payload(rest.subspan(h.count, rest.size() - h.count - times));
-          std::shared_ptr<JobSink> sink;
-          TimelineSource src;
-          {
-            std::lock_guard lock(mu);
-            if (cfg.timeline) src = timeline_source(h.job, h.first, h.worker);
-            sink = settle(h.job, h.first, h.count, fresh);
-          }
-          if (sink && cfg.timeline) {
-            auto item_times = rest.last(times).first(times ? times - sizeof(std::uint32_t) : 0);
-            record_batch(src, h, status, fresh.data(), item_times);
-          }
-          if (sink) sink->on_batch(h.first, h.count, status, fresh.data(), payload, t);
+          if (s.rest.size() < h.count || s.rest.size() - h.count < s.times) return;
+          std::lock_guard lock(mu);
+          if (cfg.timeline) s.src = timeline_source(h.job, h.first, h.worker);
+          s.sink = settle(h.job, h.first, h.count, s.fresh);
           return;
         }
         case ResultKind::lost:
         case ResultKind::timeout: {
-          Reader payload(rest);
-          ExceptionInfo info = load<ExceptionInfo>(payload);
-          std::shared_ptr<JobSink> sink;
-          TimelineSource src;
-          {
-            std::lock_guard lock(mu);
-            if (cfg.timeline) src = timeline_source(h.job, h.first, h.worker);
-            sink = on_lost(h);
-          }
-          if (sink && cfg.timeline) {
-            src.received_ns = now_ns();
-            auto outcome = h.kind == ResultKind::timeout ? TaskOutcome::timeout : TaskOutcome::worker_lost;
-            cfg.timeline->failed(src, h.index, outcome, h.start_ns, h.end_ns);
-          }
-          if (sink) {
-            sink->on_failure(h.index, h.kind == ResultKind::timeout ? Failure::timeout : Failure::worker_lost, info,
-                             h.exitcode, t);
-          }
+          Reader payload(s.rest);
+          s.info = load<ExceptionInfo>(payload);
+          std::lock_guard lock(mu);
+          if (cfg.timeline) s.src = timeline_source(h.job, h.first, h.worker);
+          s.sink = on_lost(h);
           return;
         }
       }
     } catch (const std::exception& e) {
+      s.sink = nullptr;
       std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+    }
+  }
+
+  // Step two, without locks: tells the sink (and so the user's callbacks).
+  void deliver(Settled& s) {
+    std::shared_ptr<JobSink> sink = std::move(s.sink);
+    const ResultHeader& h = s.h;
+    try {
+      if (s.init_failed) {
+        s.init_failed = false;
+        Reader payload(s.rest);
+        handle_init_failure(payload);
+        return;
+      }
+      if (!sink) return;
+      ItemTiming t{h.worker, h.start_ns, h.end_ns};
+      if (h.kind == ResultKind::batch || h.kind == ResultKind::batch_timed) {
+        auto status = reinterpret_cast<const std::uint8_t*>(s.rest.data());
+        Reader payload(s.rest.subspan(h.count, s.rest.size() - h.count - s.times));
+        if (cfg.timeline) {
+          auto item_times = s.rest.last(s.times).first(s.times ? s.times - sizeof(std::uint32_t) : 0);
+          record_batch(s.src, h, status, s.fresh.data(), item_times);
+        }
+        sink->on_batch(h.first, h.count, status, s.fresh.data(), payload, t);
+        return;
+      }
+      // lost or timeout: the item that was running failed
+      if (cfg.timeline) {
+        s.src.received_ns = now_ns();
+        auto outcome = h.kind == ResultKind::timeout ? TaskOutcome::timeout : TaskOutcome::worker_lost;
+        cfg.timeline->failed(s.src, h.index, outcome, h.start_ns, h.end_ns);
+      }
+      sink->on_failure(h.index, h.kind == ResultKind::timeout ? Failure::timeout : Failure::worker_lost, s.info,
+                       h.exitcode, t);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+    }
+  }
+
+  // ResultReceiver::receive on the waiting thread (see there).
+  bool receive_for(std::uint64_t job, bool (*stop)(void*), void* ctx, std::int64_t spin_for) {
+    std::unique_lock take(take_mu, std::try_to_lock);
+    if (!take) return false;
+    // Not thread_local: a callback delivered below may wait for another result
+    // and so come back in here on this thread while `s` is in use.
+    std::vector<std::byte> msg;
+    Settled s;
+    for (;;) {
+      auto got = results.recv_spinning(
+          std::chrono::nanoseconds(spin_for),
+          [&](Reader& r) {
+            ResultHeader h;
+            if (r.remaining() < sizeof h) return false;
+            std::size_t len = r.remaining();
+            const std::byte* p = r.take(len);
+            std::memcpy(&h, p, sizeof h);
+            // Only this job's results: its sink may run the user's callbacks,
+            // which must not run on a thread that waits for something else.
+            // Lost workers, timeouts and the rest stay with the result thread.
+            if (h.job != job || (h.kind != ResultKind::batch && h.kind != ResultKind::batch_timed)) return false;
+            msg.assign(p, p + len);
+            return true;
+          },
+          [&] { return stop(ctx); });
+      if (got != ChannelEnd::Spun::received) return true;
+      settle_message(msg, s);
+      take.unlock();
+      deliver(s);
+      if (stop(ctx) || !take.try_lock()) return true;
     }
   }
 
@@ -1010,6 +1087,7 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
   I.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (I.wake_fd < 0) throw std::system_error(errno, std::generic_category(), "mproc: eventfd failed");
   I.workers.resize(static_cast<std::size_t>(I.cfg.processes));
+  I.receiver->impl_.store(&I, std::memory_order_release);
   // Workers waiting for a task and callers waiting for a result spin long where
   // each has a core; the collector and the feeder keep the channels' short
   // spin (measured: their long spins cost pipelined throughput, imap with
@@ -1037,6 +1115,10 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
 }
 
 PoolCore::~PoolCore() {
+  // No waiter may receive through this pool from here on; wait for those inside.
+  ResultReceiver& rr = *impl_->receiver;
+  rr.impl_.store(nullptr, std::memory_order_seq_cst);
+  while (rr.active_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
   terminate();
   join();
   if (impl_->zygote) shutdown_zygote(*impl_->zygote);
@@ -1044,6 +1126,19 @@ PoolCore::~PoolCore() {
 }
 
 std::int64_t PoolCore::spin_ns() const { return impl_->spin; }
+const std::shared_ptr<ResultReceiver>& PoolCore::receiver() const { return impl_->receiver; }
+
+bool ResultReceiver::receive_erased(std::uint64_t job, bool (*stop)(void*), void* ctx, std::int64_t spin_ns) {
+  // seq_cst on both sides with ~PoolCore (store impl_, then read active_): either
+  // it sees us inside, or we see null.
+  active_.fetch_add(1, std::memory_order_seq_cst);
+  struct Leave {
+    std::atomic<int>& active;
+    ~Leave() { active.fetch_sub(1, std::memory_order_seq_cst); }
+  } leave{active_};
+  auto* impl = static_cast<PoolCore::Impl*>(impl_.load(std::memory_order_seq_cst));
+  return impl && spin_ns > 0 && impl->receive_for(job, stop, ctx, spin_ns);
+}
 
 std::uint64_t PoolCore::open_job(std::shared_ptr<JobSink> sink) {
   Impl& I = *impl_;

@@ -117,6 +117,22 @@ class ChannelEnd {
   std::size_t recv_many(std::size_t max, deadline_t deadline, F&& f) const {
     return recv_many_erased(max, deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)));
   }
+  /// What recv_spinning() did.
+  enum class Spun : std::uint8_t { received, declined, idle, stopped };
+  /// Receives one message without sleeping or waiting for a lock, for a thread
+  /// that wants its own answer sooner than a wake-up brings it (the pool's result
+  /// waiters). Spins for up to `spin`, marked as a spinning consumer (senders skip
+  /// waking sleepers meanwhile), until a message is at the head of the ring, then
+  /// offers it to take(Reader&) under the consumer lock: true receives it (it is
+  /// consumed, also if take throws), false leaves it to the other consumers
+  /// (`declined`; a sleeping one is woken for it). Side-band messages are always
+  /// declined. stop() is polled while spinning (`stopped`); `idle`: the spin
+  /// ended with nothing, or with the lock held by another consumer throughout.
+  template <class Take, class Stop>
+  Spun recv_spinning(std::chrono::nanoseconds spin, Take&& take, Stop&& stop) const {
+    return recv_spinning_erased(spin.count(), &call_take<Take>, const_cast<void*>(static_cast<const void*>(&take)),
+                                &call_stop<Stop>, const_cast<void*>(static_cast<const void*>(&stop)));
+  }
   /// Waits until a message can be received, or the peer is gone (then a recv
   /// throws EOFError at once). False on timeout.
   bool poll(deadline_t deadline) const;
@@ -166,6 +182,17 @@ class ChannelEnd {
   static void call(void* ctx, Reader& r) {
     (*static_cast<std::remove_reference_t<F>*>(ctx))(r);
   }
+  using TakeFn = bool (*)(void* ctx, Reader& r);
+  using StopFn = bool (*)(void* ctx);
+  template <class F>
+  static bool call_take(void* ctx, Reader& r) {
+    return (*static_cast<std::remove_reference_t<F>*>(ctx))(r);
+  }
+  template <class F>
+  static bool call_stop(void* ctx) {
+    return (*static_cast<std::remove_reference_t<F>*>(ctx))();
+  }
+  Spun recv_spinning_erased(std::int64_t spin_ns, TakeFn take, void* take_ctx, StopFn stop, void* stop_ctx) const;
   bool recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn claim = nullptr, void* claim_ctx = nullptr) const;
   std::size_t recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const;
   Channel& ch() const;

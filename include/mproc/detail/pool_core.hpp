@@ -3,6 +3,7 @@
 // and decodes results; everything here works on bytes and is compiled once.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -82,6 +83,34 @@ struct PoolConfig {
   bool cancellable = false;
 };
 
+/// Lets a thread that waits for a job's results receive them itself, straight
+/// off the pool's result channel, instead of being woken by the pool's result
+/// thread (one wake-up fewer per round trip: docs/pool.md, "Latency"). One per
+/// pool, shared with the results it fills; detached when the pool goes.
+class ResultReceiver {
+ public:
+  /// While stop() is false and this job's result messages arrive, each within
+  /// spin_ns: receives and delivers them on this thread, as the result thread
+  /// would (results, failures, callbacks). Messages of other jobs and anything
+  /// but results are left to the result thread. Returns whether it spun (the
+  /// caller should sleep next rather than spin again); false if it could not
+  /// start: another thread is receiving, or the pool is gone.
+  template <class Stop>
+  bool receive(std::uint64_t job, Stop&& stop, std::int64_t spin_ns) {
+    return receive_erased(job, &call_stop<Stop>, const_cast<void*>(static_cast<const void*>(&stop)), spin_ns);
+  }
+
+ private:
+  friend class PoolCore;
+  template <class F>
+  static bool call_stop(void* ctx) {
+    return (*static_cast<std::remove_reference_t<F>*>(ctx))();
+  }
+  bool receive_erased(std::uint64_t job, bool (*stop)(void*), void* ctx, std::int64_t spin_ns);
+  std::atomic<void*> impl_{nullptr};  // PoolCore::Impl; null once detached
+  std::atomic<int> active_{0};        // threads inside receive_erased
+};
+
 class PoolCore {
  public:
   explicit PoolCore(PoolConfig config);
@@ -128,12 +157,15 @@ class PoolCore {
   /// the machine has a core for each worker plus the caller and the result
   /// thread, the channels' short default otherwise (docs/pool.md, latency).
   std::int64_t spin_ns() const;
+  /// This pool's ResultReceiver (for the results it fills).
+  const std::shared_ptr<ResultReceiver>& receiver() const;
   /// Pids of the current workers (for tests and tools).
   std::vector<pid_t> worker_pids() const;
   /// The timeline recorder (PoolConfig::timeline), or null.
   std::shared_ptr<TimelineRecorder> timeline() const;
 
  private:
+  friend class ResultReceiver;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
