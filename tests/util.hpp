@@ -25,6 +25,7 @@
 
 namespace mproc::detail {
 pid_t forkserver_pid() noexcept;  // src/os/forkserver.cpp
+void forkserver_shutdown() noexcept;  // src/os/forkserver.cpp: stops it, reaped
 }
 
 namespace mproc_test {

@@ -27,6 +27,7 @@
 #include <iosfwd>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -99,6 +100,12 @@ class ParentProcess {
 namespace detail {
 struct ProcessState;
 ProcessState& process_state(const Process& p);
+/// Starts every process of `procs` (none started yet), as start() would each, but
+/// with the forkserver (or a pool's zygote) asked for all of them at once: the
+/// requests are pipelined and the server forks back to back. The processes that
+/// could start are started; then the first error, if any, is thrown (callers check
+/// pid() != 0 to tell which started). For the pool; not a public API.
+void start_all(std::span<Process> procs);
 }
 
 /// A process that runs `f(args...)`, like multiprocessing.Process(target=f, args=args).
@@ -186,6 +193,7 @@ class Process {
   friend Process current_process();
   friend std::vector<Process> active_children();
   friend detail::ProcessState& detail::process_state(const Process& p);
+  friend void detail::start_all(std::span<Process> procs);
   explicit Process(std::shared_ptr<detail::ProcessState> st) : st_(std::move(st)) {}
   void create(ProcessOptions options, const Writer& task);
   bool join_for(std::chrono::nanoseconds timeout);

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -114,6 +115,21 @@ Launched launch_forkserver(std::span<const std::byte> payload, std::span<const i
 /// Starts a child through a specific fork server.
 Launched launch_via(ForkServerClient& server, std::span<const std::byte> payload, std::span<const int> fds,
                     bool daemon);
+
+/// One start request of a batch: the arguments of a launch_* call, and its outcome.
+struct Launch {
+  std::span<const std::byte> payload;
+  std::span<const int> fds;
+  bool daemon = false;
+  Launched result{};         // the child, when it started
+  std::exception_ptr error;  // why it did not
+};
+/// Starts every child of `batch` through one fork server (launch_many_forkserver:
+/// the program's), sending the requests before reading the replies (pipelined), so
+/// the server forks them back to back. Never throws: each request's outcome is in
+/// its Launch.
+void launch_many_via(ForkServerClient& server, std::span<Launch> batch);
+void launch_many_forkserver(std::span<Launch> batch);
 /// A fork server made by fork() of the calling process (a "zygote"): children it
 /// starts see this process's memory as it is now, and it is single-threaded, so
 /// it can fork later whatever threads this process starts meanwhile.
@@ -128,12 +144,23 @@ void shutdown_zygote(ForkServerClient& server) noexcept;
 [[noreturn]] void child_main(std::span<const std::byte> payload, std::span<const int> fds, int parent_pidfd,
                              pid_t real_parent = 0);
 
+/// The whole task payload in `memfd` (a child reads it before it runs the task).
+std::vector<std::byte> read_payload(int memfd);
+
 /// Flushes C and C++ stdio, then _exit(code): a child never runs its parent's
 /// atexit handlers or static destructors (Python's os._exit after flush).
 [[noreturn]] void child_exit(int code) noexcept;
 
-/// The forkserver's loop (process role selected by init()).
-[[noreturn]] void forkserver_main(int sock, pid_t client);
+/// Idle children ("spares", see forkserver.cpp) a fork server keeps ready: the
+/// program's forkserver two, so a 2-worker pool starts without a fork on its path;
+/// a pool's zygote (a fork of a possibly large process, whose later starts are
+/// one-at-a-time replacements) one.
+inline constexpr std::size_t kForkserverSpares = 2;
+inline constexpr std::size_t kZygoteSpares = 1;
+
+/// A fork server's loop: the forkserver process (role selected by init()) or a
+/// pool's zygote. Serves `client` on `sock`, keeping `spares` idle children.
+[[noreturn]] void forkserver_main(int sock, pid_t client, std::size_t spares);
 
 /// Called in a fresh child (any start method) before its task runs.
 void become_child(const ChildMeta& meta, int parent_pidfd);

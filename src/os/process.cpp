@@ -352,64 +352,159 @@ void Process::create(ProcessOptions options, const Writer& task) {
   st_ = std::move(s);
 }
 
-void Process::start() {
-  auto& s = state();
-  std::lock_guard lock(s.mu);
+namespace detail {
+namespace {
+
+// A start in progress: the payload and the status pipe, made with the state's lock
+// held, before the launch.
+struct StartPlan {
+  Writer payload;
+  int pipefd[2] = {-1, -1};
+  std::vector<int> fds;  // status pipe write end, then the task's fds
+};
+
+// With s.mu held: checks that s may start, and prepares its payload and pipe.
+StartPlan plan_start(ProcessState& s) {
   if (s.is_self) throw UsageError("mproc: cannot start the current process");
-  if (s.phase == Phase::closed) closed_error();
-  if (s.phase != Phase::created) throw UsageError("mproc: cannot start a process twice (" + s.name + ")");
-  detail::check_can_start(s.method);
+  if (s.phase == ProcessState::Phase::closed) closed_error();
+  if (s.phase != ProcessState::Phase::created) {
+    throw UsageError("mproc: cannot start a process twice (" + s.name + ")");
+  }
+  check_can_start(s.method);
   {
     auto& G = g();
     std::lock_guard glock(G.mu);
     if (!G.default_method) G.default_method = StartMethod::forkserver;  // fixed by first use, like Python
   }
+  StartPlan p;
+  ChildMeta meta{s.name, s.daemon, static_cast<std::int32_t>(::getpid()), static_cast<std::uint8_t>(s.method)};
+  dump(p.payload, meta);
+  p.payload.write(s.task.data(), s.task.size());
+  if (sys().pipe2(p.pipefd, O_CLOEXEC) < 0) throw_errno("pipe2");
+  ::fcntl(p.pipefd[0], F_SETFL, O_NONBLOCK);
+  p.fds.push_back(p.pipefd[1]);
+  p.fds.insert(p.fds.end(), s.task_fds.begin(), s.task_fds.end());
+  return p;
+}
 
-  Writer w;
-  detail::ChildMeta meta{s.name, s.daemon, static_cast<std::int32_t>(::getpid()), static_cast<std::uint8_t>(s.method)};
-  dump(w, meta);
-  w.write(s.task.data(), s.task.size());
+void abort_start(StartPlan& p) noexcept {
+  close_fd(p.pipefd[0]);
+  close_fd(p.pipefd[1]);
+  p.pipefd[0] = p.pipefd[1] = -1;
+}
 
-  int pipefd[2];
-  if (detail::sys().pipe2(pipefd, O_CLOEXEC) < 0) detail::throw_errno("pipe2");
-  ::fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
-  std::vector<int> fds{pipefd[1]};
-  fds.insert(fds.end(), s.task_fds.begin(), s.task_fds.end());
-
-  // Whatever this process buffered in stdio must go out now, once: a forked child
-  // would otherwise inherit the buffer and print it a second time.
-  std::fflush(nullptr);
-  std::cout.flush();
-  std::cerr.flush();
-
-  detail::Launched l{};
-  try {
-    if (s.via) {
-      l = detail::launch_via(*s.via, w.bytes(), fds, s.daemon);
-    } else {
-      switch (s.method) {
-      case StartMethod::fork: l = detail::launch_fork(w.bytes(), fds, s.daemon); break;
-      case StartMethod::spawn: l = detail::launch_spawn(w.bytes(), fds, s.daemon); break;
-      case StartMethod::forkserver: l = detail::launch_forkserver(w.bytes(), fds, s.daemon); break;
-      }
-    }
-  } catch (...) {
-    detail::close_fd(pipefd[0]);
-    detail::close_fd(pipefd[1]);
-    throw;
-  }
-  detail::close_fd(pipefd[1]);
-  for (int fd : s.task_fds) detail::close_fd(fd);
+// With s.mu held: records the launched child and registers it.
+void commit_start(const std::shared_ptr<ProcessState>& st, StartPlan& p, Launched l) {
+  ProcessState& s = *st;
+  close_fd(p.pipefd[1]);
+  for (int fd : s.task_fds) close_fd(fd);
   s.task_fds.clear();
   s.pid = l.pid;
   s.pidfd = l.pidfd;
-  s.status_fd = pipefd[0];
-  s.phase = Phase::running;
-
+  s.status_fd = p.pipefd[0];
+  s.phase = ProcessState::Phase::running;
   auto& G = g();
   std::lock_guard glock(G.mu);
-  G.children.push_back(st_);
-  detail::ensure_exit_handler_locked();
+  G.children.push_back(st);
+  ensure_exit_handler_locked();
+}
+
+// Whatever this process buffered in stdio must go out now, once: a forked child
+// would otherwise inherit the buffer and print it a second time.
+void flush_stdio() {
+  std::fflush(nullptr);
+  std::cout.flush();
+  std::cerr.flush();
+}
+
+Launched launch_one(ProcessState& s, const StartPlan& p) {
+  if (s.via) return launch_via(*s.via, p.payload.bytes(), p.fds, s.daemon);
+  switch (s.method) {
+    case StartMethod::fork: return launch_fork(p.payload.bytes(), p.fds, s.daemon);
+    case StartMethod::spawn: return launch_spawn(p.payload.bytes(), p.fds, s.daemon);
+    case StartMethod::forkserver: return launch_forkserver(p.payload.bytes(), p.fds, s.daemon);
+  }
+  throw UsageError("mproc: unknown start method");
+}
+
+}  // namespace
+
+void start_all(std::span<Process> procs) {
+  std::vector<std::shared_ptr<ProcessState>> states;
+  std::vector<std::unique_lock<std::mutex>> locks;
+  std::vector<StartPlan> plans;
+  for (Process& p : procs) {
+    for (const auto& st : states) {
+      if (st.get() == &p.state()) throw UsageError("mproc: start_all() was given the same process twice");
+    }
+    states.push_back(p.st_);
+  }
+  try {
+    for (auto& st : states) {
+      locks.emplace_back(st->mu);
+      plans.push_back(plan_start(*st));
+    }
+  } catch (...) {
+    for (auto& p : plans) abort_start(p);
+    throw;
+  }
+  flush_stdio();
+  // One fork server for all (the program's forkserver, or one pool zygote): pipelined.
+  bool batch = !states.empty();
+  for (auto& st : states) {
+    batch = batch && st->via == states[0]->via && (st->via || st->method == StartMethod::forkserver);
+  }
+  std::exception_ptr first_error;
+  if (batch) {
+    std::vector<Launch> launches;
+    for (std::size_t i = 0; i < states.size(); ++i) {
+      launches.push_back(Launch{plans[i].payload.bytes(), plans[i].fds, states[i]->daemon});
+    }
+    if (states[0]->via) {
+      launch_many_via(*states[0]->via, launches);
+    } else {
+      launch_many_forkserver(launches);
+    }
+    for (std::size_t i = 0; i < states.size(); ++i) {
+      if (launches[i].error) {
+        abort_start(plans[i]);
+        if (!first_error) first_error = launches[i].error;
+      } else {
+        commit_start(states[i], plans[i], launches[i].result);
+      }
+    }
+  } else {
+    for (std::size_t i = 0; i < states.size(); ++i) {
+      if (first_error) {
+        abort_start(plans[i]);
+        continue;
+      }
+      try {
+        commit_start(states[i], plans[i], launch_one(*states[i], plans[i]));
+      } catch (...) {
+        abort_start(plans[i]);
+        first_error = std::current_exception();
+      }
+    }
+  }
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+}  // namespace detail
+
+void Process::start() {
+  auto& s = state();
+  std::lock_guard lock(s.mu);
+  detail::StartPlan plan = detail::plan_start(s);
+  detail::flush_stdio();
+  detail::Launched l{};
+  try {
+    l = detail::launch_one(s, plan);
+  } catch (...) {
+    detail::abort_start(plan);
+    throw;
+  }
+  detail::commit_start(st_, plan, l);
 }
 
 bool Process::join_for(std::chrono::nanoseconds timeout) {
@@ -633,15 +728,7 @@ std::vector<int> parse_fd_list(const char* s) {
     ::_exit(70);
   }
   int memfd = fds[0];
-  std::vector<std::byte> payload;
-  std::byte buf[1 << 16];
-  for (off_t off = 0;;) {
-    ssize_t n = ::pread(memfd, buf, sizeof buf, off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    payload.insert(payload.end(), buf, buf + n);
-    off += n;
-  }
+  std::vector<std::byte> payload = detail::read_payload(memfd);
   detail::close_fd(memfd);
   pid_t parent = ::getppid();
   int ppidfd = detail::sys().pidfd_open(parent, 0);
@@ -663,7 +750,7 @@ void init(int argc, char** argv) {
       std::fprintf(stderr, "mproc: malformed MPROC_FORKSERVER\n");
       ::_exit(70);
     }
-    detail::forkserver_main(v[0], static_cast<pid_t>(v[1]));
+    detail::forkserver_main(v[0], static_cast<pid_t>(v[1]), detail::kForkserverSpares);
   }
   if (const char* sp = std::getenv("MPROC_SPAWN")) {
     G.bootstrapping = false;

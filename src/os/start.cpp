@@ -77,6 +77,19 @@ void child_main(std::span<const std::byte> payload, std::span<const int> fds, in
   child_exit(code);
 }
 
+std::vector<std::byte> read_payload(int memfd) {
+  std::vector<std::byte> payload;
+  std::byte buf[1 << 16];
+  for (off_t off = 0;;) {
+    ssize_t n = ::pread(memfd, buf, sizeof buf, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    payload.insert(payload.end(), buf, buf + n);
+    off += n;
+  }
+  return payload;
+}
+
 // ---- fork ------------------------------------------------------------------------
 
 Launched launch_fork(std::span<const std::byte> payload, std::span<const int> fds, bool /*daemon*/) {

@@ -24,6 +24,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <thread>
 #include <unordered_map>
 
@@ -478,22 +479,41 @@ struct PoolCore::Impl {
 
   // -- workers --
 
-  void spawn_worker(std::size_t id) {
-    ProcessOptions o;
-    o.name = "PoolWorker-" + std::to_string(id + 1);
-    o.daemon = true;
-    o.start_method = cfg.method;
-    slots[id].phase.store(0, std::memory_order_relaxed);
-    slots[id].job.store(0, std::memory_order_relaxed);
-    Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
-              static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb), spin,
-              cfg.timeline != nullptr, cfg.timeout.has_value());
-    if (zygote) process_state(p).via = zygote;
+  // Starts workers for the slots `ids` at once: their start requests go to the
+  // forkserver (or the zygote) together, pipelined. The ones that started are in
+  // `workers` even when another failed (the first error is then thrown), so the
+  // caller's clean-up finds them.
+  void spawn_workers(std::span<const std::size_t> ids) {
+    std::vector<Process> procs;
+    for (std::size_t id : ids) {
+      ProcessOptions o;
+      o.name = "PoolWorker-" + std::to_string(id + 1);
+      o.daemon = true;
+      o.start_method = cfg.method;
+      slots[id].phase.store(0, std::memory_order_relaxed);
+      slots[id].job.store(0, std::memory_order_relaxed);
+      Process p(o, pool_worker_main, tasks, results, table, static_cast<std::uint32_t>(id), cfg.initializer,
+                static_cast<long long>(cfg.maxtasksperchild), static_cast<long long>(cfg.max_memory_mb), spin,
+                cfg.timeline != nullptr, cfg.timeout.has_value());
+      if (zygote) process_state(p).via = zygote;
+      procs.push_back(std::move(p));
+    }
     std::int64_t started = now_ns();
-    p.start();
-    if (cfg.timeline) cfg.timeline->worker_started(static_cast<int>(id), p.pid(), started);
-    workers[id] = Worker{std::move(p), false};
+    std::exception_ptr error;
+    try {
+      start_all(procs);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      if (procs[k].pid() == 0) continue;  // did not start
+      if (cfg.timeline) cfg.timeline->worker_started(static_cast<int>(ids[k]), procs[k].pid(), started);
+      workers[ids[k]] = Worker{std::move(procs[k]), false};
+    }
+    if (error) std::rethrow_exception(error);
   }
+
+  void spawn_worker(std::size_t id) { spawn_workers(std::span<const std::size_t>(&id, 1)); }
 
   void wake_supervisor() const {
     std::uint64_t one = 1;
@@ -1097,7 +1117,9 @@ PoolCore::PoolCore(PoolConfig config) : impl_(std::make_unique<Impl>()) {
     if (I.cfg.method == StartMethod::fork) I.zygote = make_zygote();
     // Workers first, then threads: with the fork start method the workers are
     // forked before this pool adds any thread to the process.
-    for (std::size_t i = 0; i < I.workers.size(); ++i) I.spawn_worker(i);
+    std::vector<std::size_t> ids(I.workers.size());
+    std::iota(ids.begin(), ids.end(), std::size_t{0});
+    I.spawn_workers(ids);
   } catch (...) {
     for (auto& w : I.workers) {
       if (w) {

@@ -54,20 +54,54 @@ struct ResolveQuery {
   ModuleCode code;
 };
 
+ModuleCode module_code(const dl_phdr_info* info) {
+  ModuleCode code;
+  code.base = info->dlpi_addr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X)) code.exec.emplace_back(ph.p_vaddr, ph.p_vaddr + ph.p_memsz);
+  }
+  return code;
+}
+
 int resolve_cb(dl_phdr_info* info, std::size_t, void* data) {
   auto* q = static_cast<ResolveQuery*>(data);
   const char* name = info->dlpi_name ? info->dlpi_name : "";
   if (*q->module != name) return 0;
   q->found = true;
-  q->code.base = info->dlpi_addr;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X)) q->code.exec.emplace_back(ph.p_vaddr, ph.p_vaddr + ph.p_memsz);
-  }
+  q->code = module_code(info);
   return 1;
 }
 
+// resolve_code's table. Modules do not move once loaded; remembering them saves a
+// dl_iterate_phdr (a loader lock and a walk of every module) per decoded task.
+struct ModuleTable {
+  std::mutex mu;
+  std::unordered_map<std::string, ModuleCode> modules;
+};
+
+ModuleTable& module_table() {
+  static auto* t = new ModuleTable;  // never destroyed: children exit through _exit
+  return *t;
+}
+
+int cache_cb(dl_phdr_info* info, std::size_t, void* data) {
+  auto* t = static_cast<ModuleTable*>(data);
+  ModuleCode code = module_code(info);
+  if (!code.exec.empty()) t->modules.emplace(info->dlpi_name ? info->dlpi_name : "", std::move(code));
+  return 0;
+}
+
 }  // namespace
+
+void cache_loaded_modules() noexcept {
+  ModuleTable& t = module_table();
+  try {
+    std::lock_guard lock(t.mu);
+    dl_iterate_phdr(cache_cb, &t);
+  } catch (...) {  // out of memory: resolve_code walks the modules itself
+  }
+}
 
 CodeRef locate_code(const void* addr) {
   LocateQuery q;
@@ -81,15 +115,13 @@ CodeRef locate_code(const void* addr) {
 }
 
 const void* resolve_code(const CodeRef& ref) {
-  // Modules do not move once loaded; remember them (dl_iterate_phdr takes a loader
-  // lock and walks every module). The offset is checked on every call, cached or not.
-  static std::mutex mu;
-  static std::unordered_map<std::string, ModuleCode> modules;
+  // The offset is checked on every call, cached module or not.
+  ModuleTable& t = module_table();
   ModuleCode code;
   {
-    std::lock_guard lock(mu);
-    auto it = modules.find(ref.module);
-    if (it != modules.end()) code = it->second;
+    std::lock_guard lock(t.mu);
+    auto it = t.modules.find(ref.module);
+    if (it != t.modules.end()) code = it->second;
   }
   if (code.exec.empty()) {
     ResolveQuery q;
@@ -101,8 +133,8 @@ const void* resolve_code(const CodeRef& ref) {
                                "dlopen it before mproc::init) in every process.");
     }
     code = q.code;
-    std::lock_guard lock(mu);
-    modules.emplace(ref.module, code);
+    std::lock_guard lock(t.mu);
+    t.modules.emplace(ref.module, code);
   }
   if (!code.contains(ref.offset)) {
     throw SerializationError("mproc: code reference points outside the executable code of '" +

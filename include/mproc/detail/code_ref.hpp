@@ -33,4 +33,9 @@ CodeRef locate_code(const void* addr);
 /// is not loaded here or the offset does not fall in one of its executable segments.
 const void* resolve_code(const CodeRef& ref);
 
+/// Fills resolve_code's table with every module loaded now, so that a later
+/// resolve_code does no module walk (a fork server does it once for all its
+/// children). Safe from several threads; never throws.
+void cache_loaded_modules() noexcept;
+
 }  // namespace mproc::detail
