@@ -132,7 +132,7 @@ def measure():
             "task_sweep": task_sweep(pool, q),
         }
     res["executor"] = median_of(lambda: executor_submit(2000 if q else 10000), reps)
-    res["pool_ready"] = median_of(pool_ready, reps)
+    res["pool_ready"] = median_of(pool_ready, 3 if q else 9)
     return res
 
 
