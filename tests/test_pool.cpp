@@ -209,6 +209,136 @@ static_assert(mproc::detail::NoThrowSizedInput<decltype(std::views::iota(0, 3))>
 static_assert(!mproc::detail::NoThrowSizedInput<decltype(std::views::iota(0, 3) |
                                                          std::views::transform([](int x) { return x; }))>);
 
+// The bulk path (docs/pool.md): argument and result of plain bytes. Chunks of
+// such items are one copy of the input, results come back in runs written in
+// place, and an all-ok batch is one copy into the result vector. Types of odd
+// sizes, contiguous and computed inputs, automatic and explicit chunk sizes: the
+// same as a serial loop, item for item.
+struct Rgb {
+  std::uint8_t r, g, b;
+  bool operator==(const Rgb&) const = default;
+};
+static_assert(sizeof(Rgb) == 3 && mproc::detail::bulk_type<Rgb>);
+Rgb invert(Rgb c) { return Rgb{static_cast<std::uint8_t>(255 - c.r), static_cast<std::uint8_t>(255 - c.g), c.b}; }
+double halve(double x) { return x / 2; }
+std::int64_t mix(std::int64_t x) {
+  return static_cast<std::int64_t>(static_cast<std::uint64_t>(x) * 0x9E3779B97F4A7C15ULL ^ static_cast<std::uint64_t>(x >> 7));
+}
+char low_byte(std::int64_t x) { return static_cast<char>(x & 0x7f); }
+constexpr int kBulkItems = 50'000;  // several automatic chunks and result batches
+
+template <class F, class In>
+auto serial_map(F f, const In& in) {
+  std::vector<decltype(f(*std::ranges::begin(in)))> out;
+  for (const auto& x : in) out.push_back(f(x));
+  return out;
+}
+
+TEST_P(PoolTest, BulkMapMatchesASerialLoop) {
+  Pool pool(opts());
+  std::vector<Rgb> colours;
+  std::vector<double> reals;
+  std::vector<std::int64_t> wide;
+  for (int i = 0; i < kBulkItems; ++i) {
+    colours.push_back(Rgb{static_cast<std::uint8_t>(i), static_cast<std::uint8_t>(i >> 8), static_cast<std::uint8_t>(i * 7)});
+    reals.push_back(i * 1.25 - 7.0);
+    wide.push_back(std::int64_t{i} << 33 | i);
+  }
+  EXPECT_EQ(pool.map(invert, colours), serial_map(invert, colours));
+  EXPECT_EQ(pool.map(halve, reals), serial_map(halve, reals));
+  EXPECT_EQ(pool.map(mix, wide), serial_map(mix, wide));
+  EXPECT_EQ(pool.map(low_byte, wide), serial_map(low_byte, wide));  // 8 bytes in, 1 out
+  for (long long chunk : {1LL, 5LL, 777LL, 20000LL}) EXPECT_EQ(pool.map(invert, colours, chunk), serial_map(invert, colours)) << chunk;
+  // Computed input (encoded item by item) and a converting argument (int -> int64).
+  auto iota = std::views::iota(0, kBulkItems);
+  EXPECT_EQ(pool.map(mix, iota), serial_map([](int x) { return mix(x); }, iota));
+  std::vector<int> narrow(wide.size());
+  std::iota(narrow.begin(), narrow.end(), -100);
+  EXPECT_EQ(pool.map(mix, narrow), serial_map([](int x) { return mix(x); }, narrow));
+  std::vector<double> got;
+  for (double v : pool.imap(halve, reals)) got.push_back(v);
+  EXPECT_EQ(got, serial_map(halve, reals));
+  EXPECT_EQ(pool.map(halve, std::vector<double>{}), std::vector<double>{});
+}
+
+// Throws on a few items in the middle of automatic chunks (and of their result
+// batches): only those fail, with their own index.
+int raise_on_mid(int x) {
+  if (x == 30'001 || x == 30'002 || x == 41'000) throw std::domain_error("bad item " + std::to_string(x));
+  return -x;
+}
+
+TEST_P(PoolTest, BulkMapItemThrowingMidChunk) {
+  Pool pool(opts());
+  std::vector<int> xs(kBulkItems);
+  std::iota(xs.begin(), xs.end(), 0);
+  try {
+    pool.map(raise_on_mid, xs);
+    FAIL() << "map did not raise";
+  } catch (const mproc::TaskError& e) {
+    EXPECT_EQ(e.type_name(), "std::domain_error");
+    // The first failure to arrive ends the map (as in Python): one of the three.
+    EXPECT_TRUE(e.index() == 30'001u || e.index() == 30'002u || e.index() == 41'000u) << e.index();
+    EXPECT_EQ(e.message(), "bad item " + std::to_string(e.index()));
+  }
+  // Through imap every other result still arrives, in its place.
+  std::size_t i = 0;
+  std::vector<std::size_t> failed;
+  auto results = pool.imap(raise_on_mid, xs);
+  for (;; ++i) {
+    try {
+      auto v = results.next();
+      if (!v) break;
+      ASSERT_EQ(*v, -static_cast<int>(i));
+    } catch (const mproc::TaskError& e) {
+      EXPECT_EQ(e.index(), i);
+      failed.push_back(e.index());
+    }
+  }
+  EXPECT_EQ(i, xs.size());
+  EXPECT_EQ(failed, (std::vector<std::size_t>{30'001, 30'002, 41'000}));
+  EXPECT_EQ(pool.map(square, std::vector<int>{1, 2, 3}), (std::vector<int>{1, 4, 9}));
+}
+
+// A worker that dies in the middle of a bulk chunk: the item it ran fails with
+// WorkerLostError, the chunk's other items are re-run elsewhere (or retried).
+int segv_on_mid(int x) { return crash_on(x, 30'001) + 1; }
+
+TEST_P(PoolTest, BulkMapWorkerDiesMidChunk) {
+  Pool pool(opts());
+  std::vector<int> xs(kBulkItems);
+  std::iota(xs.begin(), xs.end(), 0);
+  try {
+    pool.map(segv_on_mid, xs);
+    FAIL() << "map did not raise";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.index(), 30'001u);
+    EXPECT_EQ(e.exitcode(), -SIGSEGV);
+  }
+  std::size_t i = 0, lost = 0;
+  for (auto results = pool.imap_unordered(segv_on_mid, xs);; ++i) {
+    try {
+      auto v = results.next();
+      if (!v) break;
+      ASSERT_NE(*v, 30'002);
+    } catch (const mproc::WorkerLostError& e) {
+      EXPECT_EQ(e.index(), 30'001u);
+      ++lost;
+    }
+  }
+  EXPECT_EQ(i, xs.size());
+  EXPECT_EQ(lost, 1u);
+
+  mproc_test::TempDir dir;
+  auto o = opts();
+  o.retries = 1;
+  Pool retrying(o);
+  auto f = mproc::bind(crash_once, dir.file("marker"));  // crashes on item 3 once
+  std::vector<int> ys(kBulkItems);
+  std::iota(ys.begin(), ys.end(), 0);
+  EXPECT_EQ(retrying.map(f, ys), ys);
+}
+
 TEST_P(PoolTest, ImapOrderedAndUnordered) {
   Pool pool(opts());
   std::vector<int> got;

@@ -328,6 +328,27 @@ std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int 
 std::shared_ptr<JobSink> progress_sink(std::shared_ptr<JobSink> inner, std::shared_ptr<ProgressBar> bar,
                                        bool end_on_failure);
 
+/// Plain bytes that travel as themselves, read and written with memcpy in bulk
+/// (the map bulk path, docs/pool.md). Not bool: a received bool is checked to
+/// be 0 or 1.
+template <class T>
+inline constexpr bool bulk_type = kind_of<T>() == Kind::bytes && !std::is_same_v<std::remove_cv_t<T>, bool>;
+
+/// Asks for transparent huge pages over [p, p + bytes) (its whole pages), before
+/// they are first touched; a no-op for small ranges or where THP is off.
+void advise_huge_pages(void* p, std::size_t bytes) noexcept;
+
+/// n value-initialized Vs; a big vector gets huge pages before it is zeroed (on
+/// a VM a 4 KiB page fault costs µs: 80 MB of results took ~200 ms of faults).
+template <class V>
+std::vector<V> make_values(std::size_t n) {
+  std::vector<V> v;
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(V));
+  v.resize(n);
+  return v;
+}
+
 /// A job whose results are gathered into one value (apply) or a vector (map),
 /// into a ResultCore, or into `Core` (a type derived from it, such as the
 /// executor's FutureCore, whose own finish() is then the one called).
@@ -338,18 +359,27 @@ class GatherJob final : public JobSink {
   using CoreT = std::conditional_t<std::is_void_v<Core>,
                                    ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>,
                                    Core>;
-  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(n), have_(n, 0), left_(n), core_(std::move(core)) {}
+  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(make_values<V>(n)), left_(n), core_(std::move(core)) {}
 
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
                 Reader& payload, const ItemTiming&) noexcept override {
     bool done = false;
     try {
       std::lock_guard lock(mu_);
-      for (std::uint64_t k = 0; k < count; ++k) {
+      bool copied = false;
+      if constexpr (bulk_type<V>) {
+        // Every item new and successful, results back to back: one copy.
+        if (!status && !fresh && first <= values_.size() && count <= values_.size() - first && count <= left_) {
+          if (count != 0) payload.read(values_.data() + first, count * sizeof(V));
+          left_ -= count;
+          copied = true;
+        }
+      }
+      for (std::uint64_t k = 0; k < count && !copied; ++k) {
         std::uint64_t i = first + k;
-        if (status[k] != 0) {
+        if (status_at(status, k) != 0) {
           ExceptionInfo info = load<ExceptionInfo>(payload);
-          if (fresh[k]) {
+          if (fresh_at(fresh, k)) {
             // Like Python's MapResult: the first failure makes the whole result ready.
             failed_ = true;
             error_ = make_item_error(Failure::raised, info, 1, i);
@@ -357,9 +387,10 @@ class GatherJob final : public JobSink {
           }
           continue;
         }
-        if (fresh[k] && i < values_.size() && !have_[i]) {
+        // A fresh item is delivered once (PoolCore tracks which were), so no
+        // index is decoded into twice.
+        if (fresh_at(fresh, k) && i < values_.size() && left_ > 0) {
           decode_into(payload, values_[i]);
-          have_[i] = 1;
           --left_;
         } else {
           (void)load<V>(payload);
@@ -393,7 +424,6 @@ class GatherJob final : public JobSink {
   }
   std::mutex mu_;
   std::vector<V> values_;
-  std::vector<std::uint8_t> have_;
   std::size_t left_;
   bool failed_ = false;
   std::exception_ptr error_;
@@ -475,7 +505,7 @@ class StreamJob final : public JobSink {
       for (std::uint64_t k = 0; k < count; ++k) {
         Outcome o;
         try {
-          if (status[k] != 0) {
+          if (status_at(status, k) != 0) {
             ExceptionInfo info = load<ExceptionInfo>(payload);
             o = make_item_error(Failure::raised, info, 1, first + k);
           } else {
@@ -483,10 +513,10 @@ class StreamJob final : public JobSink {
           }
         } catch (...) {
           o = std::current_exception();
-          if (fresh[k]) buffered.emplace(first + k, std::move(o));
+          if (fresh_at(fresh, k)) buffered.emplace(first + k, std::move(o));
           break;  // the rest of the batch cannot be decoded
         }
-        if (fresh[k]) buffered.emplace(first + k, std::move(o));
+        if (fresh_at(fresh, k)) buffered.emplace(first + k, std::move(o));
       }
     });
   }
@@ -537,6 +567,43 @@ struct PoolEntryCtx {
   std::uint64_t count;
 };
 
+/// The bulk path of pool_entry (plain-bytes argument and result, docs/pool.md):
+/// the chunk's items are read in place, back to back, and the results written
+/// in runs straight into the result batch; per item, one relaxed store says
+/// which item runs (for crash attribution).
+template <class R, class Arg, class F>
+void run_bulk(F& f, Reader& in, const PoolEntryCtx& c) {
+  const std::byte* items = nullptr;
+  try {
+    if (c.count > in.remaining() / sizeof(Arg)) throw SerializationError("mproc: task message truncated");
+    items = in.take(c.count * sizeof(Arg));
+  } catch (...) {
+    ExceptionInfo info = capture_current_exception();
+    for (std::uint64_t k = 0; k < c.count; ++k) c.sink->failed(c.first + k, info);
+    return;
+  }
+  for (std::uint64_t k = 0; k < c.count;) {
+    std::span<std::byte> out = c.sink->run_begin(c.first + k, c.count - k, sizeof(R));
+    const std::size_t n = out.size() / sizeof(R);
+    std::size_t j = 0;
+    std::optional<ExceptionInfo> error;
+    try {
+      for (; j < n; ++j) {
+        c.sink->running(c.first + k + j);
+        Arg arg{};
+        std::memcpy(&arg, items + (k + j) * sizeof(Arg), sizeof(Arg));
+        const R r = std::invoke(f, std::move(arg));
+        std::memcpy(out.data() + j * sizeof(R), &r, sizeof(R));
+      }
+    } catch (...) {
+      error = capture_current_exception();
+    }
+    c.sink->run_end(j);  // the results before a failed item, then the failure
+    if (error) c.sink->failed(c.first + k + j++, *error);
+    k += j;
+  }
+}
+
 template <class F, class Arg, bool Star>
 std::uint64_t pool_entry(Reader* in, void* ctx) {
   constexpr std::uint64_t id = fnv1a(pretty_name<PoolEntryTag<F, Arg, Star>>());
@@ -544,6 +611,12 @@ std::uint64_t pool_entry(Reader* in, void* ctx) {
   auto& c = *static_cast<PoolEntryCtx*>(ctx);
   F f = decode_callable<F>(*in);
   using R = pool_result_t<F, Arg, Star>;
+  if constexpr (!Star && bulk_type<Arg> && bulk_type<R>) {
+    if (c.sink->bulk()) {
+      run_bulk<R, Arg>(f, *in, c);
+      return id;
+    }
+  }
   for (std::uint64_t k = 0; k < c.count; ++k) {
     std::uint64_t index = c.first + k;
     std::optional<Arg> arg;
@@ -622,10 +695,14 @@ class ChunkEncoder {
   }
   ChunkEncoder(const ChunkEncoder&) = delete;
   ChunkEncoder& operator=(const ChunkEncoder&) = delete;
-  /// Starts a chunk.
-  void begin() {
+  /// Starts a chunk; `item_bytes`: how many bytes its items will take, if known.
+  void begin(std::size_t item_bytes = 0) {
     msg_ = ChunkMessage{};
+    items_ = 0;
     w_.clear();
+    // Plain items: the buffer becomes the message itself (finish() moves it), so
+    // it is sized once, here.
+    if constexpr (kStride) w_.reserve(prefix_.size() + item_bytes);
     w_.write(prefix_.bytes().data(), prefix_.size());
     // Fds the callable carries (e.g. a bound Event) come first, at the indices the
     // prefix was encoded with; the items' fds follow.
@@ -634,12 +711,14 @@ class ChunkEncoder {
   }
   template <class E>
   void add(E&& elem) {
-    msg_.offsets.push_back(w_.size());
-    if constexpr (!Star && kind_of<Arg>() == Kind::bytes) {
-      // Plain bytes (numbers, trivially copyable structs): no fds to track.
+    if constexpr (kStride) {
+      // Plain bytes (numbers, trivially copyable structs): no fds to track, and
+      // items at a fixed stride, so no offsets either.
       const Arg arg = static_cast<Arg>(std::forward<E>(elem));
       w_.write(&arg, sizeof arg);
+      ++items_;
     } else {
+      msg_.offsets.push_back(w_.size());
       std::size_t had = w_.fds().size();
       // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
       // close when it dies, so our own copies are taken while it is alive.
@@ -655,7 +734,29 @@ class ChunkEncoder {
       msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
     }
   }
-  std::size_t items() const { return msg_.offsets.size(); }
+  /// Whether add_contiguous may be used: items of plain bytes at a fixed stride.
+  static constexpr bool kStride = !Star && kind_of<Arg>() == Kind::bytes;
+  /// Adds n items that lie back to back at `p` (a vector's or an array's elements
+  /// of exactly the argument type): one copy.
+  void add_contiguous(const Arg* p, std::size_t n)
+    requires kStride
+  {
+    if (n != 0) w_.write(p, n * sizeof(Arg));
+    items_ += n;
+  }
+  /// Adds the n items that `it` reads (converted to the argument), advancing it.
+  template <class It>
+  void add_n(It& it, std::size_t n)
+    requires kStride
+  {
+    std::byte* out = w_.extend(n * sizeof(Arg)).data();
+    for (std::size_t k = 0; k < n; ++k, ++it) {
+      const Arg arg = static_cast<Arg>(*it);
+      std::memcpy(out + k * sizeof(Arg), &arg, sizeof(Arg));
+    }
+    items_ += n;
+  }
+  std::size_t items() const { return kStride ? items_ : msg_.offsets.size(); }
   /// Bytes of the items encoded so far in this chunk (the callable's prefix not
   /// counted: the first item always fits, so a chunk is never empty).
   std::size_t item_bytes() const { return w_.size() - prefix_.size(); }
@@ -667,14 +768,24 @@ class ChunkEncoder {
   std::vector<int> prefix_fds_;
   Writer w_;
   ChunkMessage msg_;
+  std::size_t items_ = 0;  // with kStride (no offsets kept)
 };
 
 template <class Fn, class Arg, bool Star>
 ChunkMessage ChunkEncoder<Fn, Arg, Star>::finish() {
   msg_.prefix = prefix_.size();
-  auto bytes = w_.bytes();
-  msg_.bytes.assign(bytes.begin(), bytes.end());
-  return std::move(msg_);
+  if constexpr (kStride) {
+    msg_.stride = sizeof(Arg);
+    msg_.bytes = std::move(w_).take_bytes();
+  } else {
+    // Copied: w_ keeps its capacity for the next chunk, whose size is unknown.
+    auto bytes = w_.bytes();
+    msg_.bytes.assign(bytes.begin(), bytes.end());
+  }
+  items_ = 0;  // items() counts the chunk being built: none until begin()
+  ChunkMessage out = std::move(msg_);
+  msg_ = ChunkMessage{};
+  return out;
 }
 
 /// Python's map chunk size rule: ceil(n / (4 * workers)).
@@ -997,11 +1108,31 @@ class Pool : public detail::MapMethods<Pool> {
     auto job = detail::progress_sink(std::make_shared<detail::GatherJob<V, false>>(n, core), bar, true);
     detail::ChunkEncoder<Fn, Arg, Star> enc(f);
     run_job(job, [&](std::uint64_t id) {
-      auto it = std::ranges::begin(input);
-      for (std::size_t i = 0, k = 0; i < n; i = k) {
-        enc.begin();
-        for (k = i; k < std::min(n, i + chunk) && enc.item_bytes() < max_bytes; ++k, ++it) enc.add(*it);
-        core_->submit(id, i, enc.finish());
+      using Enc = detail::ChunkEncoder<Fn, Arg, Star>;
+      if constexpr (Enc::kStride) {
+        // Items of one size: each chunk's count is known up front (the same cut as
+        // the loop below), and its items are written in one go; the argument's
+        // own bytes, back to back, are one copy.
+        const std::size_t per = std::max<std::size_t>(1, std::min(chunk, max_bytes / sizeof(Arg)));
+        auto it = std::ranges::begin(input);
+        for (std::size_t i = 0; i < n; i += per) {
+          const std::size_t k = std::min(per, n - i);
+          enc.begin(k * sizeof(Arg));
+          if constexpr (std::ranges::contiguous_range<R> &&
+                        std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<R>>, Arg>) {
+            enc.add_contiguous(std::ranges::data(input) + i, k);
+          } else {
+            enc.add_n(it, k);
+          }
+          core_->submit(id, i, enc.finish());
+        }
+      } else {
+        auto it = std::ranges::begin(input);
+        for (std::size_t i = 0, k = 0; i < n; i = k) {
+          enc.begin();
+          for (k = i; k < std::min(n, i + chunk) && enc.item_bytes() < max_bytes; ++k, ++it) enc.add(*it);
+          core_->submit(id, i, enc.finish());
+        }
       }
     });
     return AsyncResult<std::vector<V>>(core);

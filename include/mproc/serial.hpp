@@ -27,6 +27,7 @@
 // binary on the same machine (processes of one program), never storage.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -85,6 +86,22 @@ class Writer {
   std::uint32_t add_fd(int fd) {
     fds_.push_back(fd);
     return static_cast<std::uint32_t>(fds_.size() - 1);
+  }
+
+  /// Appends n bytes (zeroed) for the caller to fill in place; the span stays
+  /// valid until the next call that adds bytes.
+  std::span<std::byte> extend(std::size_t n) {
+    std::size_t had = buf_.size();
+    buf_.resize(had + n);
+    return std::span<std::byte>(buf_).subspan(had);
+  }
+  /// Makes room for n bytes in all without reallocating.
+  void reserve(std::size_t n) { buf_.reserve(n); }
+  /// Drops the bytes past the first `n` (n <= size()).
+  void truncate(std::size_t n) noexcept { buf_.resize(std::min(n, buf_.size())); }
+  /// Overwrites bytes already written: [pos, pos + n) must lie inside size().
+  void overwrite(std::size_t pos, const void* data, std::size_t n) noexcept {
+    if (n != 0) std::memcpy(buf_.data() + pos, data, n);
   }
 
   std::span<const std::byte> bytes() const noexcept { return buf_; }

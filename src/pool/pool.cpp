@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -94,6 +95,7 @@ std::atomic<std::uint64_t>* ticket_table(const Segment& table) {
 
 enum class ResultKind : std::uint8_t {
   batch = 1,
+  batch_ok = 2,
   lost = 3,
   timeout = 4,
   wake = 5,
@@ -101,9 +103,14 @@ enum class ResultKind : std::uint8_t {
   batch_timed = 7,
 };
 
-// Result messages. batch: items [first, first + count), then `count` status bytes,
-// then each item's result or ExceptionInfo. batch_timed (PoolOptions::timeline):
-// a batch followed by its items' times (detail::ItemTimes) and their size in bytes
+bool is_batch(ResultKind k) {
+  return k == ResultKind::batch || k == ResultKind::batch_ok || k == ResultKind::batch_timed;
+}
+
+// Result messages. batch: items [first, first + count): each item's result or
+// ExceptionInfo, then `count` status bytes (1: failed). batch_ok: every item
+// succeeded, and no status bytes follow. batch_timed (PoolOptions::timeline): a
+// batch followed by its items' times (detail::ItemTimes) and their size in bytes
 // (uint32). lost/timeout: the worker held [first, first + count) and was running
 // `index` (start_ns == 0: had not started it).
 struct ResultHeader {
@@ -120,70 +127,112 @@ struct ResultHeader {
 
 // ---- the worker ---------------------------------------------------------------
 
+// One per worker, kept from chunk to chunk: its buffers keep their memory (a
+// 48 KiB buffer freed after every chunk made malloc give the heap's top back to
+// the kernel and fault it in again, a TLB shoot-down and a dozen page faults
+// per chunk).
 class WorkerSink final : public ItemSink {
  public:
-  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, std::uint64_t job,
-             bool item_times, bool item_clock)
-      : results_(results), slot_(slot), id_(id), job_(job), timed_(item_times), clock_(item_times || item_clock) {}
+  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, bool item_times, bool item_clock)
+      : results_(results), slot_(slot), id_(id), timed_(item_times), clock_(item_times || item_clock) {
+    running_ = &slot_.index;
+    reset();
+  }
+  /// The next chunk's items belong to `job`.
+  void begin(std::uint64_t job) { job_ = job; }
 
   void starting(std::uint64_t index) noexcept override {
     // The clock (~25 ns under a VM's kvm-clock) is read per item only when a
     // timeout or the timeline needs each item's start; otherwise once per batch,
     // and the slot gets 1: "started, time not taken".
-    std::int64_t t = clock_ || status_.empty() ? now_ns() : 1;
+    std::int64_t t = clock_ || count_ == 0 ? now_ns() : 1;
     slot_.index.store(index, std::memory_order_relaxed);
     slot_.started_ns.store(t, std::memory_order_relaxed);
     slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::running), std::memory_order_release);
-    if (status_.empty()) {
+    if (count_ == 0) {
       first_ = index;
       start_ = t;
     }
     if (timed_) item_start_ = t;
   }
-  Writer& result_writer() override { return payload_; }
+  Writer& result_writer() override { return msg_; }
   void ok(std::uint64_t) override {
-    status_.push_back(0);
+    add_status(0);
     if (timed_) item_ended();
     maybe_flush();
   }
   void failed(std::uint64_t index, const ExceptionInfo& info) override {
-    if (status_.empty()) {
+    if (count_ == 0) {
       first_ = index;
       start_ = now_ns();
     }
-    dump(payload_, info);
-    status_.push_back(1);
+    dump(msg_, info);
+    add_status(1);
     if (timed_) item_ended();
     maybe_flush();
   }
+
+  bool bulk() const noexcept override { return !clock_; }
+  std::span<std::byte> run_begin(std::uint64_t index, std::size_t n, std::size_t size) override {
+    starting(index);
+    std::size_t used = payload_bytes();
+    std::size_t room = used < kAutoChunkBytes ? (kAutoChunkBytes - used) / size : 0;
+    run_size_ = size;
+    run_at_ = msg_.size();
+    return msg_.extend(std::min({n, kRun, std::max<std::size_t>(room, 1)}) * size);
+  }
+  void run_end(std::size_t done) override {
+    std::size_t n = (msg_.size() - run_at_) / run_size_;  // what run_begin gave (run_at_: before it)
+    if (done < n) msg_.truncate(msg_.size() - (n - done) * run_size_);
+    if (any_failed_) status_.insert(status_.end(), done, 0);
+    count_ += done;
+    run_at_ = msg_.size();
+    if (payload_bytes() + run_size_ > kAutoChunkBytes || now_ns() - start_ > kBatchNs) flush();
+  }
+
   /// Sends what is batched (the end of a chunk).
   void flush() {
-    if (status_.empty()) return;
-    ResultKind kind = timed_ ? ResultKind::batch_timed : ResultKind::batch;
-    ResultHeader h{kind, id_, 0, job_, first_, status_.size(), 0, start_, now_ns()};
-    msg_.clear();
-    msg_.write(&h, sizeof h);
-    msg_.write(status_.data(), status_.size());
-    msg_.write(payload_.bytes().data(), payload_.size());
+    if (count_ == 0) return;
+    ResultKind kind = timed_ ? ResultKind::batch_timed : any_failed_ ? ResultKind::batch : ResultKind::batch_ok;
+    ResultHeader h{kind, id_, 0, job_, first_, count_, 0, start_, now_ns()};
+    msg_.overwrite(0, &h, sizeof h);
+    if (kind != ResultKind::batch_ok) msg_.write(status_.data(), status_.size());
     if (timed_) {
       auto n = static_cast<std::uint32_t>(times_.size());
       msg_.write(times_.data(), times_.size());
       msg_.write(&n, sizeof n);
     }
-    results_.send(msg_.bytes(), payload_.fds(), std::nullopt);
-    status_.clear();
-    payload_.clear();
-    times_.clear();
+    results_.send(msg_, std::nullopt);
+    reset();
   }
 
  private:
+  static constexpr std::int64_t kBatchNs = 1'000'000;
+  std::size_t payload_bytes() const { return msg_.size() - sizeof(ResultHeader); }
+  void reset() {
+    msg_.clear();
+    msg_.extend(sizeof(ResultHeader));  // written by flush()
+    run_at_ = msg_.size();
+    status_.clear();
+    times_.clear();
+    count_ = 0;
+    any_failed_ = false;
+  }
+  // Status bytes are kept only once an item failed (or for the timeline, whose
+  // batches always carry them): a batch of successes sends none.
+  void add_status(std::uint8_t st) {
+    if (st && !any_failed_ && !timed_) status_.assign(count_, 0);
+    any_failed_ |= st != 0;
+    if (any_failed_ || timed_) status_.push_back(st);
+    ++count_;
+    run_at_ = msg_.size();
+  }
   // Results go out in batches: one message per chunk normally, sooner when the
   // batch passes kAutoChunkBytes (so it fits in the ring) or 1 ms of work, so that a worker crash loses (and the
   // pool re-runs) little, and a long chunk still shows progress.
   void maybe_flush() {
     // times_ (empty without a timeline) counts too: the whole message must fit.
-    if (payload_.size() + times_.size() > kAutoChunkBytes ||
-        (status_.size() % 64 == 0 && now_ns() - start_ > 1'000'000)) {
+    if (payload_bytes() + times_.size() > kAutoChunkBytes || (count_ % 64 == 0 && now_ns() - start_ > kBatchNs)) {
       flush();
     }
   }
@@ -199,7 +248,7 @@ class WorkerSink final : public ItemSink {
   const ChannelEnd& results_;
   WorkerSlot& slot_;
   std::uint32_t id_;
-  std::uint64_t job_;
+  std::uint64_t job_ = 0;
   bool timed_;
   bool clock_;
   std::int64_t item_start_ = 0;
@@ -207,9 +256,12 @@ class WorkerSink final : public ItemSink {
   std::vector<std::uint8_t> times_;  // ItemTimes
   std::uint64_t first_ = 0;
   std::int64_t start_ = 0;
-  std::vector<std::uint8_t> status_;
-  Writer payload_;
-  Writer msg_;
+  std::uint64_t count_ = 0;  // items in the batch
+  bool any_failed_ = false;
+  std::vector<std::uint8_t> status_;  // per item, once one failed (always with a timeline)
+  Writer msg_;                        // a ResultHeader's room, then the items' results
+  std::size_t run_at_ = 0;            // msg_'s size before the current run
+  std::size_t run_size_ = 1;          // result size of the current run
 };
 
 void send_init_failure(const ChannelEnd& results, std::uint32_t id, const ExceptionInfo& info) {
@@ -252,6 +304,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   }
   std::vector<std::byte> buf;
   std::vector<int> fds;
+  WorkerSink sink(results, *slot, id, item_times, item_clock);
   for (long long done = 0; maxtasks <= 0 || done < maxtasks;) {
     ChunkHeader h{};
     bool cancelled = false;
@@ -316,7 +369,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     ++done;
     {
       Reader r(buf, fds);
-      WorkerSink sink(results, *slot, id, h.job, item_times, item_clock);
+      sink.begin(h.job);
       PoolEntryCtx ctx{&sink, h.first, h.count};
       try {
         Entry e = decode_entry(r);
@@ -370,6 +423,17 @@ std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int 
   return std::make_exception_ptr(Error(info.message));
 }
 
+void advise_huge_pages(void* p, std::size_t bytes) noexcept {
+  // Below a few huge pages the advice buys nothing; the range's whole pages only
+  // (madvise wants a page-aligned start; the pages around the ends are shared
+  // with other allocations).
+  if (!p || bytes < (std::size_t{8} << 20)) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
 std::vector<int> dup_fds(std::span<const int> fds) {
   std::vector<int> out;
   for (int fd : fds) {
@@ -402,6 +466,40 @@ std::string describe_exit(int code) {
 
 }  // namespace
 
+// Which items of a chunk were delivered: a bitmap whose range operations go a
+// 64-bit word at a time (a result batch covers thousands of items).
+class ItemBits {
+ public:
+  explicit ItemBits(std::size_t n = 0) : n_(n), words_((n + 63) / 64, 0) {}
+  std::size_t size() const noexcept { return n_; }
+  bool operator[](std::size_t i) const noexcept { return (words_[i / 64] >> (i % 64)) & 1; }
+  void set(std::size_t i) noexcept { words_[i / 64] |= std::uint64_t{1} << (i % 64); }
+  /// Whether no item of [a, b) is set.
+  bool none(std::size_t a, std::size_t b) const noexcept {
+    bool any = false;
+    for_words(words_, a, b, [&](std::uint64_t w, std::uint64_t mask) { any |= (w & mask) != 0; });
+    return !any;
+  }
+  /// Sets [a, b).
+  void set(std::size_t a, std::size_t b) noexcept {
+    for_words(words_, a, b, [](std::uint64_t& w, std::uint64_t mask) { w |= mask; });
+  }
+
+ private:
+  // f(word, mask of the bits of [a, b) in it), for each word that [a, b) touches.
+  template <class Words, class F>
+  static void for_words(Words& words, std::size_t a, std::size_t b, F&& f) {
+    while (a < b) {
+      std::size_t bit = a % 64, n = std::min<std::size_t>(64 - bit, b - a);
+      std::uint64_t mask = (n == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << n) - 1)) << bit;
+      f(words[a / 64], mask);
+      a += n;
+    }
+  }
+  std::size_t n_;
+  std::vector<std::uint64_t> words_;
+};
+
 struct PoolCore::Impl {
   PoolConfig cfg;
   ChannelEnd tasks;
@@ -424,7 +522,7 @@ struct PoolCore::Impl {
     std::uint64_t job;
     std::uint64_t first;
     ChunkMessage msg;
-    std::vector<bool> delivered;
+    ItemBits delivered;
     std::size_t left;
     int retries_left;
     bool cancelled = false;  // dropped by cancel_job: the feeder skips it
@@ -554,8 +652,8 @@ struct PoolCore::Impl {
   std::vector<std::byte> message_for(const Chunk& c, std::uint64_t from, std::uint64_t to,
                                      std::uint64_t ticket) const {
     const auto& m = c.msg;
-    std::size_t a = m.offsets[from - c.first];
-    std::size_t b = to - c.first < m.offsets.size() ? m.offsets[to - c.first] : m.bytes.size();
+    std::size_t a = m.offset(from - c.first);
+    std::size_t b = m.offset(to - c.first);
     std::vector<std::byte> out;
     out.reserve(m.prefix + (b - a));
     out.insert(out.end(), m.bytes.begin(), m.bytes.begin() + static_cast<std::ptrdiff_t>(m.prefix));
@@ -579,23 +677,44 @@ struct PoolCore::Impl {
   // them delivered; fresh[k] says whether item first + k was new (re-runs after a
   // lost worker can deliver an item twice). Returns the job's sink, or null if
   // the job is gone (terminated) — then nothing is to be delivered.
+  // `all_fresh` is set when every item was new; `fresh` is then filled only with
+  // a timeline (which reads it).
   std::shared_ptr<JobSink> settle(std::uint64_t job, std::uint64_t first, std::uint64_t count,
-                                  std::vector<std::uint8_t>& fresh) {
-    fresh.assign(count, 0);
+                                  std::vector<std::uint8_t>& fresh, bool& all_fresh) {
+    all_fresh = false;
     auto jt = jobs.find(job);
-    if (jt == jobs.end()) return nullptr;
+    if (jt == jobs.end()) {
+      fresh.assign(count, 0);
+      return nullptr;
+    }
     auto chunk = chunk_of(jt, first);
-    if (!chunk) return nullptr;
+    if (!chunk) {
+      fresh.assign(count, 0);
+      return nullptr;
+    }
     Job& j = jt->second;
     auto sink = j.sink;
-    for (std::uint64_t k = 0; k < count; ++k) {
-      std::uint64_t pos = first + k - chunk->first;
-      if (pos >= chunk->delivered.size() || chunk->delivered[pos]) continue;
-      chunk->delivered[pos] = true;
-      fresh[k] = 1;
-      --j.outstanding;
-      --chunk->left;
+    const std::uint64_t from = first - chunk->first;
+    const std::uint64_t to = std::min<std::uint64_t>(from + count, chunk->delivered.size());
+    std::uint64_t added = 0;
+    if (to - from == count && chunk->delivered.none(from, to)) {
+      // The common case, a word at a time: every item is new.
+      chunk->delivered.set(from, to);
+      added = count;
+      all_fresh = true;
+      if (cfg.timeline) fresh.assign(count, 1);
+    } else {
+      // Some were delivered before (a re-run after a lost worker).
+      fresh.assign(count, 0);
+      for (std::uint64_t pos = from; pos < to; ++pos) {
+        if (chunk->delivered[pos]) continue;
+        chunk->delivered.set(pos);
+        fresh[pos - from] = 1;
+        ++added;
+      }
     }
+    j.outstanding -= added;
+    chunk->left -= added;
     if (chunk->left == 0) j.chunks.erase(chunk->first);
     maybe_finish_job(jt);
     return sink;
@@ -676,8 +795,10 @@ struct PoolCore::Impl {
     std::shared_ptr<JobSink> sink;    // null: nothing to deliver
     TimelineSource src{};
     std::vector<std::uint8_t> fresh;
-    std::size_t times = 0;  // batch_timed: bytes of item times and their count
-    ExceptionInfo info;     // lost, timeout
+    bool all_fresh = false;    // fresh is then filled only with a timeline
+    std::size_t statuses = 0;  // status bytes after the payload (0 for batch_ok)
+    std::size_t times = 0;     // batch_timed: bytes of item times and their count
+    ExceptionInfo info;        // lost, timeout
     bool init_failed = false;
   };
 
@@ -726,6 +847,8 @@ struct PoolCore::Impl {
   void settle_message(std::span<const std::byte> m, Settled& s) {
     s.sink = nullptr;
     s.init_failed = false;
+    s.all_fresh = false;
+    s.statuses = 0;
     s.times = 0;
     if (m.size() < sizeof(ResultHeader)) return;
     std::memcpy(&s.h, m.data(), sizeof s.h);
@@ -739,17 +862,20 @@ struct PoolCore::Impl {
           s.init_failed = true;
           return;
         case ResultKind::batch:
+        case ResultKind::batch_ok:
         case ResultKind::batch_timed: {
+          // payload | status bytes (not for batch_ok) | times and their size (batch_timed)
           if (h.kind == ResultKind::batch_timed) {
             std::uint32_t n = 0;
             if (s.rest.size() < sizeof n) return;
             std::memcpy(&n, s.rest.data() + s.rest.size() - sizeof n, sizeof n);
             s.times = std::size_t{n} + sizeof n;
           }
-          if (s.rest.size() < h.count || s.rest.size() - h.count < s.times) return;
+          s.statuses = h.kind == ResultKind::batch_ok ? 0 : h.count;
+          if (s.rest.size() < s.times || s.rest.size() - s.times < s.statuses) return;
           std::lock_guard lock(mu);
           if (cfg.timeline) s.src = timeline_source(h.job, h.first, h.worker);
-          s.sink = settle(h.job, h.first, h.count, s.fresh);
+          s.sink = settle(h.job, h.first, h.count, s.fresh, s.all_fresh);
           return;
         }
         case ResultKind::lost:
@@ -781,14 +907,17 @@ struct PoolCore::Impl {
       }
       if (!sink) return;
       ItemTiming t{h.worker, h.start_ns, h.end_ns};
-      if (h.kind == ResultKind::batch || h.kind == ResultKind::batch_timed) {
-        auto status = reinterpret_cast<const std::uint8_t*>(s.rest.data());
-        Reader payload(s.rest.subspan(h.count, s.rest.size() - h.count - s.times));
+      if (is_batch(h.kind)) {
+        const std::size_t payload_size = s.rest.size() - s.times - s.statuses;
+        auto status = s.statuses ? reinterpret_cast<const std::uint8_t*>(s.rest.data() + payload_size) : nullptr;
+        Reader payload(s.rest.first(payload_size));
         if (cfg.timeline) {
           auto item_times = s.rest.last(s.times).first(s.times ? s.times - sizeof(std::uint32_t) : 0);
-          record_batch(s.src, h, status, s.fresh.data(), item_times);
+          std::vector<std::uint8_t> ok;
+          if (!status) ok.assign(h.count, 0);
+          record_batch(s.src, h, status ? status : ok.data(), s.fresh.data(), item_times);
         }
-        sink->on_batch(h.first, h.count, status, s.fresh.data(), payload, t);
+        sink->on_batch(h.first, h.count, status, s.all_fresh ? nullptr : s.fresh.data(), payload, t);
         return;
       }
       // lost or timeout: the item that was running failed
@@ -824,7 +953,7 @@ struct PoolCore::Impl {
             // Only this job's results: its sink may run the user's callbacks,
             // which must not run on a thread that waits for something else.
             // Lost workers, timeouts and the rest stay with the result thread.
-            if (h.job != job || (h.kind != ResultKind::batch && h.kind != ResultKind::batch_timed)) return false;
+            if (h.job != job || !is_batch(h.kind)) return false;
             msg.assign(p, p + len);
             return true;
           },
@@ -916,8 +1045,9 @@ struct PoolCore::Impl {
       return nullptr;
     }
     std::vector<std::uint8_t> fresh;
-    auto sink = settle(h.job, h.index, 1, fresh);
-    return fresh[0] ? sink : nullptr;
+    bool all_fresh = false;
+    auto sink = settle(h.job, h.index, 1, fresh, all_fresh);
+    return all_fresh ? sink : nullptr;
   }
 
   void handle_init_failure(Reader& payload) {
@@ -1173,12 +1303,12 @@ std::uint64_t PoolCore::open_job(std::shared_ptr<JobSink> sink) {
 
 void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk) {
   Impl& I = *impl_;
-  std::size_t n = chunk.offsets.size();
+  std::size_t n = chunk.items();
   if (n == 0) return;
   auto c = std::make_shared<Impl::Chunk>();
   c->job = job;
   c->first = first;
-  c->delivered.assign(n, false);
+  c->delivered = ItemBits(n);
   c->left = n;
   c->retries_left = I.cfg.retries;
   if (I.cfg.timeline) c->queued_ns = now_ns();

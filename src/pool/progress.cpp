@@ -183,8 +183,12 @@ class ProgressSink final : public JobSink {
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
                 Reader& payload, const ItemTiming& t) noexcept override {
     std::uint64_t ok = 0, failed = 0;
-    for (std::uint64_t k = 0; k < count; ++k) {
-      if (fresh[k]) ++(status[k] ? failed : ok);
+    if (!status && !fresh) {
+      ok = count;
+    } else {
+      for (std::uint64_t k = 0; k < count; ++k) {
+        if (fresh_at(fresh, k)) ++(status_at(status, k) ? failed : ok);
+      }
     }
     bar_->update(ok, failed);
     if (failed && end_on_failure_) bar_->close();

@@ -47,13 +47,19 @@ class JobSink {
   /// Items [first, first + count) ran. For each, in order, `payload` holds its
   /// encoded result (status[k] == 0) or an ExceptionInfo (status[k] == 1).
   /// Items with fresh[k] == 0 were already delivered (a re-run after a lost
-  /// worker): decode and drop them.
+  /// worker): decode and drop them. `status` is null when every item succeeded,
+  /// `fresh` null when every item is fresh (the common case, with no per-item
+  /// bytes to look at: see status_at / fresh_at).
   virtual void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status,
                         const std::uint8_t* fresh, Reader& payload, const ItemTiming& t) noexcept = 0;
   /// Item `index` failed without running to the end (lost worker, timeout, cancel).
   virtual void on_failure(std::uint64_t index, Failure kind, const ExceptionInfo& info, int exitcode,
                           const ItemTiming& t) noexcept = 0;
 };
+
+/// status[k] and fresh[k] of JobSink::on_batch, where null means all 0 / all 1.
+inline std::uint8_t status_at(const std::uint8_t* status, std::uint64_t k) noexcept { return status ? status[k] : 0; }
+inline bool fresh_at(const std::uint8_t* fresh, std::uint64_t k) noexcept { return !fresh || fresh[k] != 0; }
 
 /// What the typed layer hands the core for one chunk: the whole task message
 /// (header, entry, callable, items) and where each item starts, so the core can
@@ -62,7 +68,17 @@ struct ChunkMessage {
   std::vector<std::byte> bytes;
   std::vector<int> fds;              // owned duplicates (closed by the core)
   std::size_t prefix = 0;            // header + entry + callable
-  std::vector<std::size_t> offsets;  // item i starts at offsets[i]
+  std::vector<std::size_t> offsets;  // item i starts at offsets[i] (empty when stride != 0)
+  // Items of one fixed size (plain bytes): item i starts at prefix + i * stride,
+  // and no offsets are kept. 0: offsets says where items start.
+  std::size_t stride = 0;
+
+  std::size_t items() const noexcept { return stride ? (bytes.size() - prefix) / stride : offsets.size(); }
+  /// Where item i starts; i == items() gives the end of the message.
+  std::size_t offset(std::size_t i) const noexcept {
+    if (stride) return prefix + i * stride;
+    return i < offsets.size() ? offsets[i] : bytes.size();
+  }
 };
 
 struct PoolConfig {
@@ -121,7 +137,7 @@ class PoolCore {
   /// Registers a job of `items` items (may grow with add_items for lazy input).
   /// Throws UsageError when the pool no longer accepts work.
   std::uint64_t open_job(std::shared_ptr<JobSink> sink);
-  /// Queues a chunk of job `job` covering items [first, first + offsets.size()).
+  /// Queues a chunk of job `job` covering items [first, first + chunk.items()).
   /// Never blocks on workers: a feeder thread moves chunks into the task channel.
   void submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk);
   /// No more chunks will come for `job`; it is forgotten once all its items are in.
@@ -183,6 +199,28 @@ class ItemSink {
   virtual Writer& result_writer() = 0;
   virtual void ok(std::uint64_t index) = 0;
   virtual void failed(std::uint64_t index, const ExceptionInfo& info) = 0;
+
+  // -- the bulk path (plain-bytes arguments and results; docs/pool.md) --
+  // Items run in runs of up to kRun: run_begin gives the room for the run's
+  // results, running(i) precedes item i, run_end(n) says the first n results
+  // are written and their items succeeded. An item that throws ends its run
+  // early: run_end(items before it), then failed(it).
+
+  /// Most items of one run: the batch is checked against its limits (bytes,
+  /// age) between runs.
+  static constexpr std::size_t kRun = 64;
+  /// Whether runs may be used: not when a per-task timeout or the timeline needs
+  /// each item's own start and end time.
+  virtual bool bulk() const noexcept = 0;
+  /// Starts a run at item `index` of at most `n` items whose results take `size`
+  /// bytes each; returns where to write them: room for between 1 and min(n, kRun).
+  virtual std::span<std::byte> run_begin(std::uint64_t index, std::size_t n, std::size_t size) = 0;
+  virtual void run_end(std::size_t done) = 0;
+  /// Item `index` of the run starts (a relaxed store, for crash attribution).
+  void running(std::uint64_t index) noexcept { running_->store(index, std::memory_order_relaxed); }
+
+ protected:
+  std::atomic<std::uint64_t>* running_ = nullptr;  // set by the implementation
 };
 
 }  // namespace mproc::detail
