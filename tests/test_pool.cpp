@@ -560,6 +560,29 @@ TEST_P(PoolTest, SharedArrayArgumentsAreNotCopied) {
             (std::vector<long long>{4, 9}));
 }
 
+// A finished small call's records are released by the next call on the
+// submitting thread (docs/pool.md, "What one call costs"), but a call whose task
+// carries fds is released at once: its duplicates close when it completes, with no
+// later call needed.
+TEST_P(PoolTest, FdsOfACompletedCallCloseWithoutAnotherCall) {
+  Pool pool(opts());
+  mproc::SharedArray<std::int64_t> a{1, 2, 3};
+  EXPECT_EQ(pool.apply(square, 3), 9);  // warm up (workers, channels); leaves a plain call's records
+  const int before = mproc_test::fd_count();
+  for (int i = 0; i < 20; ++i) {
+    auto r = pool.apply_async(sum_slice, a, 0, 3);
+    EXPECT_EQ(r.get(), 6);
+  }
+  EXPECT_EQ(mproc_test::fd_count(), before);
+  // Small plain calls in between and after (released later) still all complete.
+  long long s = 0, expect = 0;
+  for (int i = 0; i < 2000; ++i) {
+    s += pool.apply(square, i % 7);
+    expect += (i % 7) * (i % 7);
+  }
+  EXPECT_EQ(s, expect);
+}
+
 TEST_P(PoolTest, CallbacksRunBeforeGetReturns) {
   Pool pool(opts());
   std::atomic<int> ran{0};

@@ -287,7 +287,8 @@ class [[nodiscard]] Future {
   }
 
   /// Calls `fn(future)` once the future is done, in the order callbacks were
-  /// added: in the thread that completes it (the pool's result thread, a
+  /// added: in the thread that completes it (the pool's result thread, a thread
+  /// waiting in this future's get()/wait() that received its result itself, a
   /// ThreadPool thread, or the one calling cancel()), or here at once if it is
   /// done already. A callback that throws is reported on stderr and ignored.
   template <class Fn>

@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -359,7 +360,7 @@ class GatherJob final : public JobSink {
   using CoreT = std::conditional_t<std::is_void_v<Core>,
                                    ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>,
                                    Core>;
-  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(make_values<V>(n)), left_(n), core_(std::move(core)) {}
+  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(sized(n)), left_(n), core_(std::move(core)) {}
 
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
                 Reader& payload, const ItemTiming&) noexcept override {
@@ -422,8 +423,17 @@ class GatherJob final : public JobSink {
       core_->finish(std::nullopt, std::current_exception());
     }
   }
+  // One value inline for a single call (apply, submit: no allocation), a vector for map.
+  using Values = std::conditional_t<Single, std::array<V, 1>, std::vector<V>>;
+  static Values sized(std::size_t n) {
+    if constexpr (Single) {
+      return Values{};
+    } else {
+      return make_values<V>(n);
+    }
+  }
   std::mutex mu_;
-  std::vector<V> values_;
+  Values values_;
   std::size_t left_;
   bool failed_ = false;
   std::exception_ptr error_;
@@ -682,10 +692,8 @@ template <class Fn, class Arg, bool Star>
 class ChunkEncoder {
  public:
   explicit ChunkEncoder(const Fn& f) {
-    ChunkHeader h{};
-    prefix_.write(&h, sizeof h);
-    encode_entry<&pool_entry<Fn, Arg, Star>>(prefix_);
-    encode_callable<Fn>(prefix_, f);
+    prefix_.reserve(kFirstBytes);
+    write_prefix(prefix_, f);
     // Our own copies: chunks of an imap are encoded long after the callable (and
     // whatever handle lent these fds) may be gone.
     prefix_fds_ = dup_fds(prefix_.fds());
@@ -695,6 +703,30 @@ class ChunkEncoder {
   }
   ChunkEncoder(const ChunkEncoder&) = delete;
   ChunkEncoder& operator=(const ChunkEncoder&) = delete;
+  /// The one chunk of a single call (apply, submit): one item, encoded into one
+  /// buffer that becomes the message's (no prefix copy, no growing).
+  template <class E>
+  static ChunkMessage single(const Fn& f, E&& elem) {
+    ChunkMessage m;
+    Writer w;
+    w.reserve(kFirstBytes);
+    write_prefix(w, f);
+    m.prefix = w.size();
+    m.fds = dup_fds(w.fds());  // the callable's (a bound Event, say), then the item's
+    if constexpr (kStride) {
+      m.stride = sizeof(Arg);
+    } else {
+      m.offsets.push_back(w.size());
+    }
+    try {
+      put(w, std::forward<E>(elem), m.fds);
+    } catch (...) {
+      for (int fd : m.fds) ::close(fd);
+      throw;
+    }
+    m.bytes = std::move(w).take_bytes();
+    return m;
+  }
   /// Starts a chunk; `item_bytes`: how many bytes its items will take, if known.
   void begin(std::size_t item_bytes = 0) {
     msg_ = ChunkMessage{};
@@ -714,24 +746,11 @@ class ChunkEncoder {
     if constexpr (kStride) {
       // Plain bytes (numbers, trivially copyable structs): no fds to track, and
       // items at a fixed stride, so no offsets either.
-      const Arg arg = static_cast<Arg>(std::forward<E>(elem));
-      w_.write(&arg, sizeof arg);
+      put(w_, std::forward<E>(elem), msg_.fds);
       ++items_;
     } else {
       msg_.offsets.push_back(w_.size());
-      std::size_t had = w_.fds().size();
-      // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
-      // close when it dies, so our own copies are taken while it is alive.
-      auto arg = [&]() -> Arg {
-        if constexpr (Star) {
-          return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
-        } else {
-          return static_cast<Arg>(std::forward<E>(elem));
-        }
-      }();
-      dump(w_, arg);
-      auto added = dup_fds(w_.fds().subspan(had));
-      msg_.fds.insert(msg_.fds.end(), added.begin(), added.end());
+      put(w_, std::forward<E>(elem), msg_.fds);
     }
   }
   /// Whether add_contiguous may be used: items of plain bytes at a fixed stride.
@@ -764,6 +783,40 @@ class ChunkEncoder {
   ChunkMessage finish();
 
  private:
+  // What a call's first chunk allocates at once (header, entry id, a small
+  // callable and a few small arguments fit), instead of growing step by step.
+  static constexpr std::size_t kFirstBytes = 256;
+
+  static void write_prefix(Writer& w, const Fn& f) {
+    ChunkHeader h{};
+    w.write(&h, sizeof h);
+    encode_entry<&pool_entry<Fn, Arg, Star>>(w);
+    encode_callable<Fn>(w, f);
+  }
+  // Encodes one item into w; owned copies of the fds it adds go to `owned`.
+  template <class E>
+  static void put(Writer& w, E&& elem, std::vector<int>& owned) {
+    if constexpr (!Star && kind_of<Arg>() == Kind::bytes) {
+      // Plain bytes (numbers, trivially copyable structs): no fds to track.
+      const Arg arg = static_cast<Arg>(std::forward<E>(elem));
+      w.write(&arg, sizeof arg);
+    } else {
+      std::size_t had = w.fds().size();
+      // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
+      // close when it dies, so our own copies are taken while it is alive.
+      auto arg = [&]() -> Arg {
+        if constexpr (Star) {
+          return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
+        } else {
+          return static_cast<Arg>(std::forward<E>(elem));
+        }
+      }();
+      dump(w, arg);
+      auto added = dup_fds(w.fds().subspan(had));
+      owned.insert(owned.end(), added.begin(), added.end());
+    }
+  }
+
   Writer prefix_;
   std::vector<int> prefix_fds_;
   Writer w_;
@@ -1032,14 +1085,25 @@ class Pool : public detail::MapMethods<Pool> {
     auto core = std::make_shared<Core<R>>();
     core->spin_ns = core_->spin_ns();
     auto job = std::make_shared<detail::GatherJob<V, true, Core<R>>>(1, core);
-    detail::ChunkEncoder<Fn, Stored, true> enc(f);
-    enc.begin();
-    enc.add(std::forward_as_tuple(std::forward<Args>(args)...));
+    detail::ChunkMessage chunk =
+        detail::ChunkEncoder<Fn, Stored, true>::single(f, std::forward_as_tuple(std::forward<Args>(args)...));
     // Set before the job exists: no one waits on the core before this returns.
     core->receiver = core_->receiver();
-    std::uint64_t id = run_job(job, [&](std::uint64_t i) {
-      core->source_job = i;
-      core_->submit(i, 0, enc.finish());
+    // One reference captured: the std::function keeps it without allocating.
+    struct Submit {
+      detail::PoolCore& pool;
+      Core<R>& core;
+      detail::ChunkMessage& chunk;
+    } ctx{*core_, *core, chunk};
+    struct CloseUnsent {  // if the job could not be opened, the chunk's fds are still ours
+      detail::ChunkMessage& chunk;
+      ~CloseUnsent() {
+        for (int fd : chunk.fds) ::close(fd);
+      }
+    } close_unsent{chunk};
+    std::uint64_t id = run_job(job, [&ctx](std::uint64_t i) {
+      ctx.core.source_job = i;
+      ctx.pool.submit(i, 0, std::move(ctx.chunk));  // leaves chunk.fds empty: submit owns them
     });
     return std::make_pair(std::move(core), id);
   }
