@@ -573,6 +573,13 @@ TEST_P(PoolTest, FdsOfACompletedCallCloseWithoutAnotherCall) {
     auto r = pool.apply_async(sum_slice, a, 0, 3);
     EXPECT_EQ(r.get(), 6);
   }
+  // Another pool thread may drop its last reference a moment after get() returns
+  // (the feeder, say): wait for the count, with a deadline. Records kept for a
+  // later call would keep it up until the deadline, and fail.
+  auto until = std::chrono::steady_clock::now() + 10s;
+  while (mproc_test::fd_count() != before && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_EQ(mproc_test::fd_count(), before);
   // Small plain calls in between and after (released later) still all complete.
   long long s = 0, expect = 0;

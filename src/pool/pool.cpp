@@ -1347,16 +1347,23 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   bool was_dispatched = false;
   // Swapped with the pool's (both vectors keep their capacity); what it held is
   // released once the lock is (leaving this scope).
+  // Not while this thread is releasing already: a user's destructor run by the
+  // release (a callback's captures) may submit again.
   thread_local Impl::Dead dead;
+  thread_local bool releasing = false;
   struct Release {
+    bool mine;
     ~Release() {
+      if (!mine) return;
+      releasing = true;
       dead.chunk_nodes.clear();
       dead.job_nodes.clear();
+      releasing = false;
     }
-  } release;
+  } release{!releasing};
   {
     std::lock_guard lock(I.mu);
-    I.take_dead(dead);
+    if (release.mine) I.take_dead(dead);
     auto jt = I.jobs.find(job);
     if (jt == I.jobs.end() || I.state == Impl::State::terminated) {
       throw CancelledError("mproc: the pool was terminated");  // ~Chunk closes its fds
