@@ -576,16 +576,16 @@ struct PoolCore::Impl {
   // that results are settled in the order they were sent (a lost worker's message
   // comes after the batches it sent before it died).
   std::mutex take_mu;
-  // Finished small jobs and their chunks, released by the next submit instead of
-  // by the result thread: glibc's malloc serves a thread's allocations from its
-  // own cache only when that thread also frees them. Freed by the result thread,
-  // the ~8 allocations of every submit went through the shared arena (its lock
-  // and free lists were a quarter of the submitting thread's time in a profile of
-  // many executor submits). At most kMaxDead of each wait; bigger or fd-carrying
-  // chunks are released at once.
+  // Finished small jobs' chunks, released by the next submit instead of by the
+  // result thread: glibc's malloc serves a thread's allocations from its own
+  // cache only when that thread also frees them. Freed by the result thread, the
+  // ~8 allocations of every submit went through the shared arena (its lock and
+  // free lists were a quarter of the submitting thread's time in a profile of many
+  // executor submits). At most kMaxDead wait; bigger or fd-carrying chunks are
+  // released at once. Jobs are not kept: a job holds its sink, and through it the
+  // result, which must go when its user drops it.
   static constexpr std::size_t kMaxDead = 1024;
   std::vector<std::map<std::uint64_t, std::shared_ptr<Chunk>>::node_type> dead_chunks;
-  std::vector<std::unordered_map<std::uint64_t, Job>::node_type> dead_jobs;
   std::shared_ptr<ResultReceiver> receiver = std::make_shared<ResultReceiver>();
 
   // -- workers --
@@ -736,22 +736,18 @@ struct PoolCore::Impl {
     return sink;
   }
 
-  // With mu held, from a submitting thread: takes the finished small jobs and
+  // With mu held, from a submitting thread: takes the finished small jobs'
   // chunks kept for it to release (`out`, destroyed once mu is released).
   struct Dead {
     std::vector<std::map<std::uint64_t, std::shared_ptr<Chunk>>::node_type> chunk_nodes;
-    std::vector<std::unordered_map<std::uint64_t, Job>::node_type> job_nodes;
   };
   void take_dead(Dead& out) {
-    if (dead_chunks.empty() && dead_jobs.empty()) return;
-    out.chunk_nodes.swap(dead_chunks);
-    out.job_nodes.swap(dead_jobs);
+    if (!dead_chunks.empty()) out.chunk_nodes.swap(dead_chunks);
   }
 
   void maybe_finish_job(std::unordered_map<std::uint64_t, Job>::iterator jt) {
     if (jt->second.sealed && jt->second.outstanding == 0) {
-      auto node = jobs.extract(jt);
-      if (node.mapped().small && dead_jobs.size() < kMaxDead) dead_jobs.push_back(std::move(node));
+      jobs.erase(jt);
       if (jobs.empty()) {
         idle_cv.notify_all();
         if (state == State::closing) send_stops_locked();
@@ -866,6 +862,10 @@ struct PoolCore::Impl {
       for (std::size_t i = 0; i < n; ++i) settle_message(batch[i], settled[i]);
       if (take.owns_lock()) take.unlock();
       for (std::size_t i = 0; i < n; ++i) deliver(settled[i]);
+      // Kept for the next batch, unless a large (side-band) message grew one.
+      for (std::size_t i = 0; i < n; ++i) {
+        if (batch[i].capacity() > kAutoChunkBytes * 2) std::vector<std::byte>().swap(batch[i]);
+      }
       std::lock_guard lock(mu);
       if (stopping) return;  // stop_threads() sent a wake message to get us here
     }
@@ -983,7 +983,11 @@ struct PoolCore::Impl {
             // which must not run on a thread that waits for something else.
             // Lost workers, timeouts and the rest stay with the result thread.
             if (h.job != job || !is_batch(h.kind)) return false;
-            msg.assign(p, p + len);
+            try {
+              msg.assign(p, p + len);
+            } catch (...) {
+              return false;  // out of memory: left to the result thread, not lost
+            }
             return true;
           },
           [&] { return stop(ctx); });
@@ -1357,7 +1361,6 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
       if (!mine) return;
       releasing = true;
       dead.chunk_nodes.clear();
-      dead.job_nodes.clear();
       releasing = false;
     }
   } release{!releasing};
