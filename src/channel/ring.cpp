@@ -596,7 +596,6 @@ ChannelEnd::Spun ChannelEnd::recv_spinning_erased(std::int64_t spin_ns, TakeFn t
   Channel& c = ch();
   c.enter();
   RingState& r = rx_ring(c);
-  Spun out = Spun::idle;
   struct Leave {  // the mark ends first, then the re-check ("Spinning consumers")
     RingState& r;
     MarkedSpin mark;
@@ -637,7 +636,7 @@ ChannelEnd::Spun ChannelEnd::recv_spinning_erased(std::int64_t spin_ns, TakeFn t
       }
     }
     if (stop(stop_ctx)) return Spun::stopped;
-    if (i % 32 == 31 && steady_ns() >= leave.mark.end_ns()) return out;
+    if (i % 32 == 31 && steady_ns() >= leave.mark.end_ns()) return Spun::idle;
     cpu_relax();
   }
 }

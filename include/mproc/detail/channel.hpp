@@ -130,8 +130,9 @@ class ChannelEnd {
   /// ended with nothing, or with the lock held by another consumer throughout.
   template <class Take, class Stop>
   Spun recv_spinning(std::chrono::nanoseconds spin, Take&& take, Stop&& stop) const {
-    return recv_spinning_erased(spin.count(), &call_take<Take>, const_cast<void*>(static_cast<const void*>(&take)),
-                                &call_stop<Stop>, const_cast<void*>(static_cast<const void*>(&stop)));
+    return recv_spinning_erased(spin.count(), &erased_call<Take, bool, Reader&>,
+                                const_cast<void*>(static_cast<const void*>(&take)), &erased_call<Stop, bool>,
+                                const_cast<void*>(static_cast<const void*>(&stop)));
   }
   /// Waits until a message can be received, or the peer is gone (then a recv
   /// throws EOFError at once). False on timeout.
@@ -184,14 +185,6 @@ class ChannelEnd {
   }
   using TakeFn = bool (*)(void* ctx, Reader& r);
   using StopFn = bool (*)(void* ctx);
-  template <class F>
-  static bool call_take(void* ctx, Reader& r) {
-    return (*static_cast<std::remove_reference_t<F>*>(ctx))(r);
-  }
-  template <class F>
-  static bool call_stop(void* ctx) {
-    return (*static_cast<std::remove_reference_t<F>*>(ctx))();
-  }
   Spun recv_spinning_erased(std::int64_t spin_ns, TakeFn take, void* take_ctx, StopFn stop, void* stop_ctx) const;
   bool recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn claim = nullptr, void* claim_ctx = nullptr) const;
   std::size_t recv_many_erased(std::size_t max, deadline_t deadline, RecvFn fn, void* ctx) const;

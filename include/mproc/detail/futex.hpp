@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <ctime>
 #include <optional>
+#include <type_traits>
+#include <utility>
 
 namespace mproc::detail {
 
@@ -46,6 +48,15 @@ bool spin_until(Done done, std::int64_t ns) noexcept(noexcept(done())) {
     }
   } while (std::chrono::steady_clock::now() < end);
   return done();
+}
+
+/// Calls the callable behind `ctx` (a pointer to an F) with `a...`: the
+/// trampoline by which a template front end hands a waiting loop compiled
+/// elsewhere a callback without std::function (ChannelEnd::recv_spinning,
+/// ResultReceiver::receive).
+template <class F, class R, class... A>
+R erased_call(void* ctx, A... a) {
+  return (*static_cast<std::remove_reference_t<F>*>(ctx))(std::forward<A>(a)...);
 }
 
 inline deadline_t deadline_after(std::optional<std::chrono::nanoseconds> timeout) {

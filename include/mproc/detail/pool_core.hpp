@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mproc/detail/exception.hpp"
+#include "mproc/detail/futex.hpp"
 #include "mproc/process.hpp"
 #include "mproc/serial.hpp"
 
@@ -113,15 +114,11 @@ class ResultReceiver {
   /// start: another thread is receiving, or the pool is gone.
   template <class Stop>
   bool receive(std::uint64_t job, Stop&& stop, std::int64_t spin_ns) {
-    return receive_erased(job, &call_stop<Stop>, const_cast<void*>(static_cast<const void*>(&stop)), spin_ns);
+    return receive_erased(job, &erased_call<Stop, bool>, const_cast<void*>(static_cast<const void*>(&stop)), spin_ns);
   }
 
  private:
   friend class PoolCore;
-  template <class F>
-  static bool call_stop(void* ctx) {
-    return (*static_cast<std::remove_reference_t<F>*>(ctx))();
-  }
   bool receive_erased(std::uint64_t job, bool (*stop)(void*), void* ctx, std::int64_t spin_ns);
   std::atomic<void*> impl_{nullptr};  // PoolCore::Impl; null once detached
   std::atomic<int> active_{0};        // threads inside receive_erased
