@@ -575,12 +575,14 @@ TEST_P(PoolTest, FdsOfACompletedCallCloseWithoutAnotherCall) {
   }
   // Another pool thread may drop its last reference a moment after get() returns
   // (the feeder, say): wait for the count, with a deadline. Records kept for a
-  // later call would keep it up until the deadline, and fail.
+  // later call would keep it up until the deadline, and fail. Not equality: an fd
+  // the pool's machinery had open at `before` (a start method's helper) may have
+  // closed since.
   auto until = std::chrono::steady_clock::now() + 10s;
-  while (mproc_test::fd_count() != before && std::chrono::steady_clock::now() < until) {
+  while (mproc_test::fd_count() > before && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  EXPECT_EQ(mproc_test::fd_count(), before);
+  EXPECT_LE(mproc_test::fd_count(), before);
   // Small plain calls in between and after (released later) still all complete.
   long long s = 0, expect = 0;
   for (int i = 0; i < 2000; ++i) {
