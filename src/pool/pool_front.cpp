@@ -1,0 +1,123 @@
+// The typed front end's compiled parts (mproc/pool.hpp): Pool's non-template
+// members, the errors a failed item becomes, and the helpers of chunk encoding.
+// The engine under it is PoolCore (mproc/detail/pool_core.hpp, src/pool/pool.cpp).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <system_error>
+
+#include "mproc/detail/timeline_recorder.hpp"
+#include "mproc/pool.hpp"
+
+namespace mproc {
+namespace detail {
+
+std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int exitcode, std::uint64_t index) {
+  auto i = static_cast<std::size_t>(index);
+  switch (kind) {
+    case Failure::raised:
+      return std::make_exception_ptr(TaskError(info.type_name, info.message, info.traceback, i));
+    case Failure::worker_lost:
+      return std::make_exception_ptr(WorkerLostError(info.message, exitcode, i));
+    case Failure::timeout:
+      return std::make_exception_ptr(TaskTimeoutError(info.message, i));
+    case Failure::cancelled:
+      return std::make_exception_ptr(CancelledError(info.message));
+  }
+  return std::make_exception_ptr(Error(info.message));
+}
+
+void advise_huge_pages(void* p, std::size_t bytes) noexcept {
+  // Below a few huge pages the advice buys nothing; the range's whole pages only
+  // (madvise wants a page-aligned start; the pages around the ends are shared
+  // with other allocations).
+  if (!p || bytes < (std::size_t{8} << 20)) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+std::vector<int> dup_fds(std::span<const int> fds) {
+  std::vector<int> out;
+  for (int fd : fds) {
+    int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+      for (int x : out) ::close(x);
+      throw std::system_error(errno, std::generic_category(), "mproc: fcntl(F_DUPFD_CLOEXEC) failed");
+    }
+    out.push_back(d);
+  }
+  return out;
+}
+
+std::size_t checked_chunksize(long long c) {
+  if (c < 0) throw UsageError("mproc: chunksize must be >= 0 (0 picks one), got " + std::to_string(c));
+  return static_cast<std::size_t>(c);
+}
+
+}  // namespace detail
+
+// ---- Pool (non-template parts) -------------------------------------------------------
+
+void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued) {
+  if (options.processes < 0) {
+    throw UsageError("mproc: Pool needs processes >= 1 (or 0 for cpu_count()), got " + std::to_string(options.processes));
+  }
+  if (options.maxtasksperchild < 0) {
+    throw UsageError("mproc: maxtasksperchild must be >= 1 (or 0 for no limit), got " +
+                     std::to_string(options.maxtasksperchild));
+  }
+  if (options.timeout && *options.timeout <= std::chrono::nanoseconds::zero()) {
+    throw UsageError("mproc: the per-task timeout must be positive");
+  }
+  if (options.retries < 0) throw UsageError("mproc: retries must be >= 0");
+  if (options.max_memory_mb < 0) throw UsageError("mproc: max_memory_mb must be >= 0 (0: no limit)");
+  detail::PoolConfig cfg;
+  cfg.processes = options.processes ? options.processes : cpu_count();
+  cfg.method = options.start_method.value_or(get_start_method());
+  cfg.maxtasksperchild = static_cast<std::size_t>(options.maxtasksperchild);
+  cfg.timeout = options.timeout;
+  cfg.retries = options.retries;
+  cfg.max_memory_mb = static_cast<std::size_t>(options.max_memory_mb);
+  cfg.initializer = std::move(initializer);
+  cfg.max_queued = max_queued;
+  if (options.timeline) cfg.timeline = std::make_shared<detail::TimelineRecorder>(cfg.processes);
+  cfg.cancellable = max_queued > 0;  // ProcessPoolExecutor's pool
+  processes_ = cfg.processes;
+  core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
+}
+
+Pool::~Pool() = default;  // PoolCore's destructor terminates
+
+std::uint64_t Pool::run_job(std::shared_ptr<detail::JobSink> sink,
+                            const std::function<void(std::uint64_t)>& submit_all) {
+  std::uint64_t id = core_->open_job(std::move(sink));
+  try {
+    submit_all(id);
+  } catch (...) {
+    core_->seal_job(id);
+    throw;
+  }
+  core_->seal_job(id);
+  return id;
+}
+
+void Pool::close() { core_->close(); }
+void Pool::terminate() { core_->terminate(); }
+void Pool::join() { core_->join(); }
+int Pool::processes() const { return processes_; }
+std::vector<pid_t> Pool::worker_pids() const { return core_->worker_pids(); }
+
+Timeline Pool::timeline() const {
+  auto rec = core_->timeline();
+  if (!rec) {
+    throw UsageError("mproc: this pool records no timeline; create it with PoolOptions::timeline = true");
+  }
+  return Timeline(std::move(rec));
+}
+
+}  // namespace mproc
