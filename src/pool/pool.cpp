@@ -66,12 +66,23 @@ std::int64_t now_ns() {
 // worker's slot after reaping it (the reap orders everything the worker wrote),
 // and a live worker's slot only for a timeout, where a stale value costs at
 // most one extra check.
-enum class SlotPhase : std::uint32_t { idle = 0, holding = 1, running = 2 };
+//
+// The phase is the worker's half of a task's state machine (docs/pool.md, "A
+// task's life"): a death in any phase but idle and claimed is charged to the
+// item in `index`, whatever the item was doing (its argument being decoded, its
+// body running, its result being encoded or sent): one event, one rule.
+//   claimed  - the chunk's record may still be in the channel (the receive): a
+//              death re-queues the chunk, charging nothing (no task code ran);
+//   decoding - `index` is the next item: its argument (or the chunk's callable)
+//              is being decoded;
+//   running  - `index` runs (started_ns: since when, for the timeout);
+//   sending  - a batch of results ending with `index` is being sent.
+enum class SlotPhase : std::uint32_t { idle = 0, claimed = 1, decoding = 2, running = 3, sending = 4 };
 struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> job;
   std::atomic<std::uint64_t> begin;  // the items held: [begin, end)
   std::atomic<std::uint64_t> end;
-  std::atomic<std::uint64_t> index;  // the item running (phase running)
+  std::atomic<std::uint64_t> index;  // the item in hand (phases decoding, running, sending)
   std::atomic<std::int64_t> started_ns;
   std::atomic<std::uint32_t> phase;
 };
@@ -111,10 +122,12 @@ bool is_batch(ResultKind k) {
 // ExceptionInfo, then `count` status bytes (1: failed). batch_ok: every item
 // succeeded, and no status bytes follow. batch_timed (PoolOptions::timeline): a
 // batch followed by its items' times (detail::ItemTimes) and their size in bytes
-// (uint32). lost/timeout: the worker held [first, first + count) and was running
-// `index` (start_ns == 0: had not started it).
+// (uint32). lost/timeout: the worker held [first, first + count), was in `phase`
+// with item `index` in hand, and had been running it since start_ns (0: not
+// running).
 struct ResultHeader {
   ResultKind kind;
+  SlotPhase phase;  // lost/timeout: the dead worker's phase
   std::uint32_t worker;
   std::int32_t exitcode;
   std::uint64_t job;
@@ -156,7 +169,8 @@ class WorkerSink final : public ItemSink {
     if (timed_) item_start_ = t;
   }
   Writer& result_writer() override { return msg_; }
-  void ok(std::uint64_t) override {
+  void ok(std::uint64_t index) override {
+    next(index + 1);
     add_status(0);
     if (timed_) item_ended();
     maybe_flush();
@@ -167,6 +181,7 @@ class WorkerSink final : public ItemSink {
       start_ = now_ns();
     }
     dump(msg_, info);
+    next(index + 1);
     add_status(1);
     if (timed_) item_ended();
     maybe_flush();
@@ -193,8 +208,13 @@ class WorkerSink final : public ItemSink {
   /// Sends what is batched (the end of a chunk).
   void flush() {
     if (count_ == 0) return;
+    // A death while sending is charged to the batch's last item (the item in
+    // hand); afterwards the worker is back at decoding the next one.
+    const std::uint64_t after = first_ + count_;
+    slot_.index.store(after - 1, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::sending), std::memory_order_release);
     ResultKind kind = timed_ ? ResultKind::batch_timed : any_failed_ ? ResultKind::batch : ResultKind::batch_ok;
-    ResultHeader h{kind, id_, 0, job_, first_, count_, 0, start_, now_ns()};
+    ResultHeader h{kind, SlotPhase::idle, id_, 0, job_, first_, count_, 0, start_, now_ns()};
     msg_.overwrite(0, &h, sizeof h);
     if (kind != ResultKind::batch_ok) msg_.write(status_.data(), status_.size());
     if (timed_) {
@@ -204,6 +224,12 @@ class WorkerSink final : public ItemSink {
     }
     results_.send(msg_, std::nullopt);
     reset();
+    next(after);
+  }
+  /// The worker is at item `index` now, before decoding it.
+  void next(std::uint64_t index) noexcept {
+    slot_.index.store(index, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::decoding), std::memory_order_release);
   }
 
  private:
@@ -266,7 +292,7 @@ class WorkerSink final : public ItemSink {
 
 void send_init_failure(const ChannelEnd& results, std::uint32_t id, const ExceptionInfo& info) {
   Writer w;
-  ResultHeader h{ResultKind::init_failed, id, 1, 0, 0, 0, 0, now_ns(), now_ns()};
+  ResultHeader h{ResultKind::init_failed, SlotPhase::idle, id, 1, 0, 0, 0, 0, now_ns(), now_ns()};
   w.write(&h, sizeof h);
   dump(w, info);
   results.send(w, std::nullopt);
@@ -350,7 +376,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
             slot->job.store(h.job, std::memory_order_relaxed);
             slot->begin.store(h.first, std::memory_order_relaxed);
             slot->end.store(h.first + h.count, std::memory_order_relaxed);
-            slot->phase.store(static_cast<std::uint32_t>(SlotPhase::holding), std::memory_order_release);
+            slot->phase.store(static_cast<std::uint32_t>(SlotPhase::claimed), std::memory_order_release);
           },
           [&](Reader& r) {
             if (h.job == 0 || cancelled) return;  // its fds are closed by the channel
@@ -370,6 +396,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     {
       Reader r(buf, fds);
       sink.begin(h.job);
+      sink.next(h.first);  // the record is ours: from here a death is the first item's
       PoolEntryCtx ctx{&sink, h.first, h.count};
       try {
         Entry e = decode_entry(r);
@@ -461,7 +488,7 @@ struct PoolCore::Impl {
     ChunkMessage msg;
     ItemBits delivered;
     std::size_t left;
-    int retries_left;
+    std::map<std::uint64_t, int> deaths;  // per item: deaths charged to it (retries)
     bool cancelled = false;  // dropped by cancel_job: the feeder skips it
     std::int64_t queued_ns = 0;  // when submitted (recorded with a timeline only)
     std::uint64_t ticket = 0;    // the ticket of its first, whole send (0: none)
@@ -495,6 +522,12 @@ struct PoolCore::Impl {
   bool stopping = false;  // threads must exit
   bool stop_sent = false;
   int init_failures = 0;
+  // Failed worker starts in a row, when to try next, and whether new work came
+  // meanwhile (then the supervisor tries at once). See refill().
+  static constexpr int kStartAttempts = 6;
+  int start_failures = 0;
+  std::int64_t next_start_ns = 0;
+  bool work_arrived = false;
   std::unordered_map<std::uint64_t, Job> jobs;
   std::uint64_t next_job = 1;
   std::deque<Pending> feed;
@@ -561,7 +594,6 @@ struct PoolCore::Impl {
     if (error) std::rethrow_exception(error);
   }
 
-  void spawn_worker(std::size_t id) { spawn_workers(std::span<const std::size_t>(&id, 1)); }
 
   void wake_supervisor() const {
     std::uint64_t one = 1;
@@ -735,16 +767,43 @@ struct PoolCore::Impl {
         msg = message_for(*p.chunk, p.from, p.to, ticket);
         fds = p.chunk->msg.fds;
       }
+      // Never gives up on a chunk while the pool runs: a full channel with no
+      // worker attached (all dead at this instant, replacements starting) reports
+      // BrokenPipeError, which passes once a worker attaches; the supervisor fails
+      // the pending work if none can start. Any other error fails this chunk's
+      // items, loudly, and the feeder goes on with the next.
       for (;;) {
         try {
           if (tasks.send(msg, fds, clock::now() + std::chrono::milliseconds(50))) break;
+        } catch (const BrokenPipeError&) {
+          std::unique_lock lock(mu);
+          if (stopping) return;
+          feed_cv.wait_for(lock, std::chrono::milliseconds(5), [&] { return stopping; });
+          continue;
         } catch (const std::exception& e) {
-          std::fprintf(stderr, "mproc: pool feeder: %s\n", e.what());
-          return;
+          if (p.chunk) fail_range(*p.chunk, p.from, p.to, e.what());
+          break;
         }
         std::lock_guard lock(mu);
         if (stopping) return;
       }
+    }
+  }
+
+  // Without mu: items [from, to) of chunk c fail (their message could not be
+  // sent), each through its job's sink, unless delivered already.
+  void fail_range(const Chunk& c, std::uint64_t from, std::uint64_t to, const std::string& why) {
+    ExceptionInfo info{"mproc::Error", "mproc: the pool could not send this task to a worker: " + why, {}};
+    for (std::uint64_t i = from; i < to; ++i) {
+      std::shared_ptr<JobSink> sink;
+      {
+        std::lock_guard lock(mu);
+        std::vector<std::uint8_t> fresh;
+        bool all_fresh = false;
+        sink = settle(c.job, i, 1, fresh, all_fresh);
+        if (!all_fresh) sink = nullptr;
+      }
+      if (sink) sink->on_failure(i, Failure::raised, info, 0, ItemTiming{});
     }
   }
 
@@ -771,6 +830,7 @@ struct PoolCore::Impl {
     std::vector<Settled> settled;
     for (;;) {
       std::size_t n = 0;
+      bool pause = false;
       std::unique_lock take(take_mu, std::defer_lock);
       try {
         results.recv_many(64, std::nullopt, [&](Reader& r) {
@@ -792,8 +852,11 @@ struct PoolCore::Impl {
         feed_cv.wait_for(lock, std::chrono::milliseconds(5));
         continue;
       } catch (const std::exception& e) {
+        // Nothing the result channel throws here is final while the pool runs
+        // (out of memory for a batch, a transient fd shortage): report it, and
+        // try again a little later, after settling what was received.
         std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
-        return;
+        pause = true;
       }
       if (settled.size() < n) settled.resize(n);
       for (std::size_t i = 0; i < n; ++i) settle_message(batch[i], settled[i]);
@@ -803,8 +866,9 @@ struct PoolCore::Impl {
       for (std::size_t i = 0; i < n; ++i) {
         if (batch[i].capacity() > kAutoChunkBytes * 2) std::vector<std::byte>().swap(batch[i]);
       }
-      std::lock_guard lock(mu);
+      std::unique_lock lock(mu);
       if (stopping) return;  // stop_threads() sent a wake message to get us here
+      if (pause) feed_cv.wait_for(lock, std::chrono::milliseconds(10));
     }
   }
 
@@ -965,18 +1029,21 @@ struct PoolCore::Impl {
   }
 
   // With mu held. A worker died holding items [h.first, h.first + h.count) of
-  // job h.job, running h.index (h.start_ns == 0: before starting it). Every item
-  // of that range not yet delivered goes back to the feeder, except the running
-  // one, which fails (or is retried). Returns the sink to tell, if the item failed.
+  // job h.job, in phase h.phase with item h.index in hand. Every item of that
+  // range not yet delivered goes back to the feeder, except the one in hand
+  // (any phase past claimed: decoding, running, sending), which is charged with
+  // the death: it fails, or is re-run while its own retries last. Returns the
+  // sink to tell, if the item failed.
   std::shared_ptr<JobSink> on_lost(const ResultHeader& h) {
     auto jt = jobs.find(h.job);
     if (jt == jobs.end()) return nullptr;
     auto chunk = chunk_of(jt, h.first);
     if (!chunk) return nullptr;
-    bool started = h.start_ns != 0;
     std::uint64_t lo = h.first, hi = h.first + h.count;
+    const bool charged = h.phase != SlotPhase::claimed && h.index >= lo && h.index < hi &&
+                         h.index - chunk->first < chunk->delivered.size();
     auto undelivered = [&](std::uint64_t i) {
-      return !chunk->delivered[i - chunk->first] && !(started && i == h.index);
+      return !chunk->delivered[i - chunk->first] && !(charged && i == h.index);
     };
     if (chunk->ticket != 0) {
       // The dead worker may have died after its claim, before the record left the
@@ -1007,9 +1074,9 @@ struct PoolCore::Impl {
       from = to;
     }
     feed_cv.notify_all();
-    if (!started || chunk->delivered[h.index - chunk->first]) return nullptr;
-    if (h.kind == ResultKind::lost && chunk->retries_left > 0) {
-      --chunk->retries_left;
+    if (!charged || chunk->delivered[h.index - chunk->first]) return nullptr;
+    // Retries count per item (docs/pool.md): each death is charged to one item.
+    if (h.kind == ResultKind::lost && chunk->deaths[h.index]++ < cfg.retries) {
       feed.push_back(Pending{chunk, h.index, h.index + 1});
       feed_cv.notify_all();
       return nullptr;
@@ -1089,7 +1156,7 @@ struct PoolCore::Impl {
     auto phase = static_cast<SlotPhase>(s.phase.load(std::memory_order_acquire));
     if (phase == SlotPhase::idle) return;
     std::uint64_t begin = s.begin.load(), end = s.end.load();
-    ResultHeader h{kind, id, exitcode, s.job.load(), begin, end - begin, s.index.load(),
+    ResultHeader h{kind, phase, id, exitcode, s.job.load(), begin, end - begin, s.index.load(),
                    phase == SlotPhase::running ? s.started_ns.load() : 0, now_ns()};
     Writer w;
     w.write(&h, sizeof h);
@@ -1131,6 +1198,7 @@ struct PoolCore::Impl {
           }
           if (wait_ms < 0) wait_ms = 100;  // a task may start any moment
         }
+        if (int ms = refill_wait_ms_locked(); ms >= 0) wait_ms = wait_ms < 0 ? ms : std::min(wait_ms, ms);
       }
       int r = ::poll(pfds.data(), pfds.size(), wait_ms);
       if (r < 0 && errno != EINTR) return;
@@ -1158,18 +1226,94 @@ struct PoolCore::Impl {
           std::fprintf(stderr, "mproc: pool supervisor: %s\n", e.what());
         }
         w->proc.close();
-        std::lock_guard lock(mu);
-        bool needed = state == State::running || (state == State::closing && !jobs.empty());
-        if (needed && !stopping) {
-          try {
-            spawn_worker(id);
-          } catch (const std::exception& e) {
-            std::fprintf(stderr, "mproc: pool could not replace worker %zu: %s\n", id + 1, e.what());
-          }
-        }
-        workers_cv.notify_all();
       }
+      refill();
     }
+  }
+
+  // With mu held: whether the pool still needs workers (for queued work or new).
+  bool need_workers_locked() const {
+    return !stopping && (state == State::running || (state == State::closing && !jobs.empty()));
+  }
+  // With mu held: ms until the supervisor should try to fill empty slots, -1: never.
+  int refill_wait_ms_locked() const {
+    if (!need_workers_locked() || std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w.has_value(); })) {
+      return -1;
+    }
+    if (work_arrived) return 0;
+    std::int64_t left = next_start_ns - now_ns();
+    return left <= 0 ? 0 : static_cast<int>(left / 1'000'000 + 1);
+  }
+
+  // Starts workers for the empty slots, if the pool needs them and the back-off
+  // after failed starts has passed. A pool that could not start a worker
+  // kStartAttempts times in a row and has none left fails all its pending work
+  // (WorkerLostError saying why) and then each new task after one more try;
+  // it keeps trying, backing off, and runs tasks again once a start succeeds.
+  void refill() {
+    std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>> fail;
+    std::string why;
+    {
+      std::lock_guard lock(mu);
+      if (refill_wait_ms_locked() != 0) {
+        workers_cv.notify_all();
+        return;
+      }
+      work_arrived = false;
+      std::vector<std::size_t> ids;
+      for (std::size_t i = 0; i < workers.size(); ++i) {
+        if (!workers[i]) ids.push_back(i);
+      }
+      try {
+        spawn_workers(ids);
+        if (start_failures >= kStartAttempts) std::fprintf(stderr, "mproc: pool workers start again\n");
+        start_failures = 0;
+      } catch (const std::exception& e) {
+        ++start_failures;
+        std::int64_t backoff = std::int64_t{10'000'000} << std::min(start_failures - 1, 6);
+        next_start_ns = now_ns() + std::min<std::int64_t>(backoff, 500'000'000);
+        bool none = std::none_of(workers.begin(), workers.end(), [](const auto& w) { return w.has_value(); });
+        if (start_failures == 1) std::fprintf(stderr, "mproc: pool could not start a worker: %s\n", e.what());
+        if (none && start_failures >= kStartAttempts) {
+          why = "mproc: the pool could not start a worker process " + std::to_string(start_failures) +
+                " times in a row and has none (last error: " + e.what() +
+                "); its pending tasks fail. It keeps trying: tasks run again once a worker starts.";
+          fail_pending_locked(fail);
+        }
+      }
+      workers_cv.notify_all();
+    }
+    ExceptionInfo info{"mproc::WorkerLostError", why, {}};
+    for (auto& [sink, index] : fail) sink->on_failure(index, Failure::worker_lost, info, 0, ItemTiming{});
+  }
+
+  // With mu held: every item submitted and not delivered fails (to `out`); the
+  // jobs stay (an open job may get more chunks), their chunks are dropped.
+  void fail_pending_locked(std::vector<std::pair<std::shared_ptr<JobSink>, std::uint64_t>>& out) {
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, j] : jobs) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    for (std::uint64_t id : ids) {
+      auto jt = jobs.find(id);
+      Job& j = jt->second;
+      for (auto& [first, c] : j.chunks) {
+        c->cancelled = true;  // the feeder skips it
+        if (c->ticket != 0) {  // still in the channel: a worker taking it drops it
+          std::uint64_t expect = c->ticket << 2 | ticket_queued;
+          tickets[c->ticket % kTickets].compare_exchange_strong(expect, c->ticket << 2 | ticket_cancelled);
+        }
+        for (std::size_t k = 0; k < c->delivered.size(); ++k) {
+          if (c->delivered[k]) continue;
+          c->delivered.set(k);
+          out.emplace_back(j.sink, c->first + k);
+          record_unrun(id, *c, c->first + k, TaskOutcome::worker_lost);
+        }
+      }
+      j.chunks.clear();
+      j.outstanding = 0;
+      maybe_finish_job(jt);
+    }
+    std::erase_if(feed, [](const Pending& p) { return p.chunk != nullptr; });
   }
 
   void stop_threads() {
@@ -1180,7 +1324,7 @@ struct PoolCore::Impl {
     }
     feed_cv.notify_all();
     wake_supervisor();
-    ResultHeader h{ResultKind::wake, 0, 0, 0, 0, 0, 0, 0, 0};
+    ResultHeader h{ResultKind::wake, SlotPhase::idle, 0, 0, 0, 0, 0, 0, 0, 0};
     try {
       results.send(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&h), sizeof h), {}, std::nullopt);
     } catch (...) {
@@ -1280,7 +1424,6 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
   c->first = first;
   c->delivered = ItemBits(n);
   c->left = n;
-  c->retries_left = I.cfg.retries;
   if (I.cfg.timeline) c->queued_ns = now_ns();
   c->msg = std::move(chunk);
   ChunkHeader h{job, first, n};
@@ -1314,6 +1457,10 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
     // Registered before it is sent: a result can come back before send() returns.
     jt->second.outstanding += n;
     jt->second.chunks.emplace(first, c);
+    if (I.start_failures >= Impl::kStartAttempts && !I.work_arrived) {
+      I.work_arrived = true;  // no worker can start: the supervisor tries again now
+      I.wake_supervisor();
+    }
     if (!I.feed.empty() || I.stopping) {
       I.feed.push_back(Impl::Pending{c, first, first + n});
       I.feed_cv.notify_one();

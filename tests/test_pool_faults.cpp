@@ -1,0 +1,219 @@
+// The pool engine under faults (issue 11): a death anywhere in a task's life is
+// charged to that task, retries count per task, a pool that cannot start workers
+// fails its work loudly and recovers, and a task cannot break its worker's own
+// descriptors for the next task. Every wait has a deadline, so a regression fails
+// instead of hanging until the CTest timeout.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <mproc/pool.hpp>
+#include <mproc/sync.hpp>
+#include <numeric>
+#include <ranges>
+#include <string>
+#include <vector>
+
+#include "../src/os/internal.hpp"
+#include "util.hpp"
+
+using namespace std::chrono_literals;
+using mproc::Pool;
+using mproc::PoolOptions;
+
+namespace {
+
+// An argument whose decoding kills the process that decodes it (a user type
+// whose load() exits): only workers decode arguments.
+struct Poison {
+  int v = 0;
+};
+
+}  // namespace
+
+template <>
+struct mproc::codec<Poison> {
+  static void encode(Writer& w, const Poison& p) { w.write(&p.v, sizeof p.v); }
+  static Poison decode(Reader& r) {
+    Poison p;
+    r.read(&p.v, sizeof p.v);
+    if (p.v == 3) std::_Exit(9);
+    return p;
+  }
+};
+
+namespace {
+
+int unwrap(Poison p) { return p.v; }
+
+// Crashes the first time it sees x in `bad` (a marker file per item), succeeds after.
+int crash_once_on(std::string dir, std::vector<int> bad, int x) {
+  for (int b : bad) {
+    std::string marker = dir + "/" + std::to_string(b);
+    if (x == b && ::access(marker.c_str(), F_OK) != 0) {
+      mproc_test::write_file(marker, "x");
+      std::signal(SIGSEGV, SIG_DFL);
+      std::raise(SIGSEGV);
+    }
+  }
+  return x;
+}
+
+int square(int x) { return x * x; }
+
+// Says it started, waits for `go`, then the worker exits.
+int wait_then_exit(mproc::Event started, mproc::Event go) {
+  started.set();
+  go.wait();
+  std::_Exit(5);
+}
+
+std::size_t length_plus(std::string s, std::size_t i) { return s.size() + i; }
+
+// The syscall seam: process starts through the forkserver make one memfd each in
+// this process. Installed before a pool exists (no thread reads the table while
+// it changes); fails the next `g_fail_starts` calls, or all while `g_fail_all`.
+std::atomic<int> g_fail_starts{0};
+std::atomic<bool> g_fail_all{false};
+int (*g_real_memfd)(const char*, unsigned) = nullptr;
+int flaky_memfd(const char* name, unsigned flags) {
+  if (g_fail_all.load() || g_fail_starts.fetch_sub(1) > 0) {
+    errno = ENOMEM;
+    return -1;
+  }
+  g_fail_starts.store(0);
+  return g_real_memfd(name, flags);
+}
+struct FlakyStarts {
+  mproc::detail::SysOps saved = mproc::detail::sys();
+  FlakyStarts() {
+    g_fail_starts = 0;
+    g_fail_all = false;
+    g_real_memfd = saved.memfd_create;
+    mproc::detail::sys().memfd_create = flaky_memfd;
+  }
+  ~FlakyStarts() { mproc::detail::sys() = saved; }
+};
+
+void kill_workers(const Pool& pool) {
+  for (pid_t p : pool.worker_pids()) ::kill(p, SIGKILL);
+}
+
+}  // namespace
+
+class PoolFaults : public ::testing::TestWithParam<int> {};  // retries
+
+TEST_P(PoolFaults, ADeathWhileDecodingArgumentsFailsThatTask) {
+  // Regression (issue 11, bug 1): a worker killed by decoding its task's argument
+  // died "before starting" it, so the task was re-queued forever (a fork per try).
+  const int retries = GetParam();
+  Pool pool(PoolOptions{.processes = 2, .retries = retries});
+  try {
+    (void)pool.apply_async(unwrap, Poison{3}).get(30s);
+    ADD_FAILURE() << "the poisoned argument's task succeeded";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.exitcode(), 9) << e.what();
+  } catch (const mproc::TimeoutError&) {
+    ADD_FAILURE() << "the poisoned task never completed (re-queued forever?)";
+  }
+  // In a chunk: the item whose argument kills its worker fails, the map with it.
+  std::vector<Poison> in;
+  for (int i = 0; i < 10; ++i) in.push_back(Poison{i});
+  try {
+    (void)pool.map_async(unwrap, in, 5).get(30s);
+    ADD_FAILURE() << "the map with a poisoned argument succeeded";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.index(), 3u) << e.what();
+  } catch (const mproc::TimeoutError&) {
+    ADD_FAILURE() << "the map with a poisoned argument never completed";
+  }
+  std::vector<Poison> clean;
+  for (int i : {0, 1, 2, 4, 5}) clean.push_back(Poison{i});
+  EXPECT_EQ(pool.map_async(unwrap, clean, 5).get(30s), (std::vector<int>{0, 1, 2, 4, 5}));
+  EXPECT_EQ(pool.apply_async(square, 7).get(30s), 49);
+}
+
+TEST_P(PoolFaults, RetriesCountPerTaskNotPerChunk) {
+  // Regression (issue 11, bug 6): two items of one chunk each kill their worker
+  // once; with retries = 1 each gets its own re-run (the chunk's budget of one
+  // was spent by the first).
+  const int retries = GetParam();
+  if (retries == 0) GTEST_SKIP() << "needs retries";
+  mproc_test::TempDir dir;
+  Pool pool(PoolOptions{.processes = 2, .retries = retries});
+  auto f = mproc::bind(crash_once_on, std::string(dir.file("")), std::vector<int>{2, 6});
+  auto r = pool.map_async(f, std::views::iota(0, 10), 10);
+  std::vector<int> want(10);
+  std::iota(want.begin(), want.end(), 0);
+  EXPECT_EQ(r.get(30s), want);
+}
+
+INSTANTIATE_TEST_SUITE_P(Retries, PoolFaults, ::testing::Values(0, 1));
+
+TEST(PoolFaultsStart, APoolThatCannotStartWorkersFailsItsWorkAndRecovers) {
+  // Regression (issue 11, bug 3): a failed replacement left the pool with zero
+  // workers for good ("pool could not replace worker" on stderr), and its pending
+  // and new work never completed.
+  FlakyStarts seam;
+  Pool pool(PoolOptions{.processes = 1});
+  EXPECT_EQ(pool.apply_async(square, 2).get(30s), 4);
+  g_fail_all = true;
+  kill_workers(pool);
+  auto pending = pool.apply_async(square, 3);
+  try {
+    (void)pending.get(30s);
+    ADD_FAILURE() << "a task ran although no worker can start";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_NE(std::string(e.what()).find("could not start"), std::string::npos) << e.what();
+  } catch (const mproc::TimeoutError&) {
+    ADD_FAILURE() << "pending work never failed while no worker could start";
+  }
+  // New work fails the same way, after the pool tried once more.
+  EXPECT_THROW((void)pool.apply_async(square, 4).get(30s), mproc::WorkerLostError);
+  g_fail_all = false;
+  // Starting works again: the next task gets a worker.
+  EXPECT_EQ(pool.apply_async(square, 5).get(30s), 25);
+  pool.close();
+  pool.join();
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
+
+TEST(PoolFaultsStart, WorkQueuedBehindAFullChannelSurvivesAWhileWithoutWorkers) {
+  // Regression (issue 11, bug 3): the only worker dies while the task channel is
+  // full and its replacement fails to start five times; the work queued behind
+  // it (in the channel and in the feed queue) must all complete once a start
+  // works (it hung: no replacement was ever tried again). This is also the
+  // setting of bug 2 (the feeder's send reporting BrokenPipeError with no worker
+  // attached), which it cannot force: a failed start leaves the channel's
+  // "handle in flight" count raised, so the channel never reports "no receiver".
+  FlakyStarts seam;
+  Pool pool(PoolOptions{.processes = 1});
+  mproc::Event started, go;
+  auto first = pool.apply_async(wait_then_exit, started, go);
+  ASSERT_TRUE(started.wait_for(30s));
+  const std::string item(60 << 10, 'x');  // below the out-of-band threshold: no memfd per message
+  std::vector<mproc::AsyncResult<std::size_t>> rs;
+  for (std::size_t i = 0; i < 64; ++i) rs.push_back(pool.apply_async(length_plus, item, i));  // ~4 MiB: fills the channel
+  g_fail_starts = 5;  // the replacement fails five times (several of the channel's 100 ms slices)
+  go.set();
+  EXPECT_THROW((void)first.get(30s), mproc::WorkerLostError);
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  std::size_t done = 0;
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    try {
+      auto left = std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration{});
+      EXPECT_EQ(rs[i].get(left), item.size() + i);
+      ++done;
+    } catch (const mproc::TimeoutError&) {
+      break;
+    }
+  }
+  EXPECT_EQ(done, rs.size()) << "tasks queued behind the full channel never completed";
+  if (done == rs.size()) {
+    pool.close();
+    pool.join();
+  }
+}
