@@ -33,7 +33,7 @@ set(MPROC_PC_PREFIX "\${pcfiledir}/${MPROC_PC_PREFIX_FROM_PCDIR}")
 string(REGEX REPLACE "/$" "" MPROC_PC_PREFIX "${MPROC_PC_PREFIX}")
 # A static libmproc needs its own dependencies named on the link line; a shared one
 # records them itself.
-set(MPROC_PC_DEPS "-pthread")
+set(MPROC_PC_DEPS "-pthread -lcrypto")
 foreach(_lib IN LISTS CMAKE_DL_LIBS)
   string(APPEND MPROC_PC_DEPS " -l${_lib}")
 endforeach()

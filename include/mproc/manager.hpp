@@ -1,0 +1,751 @@
+// mproc/manager.hpp — Manager and its proxies, mirroring multiprocessing.Manager()
+// (Python's SyncManager): a server process holds the objects, every process talks
+// to it through typed proxies.
+//
+//   mproc::Manager m;                          // starts the server (abstract Unix socket)
+//   auto d = m.dict<std::string, int>();
+//   auto lock = m.Lock();
+//   mproc::Process p(work, d, lock);           // a proxy is a serializable handle
+//   p.start();
+//   d.apply("hits", add, 1);                   // f(value&, 1) runs on the server: no lost update
+//   p.join();
+//   int n = d["hits"];                         // reads through the proxy
+//
+// A proxy carries the server's address, its authkey and the object's token;
+// copies in one process share one reference; a proxy sent to another process
+// (Process argument, pool task, initializer, another machine) connects from there.
+// Every call is a round trip to the server; blocking calls have timeout forms and
+// fail with ManagerError, never hang, when the server goes away.
+// Details, the Python mapping and the security notes: docs/manager.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "mproc/detail/manager_client.hpp"
+#include "mproc/detail/type_name.hpp"
+#include "mproc/error.hpp"
+#include "mproc/process.hpp"
+#include "mproc/serial.hpp"
+#include "mproc/sync.hpp"
+#include "mproc/task.hpp"
+
+namespace mproc {
+
+struct ManagerOptions {
+  /// Where to listen; empty: an abstract Unix socket with a random name.
+  Address address;
+  /// The shared secret clients prove they know (and the server proves back).
+  /// Empty: 32 random bytes (a TCP address needs one given explicitly).
+  std::string authkey;
+  /// The start method of the server process; empty: the default one.
+  std::optional<StartMethod> start_method;
+  /// How long connecting and authenticating may take before ManagerError.
+  std::chrono::milliseconds connect_timeout{10'000};
+};
+
+template <class K, class V>
+class DictProxy;
+template <class T>
+class ListProxy;
+template <class T>
+class ValueProxy;
+template <class T>
+class QueueProxy;
+class NamespaceProxy;
+class LockProxy;
+class RLockProxy;
+class SemaphoreProxy;
+class EventProxy;
+
+namespace detail::mgr {
+
+template <class... T>
+constexpr std::uint64_t types_hash() noexcept {
+  return type_hash<std::tuple<T...>>();
+}
+
+template <class T>
+void to_string_bytes(const T& v, std::string& out) {
+  Writer w;
+  dump(w, v);
+  if (!w.fds().empty()) {
+    throw UsageError("mproc: a value that carries file descriptors (a Queue, Pipe, Lock … handle) cannot "
+                     "be stored in a manager object; use the manager's own Queue/Lock proxies instead");
+  }
+  out.assign(reinterpret_cast<const char*>(w.bytes().data()), w.size());
+}
+
+/// Writes v as a length-prefixed byte string: the server stores values it cannot decode.
+template <class T>
+void put(Writer& w, const T& v) {
+  std::string b;
+  to_string_bytes(v, b);
+  dump(w, b);
+}
+
+template <class T>
+T from_reply(const Reply& r) {
+  Reader rd = r.reader();
+  return load<T>(rd);
+}
+
+/// What an apply trampoline works on (a server object's value, as bytes).
+struct ApplyCtx {
+  std::string* value;  // in: the current value's encoding (if present); out: the new one
+  bool present;        // false: start from V{} (a dict key not there yet)
+};
+
+/// The server runs this for d.apply / v.apply: decodes the callable and its
+/// arguments, the current value, calls f(value&, args...), encodes the value back.
+/// Called with nullptr it returns its identity hash (see task.hpp's Entry).
+template <class F, class V, class Stored>
+std::uint64_t apply_entry(Reader* in, void* ctx) {
+  constexpr std::uint64_t id = fnv1a(pretty_name<Bound<F, std::tuple<V, Stored>>>());
+  if (!in) return id;
+  auto& c = *static_cast<ApplyCtx*>(ctx);
+  F f = decode_callable<F>(*in);
+  Stored args = load<Stored>(*in);
+  V v{};
+  if (c.present) {
+    Reader vr(std::as_bytes(std::span<const char>(c.value->data(), c.value->size())));
+    v = load<V>(vr);
+  }
+  std::apply([&](auto&... a) { std::invoke(f, v, std::move(a)...); }, args);
+  to_string_bytes(v, *c.value);
+  return id;
+}
+
+/// The server runs this for ListProxy::sort: decodes every item, sorts, encodes back.
+template <class T>
+std::uint64_t sort_entry(Reader* in, void* ctx) {
+  constexpr std::uint64_t id = fnv1a(pretty_name<std::tuple<T, std::less<>>>());
+  if (!in) return id;
+  bool reverse = load<bool>(*in);
+  auto& items = *static_cast<std::vector<std::string>*>(ctx);
+  std::vector<T> vals;
+  vals.reserve(items.size());
+  for (auto& s : items) {
+    Reader vr(std::as_bytes(std::span<const char>(s.data(), s.size())));
+    vals.push_back(load<T>(vr));
+  }
+  if (reverse) std::stable_sort(vals.begin(), vals.end(), std::greater<>{});
+  else std::stable_sort(vals.begin(), vals.end(), std::less<>{});
+  for (std::size_t i = 0; i < vals.size(); ++i) to_string_bytes(vals[i], items[i]);
+  return id;
+}
+
+/// Encodes f(value&, args...) for the server: entry, callable, arguments.
+template <class V, class F, class... Args>
+void encode_apply(Writer& w, F&& f, Args&&... args) {
+  using Fn = std::decay_t<F>;
+  if constexpr (!SendableCallable<Fn>) {
+    diagnose_callable<Fn>();
+  } else {
+    using Stored = std::tuple<std::decay_t<Args>...>;
+    static_assert(std::is_invocable_v<Fn&, V&, std::decay_t<Args>&&...>,
+                  "mproc: apply(f, args...) calls f(value&, args...) on the server: f must take the "
+                  "value by reference first, then the arguments");
+    if constexpr (!Serializable<Stored>) {
+      diagnose<Stored>();
+    } else {
+      encode_entry<&apply_entry<Fn, V, Stored>>(w);
+      const Fn& callable = f;
+      encode_callable<Fn>(w, callable);
+      dump(w, Stored(std::forward<Args>(args)...));
+    }
+  }
+}
+
+/// Shared by every proxy: the core, its encoding, the checks on decoding.
+template <Kind K, std::uint64_t Type>
+class ProxyBase {
+ public:
+  static constexpr Kind kind = K;
+  static constexpr std::uint64_t type = Type;
+  /// A proxy that refers to nothing (every call throws UsageError); assign one.
+  ProxyBase() = default;
+  explicit ProxyBase(CorePtr c) noexcept : core_(std::move(c)) {}
+  /// The object's id on its server (for logs and tests).
+  std::uint64_t id() const noexcept { return core_ ? core_->token().id : 0; }
+  const Address& address() const { return core().endpoint().address; }
+  const CorePtr& core_ptr() const noexcept { return core_; }
+
+ protected:
+  const ProxyCore& core() const {
+    if (!core_) throw UsageError("mproc: this manager proxy refers to no object (default-constructed)");
+    return *core_;
+  }
+  Reply call(Op op, const Writer& w, std::int64_t timeout = forever) const { return core().call(op, w, timeout); }
+  Reply call(Op op) const { return core().call(op); }
+  Reply call_ok(Op op, const Writer& w, const char* what) const {
+    Reply r = call(op, w);
+    if (r.status != Status::ok) throw_status(r, what);
+    return r;
+  }
+  Reply call_ok(Op op, const char* what) const { return call_ok(op, Writer{}, what); }
+  CorePtr core_;
+};
+
+template <class P>
+struct proxy_codec {
+  static void encode(Writer& w, const P& p) { encode_proxy(w, p.core_ptr()); }
+  static P decode(Reader& r) { return P(decode_proxy(r, P::kind, P::type)); }
+};
+
+}  // namespace detail::mgr
+
+/// A dict on the server (Python's DictProxy). Keys are compared by their
+/// encoding; iteration order is insertion order, as in Python. Every member is
+/// one round trip, atomic on the server, safe from any thread or process. Throws
+/// ManagerError when the server is gone.
+template <class K, class V>
+class DictProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail::mgr::types_hash<K, V>()> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail::mgr::types_hash<K, V>()>;
+  using Op = detail::mgr::Op;
+  using Status = detail::mgr::Status;
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+  using Base::Base;
+
+  /// `d[k] = v` and `V v = d[k]` (KeyError when missing). A handle, not a reference:
+  /// `d[k] += 1` is a read then a write; use apply() for an atomic update.
+  class Item {
+   public:
+    Item& operator=(const V& v) {
+      d_.set(k_, v);
+      return *this;
+    }
+    operator V() const { return d_.at(k_); }
+    V get() const { return d_.at(k_); }
+
+   private:
+    friend class DictProxy;
+    Item(const DictProxy& d, K k) : d_(d), k_(std::move(k)) {}
+    const DictProxy& d_;
+    K k_;
+  };
+  Item operator[](K k) const { return Item(*this, std::move(k)); }
+
+  void set(const K& k, const V& v) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    detail::mgr::put(w, v);
+    this->call_ok(Op::d_set, w, "dict set");
+  }
+  /// The value for k; throws KeyError if there is none.
+  V at(const K& k) const {
+    auto r = get(k);
+    if (!r) throw KeyError("mproc: manager dict has no such key");
+    return std::move(*r);
+  }
+  /// Python's d.get(k): empty if missing.
+  std::optional<V> get(const K& k) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    auto r = this->call(Op::d_get, w);
+    if (r.status == Status::not_found) return std::nullopt;
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "dict get");
+    return detail::mgr::from_reply<V>(r);
+  }
+  V get(const K& k, const V& fallback) const { return get(k).value_or(fallback); }
+  bool contains(const K& k) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    return detail::mgr::from_reply<bool>(this->call_ok(Op::d_contains, w, "dict contains"));
+  }
+  /// `del d[k]`; returns whether k was there.
+  bool erase(const K& k) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    return detail::mgr::from_reply<bool>(this->call_ok(Op::d_del, w, "dict erase"));
+  }
+  /// Python's d.pop(k): the value, removed; KeyError if missing.
+  V pop(const K& k) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    auto r = this->call(Op::d_pop, w);
+    if (r.status == Status::not_found) throw KeyError("mproc: manager dict pop(): no such key");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "dict pop");
+    return detail::mgr::from_reply<V>(r);
+  }
+  V pop(const K& k, const V& fallback) const {
+    try {
+      return pop(k);
+    } catch (const KeyError&) {
+      return fallback;
+    }
+  }
+  /// Python's d.setdefault(k, v): the value for k, inserting v first if missing.
+  V setdefault(const K& k, const V& v = V{}) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    detail::mgr::put(w, v);
+    return detail::mgr::from_reply<V>(this->call_ok(Op::d_setdefault, w, "dict setdefault"));
+  }
+  /// Python's d.update(items): one atomic batch.
+  void update(const std::vector<std::pair<K, V>>& items) const {
+    Writer w;
+    detail::write_size(w, items.size());
+    for (auto& [k, v] : items) {
+      std::string kb, vb;
+      detail::mgr::to_string_bytes(k, kb);
+      detail::mgr::to_string_bytes(v, vb);
+      dump(w, kb);
+      dump(w, vb);
+    }
+    this->call_ok(Op::d_update, w, "dict update");
+  }
+  /// Snapshots, in insertion order.
+  std::vector<K> keys() const { return decode_list<K>(this->call_ok(Op::d_keys, "dict keys")); }
+  std::vector<V> values() const { return decode_list<V>(this->call_ok(Op::d_values, "dict values")); }
+  std::vector<std::pair<K, V>> items() const {
+    auto r = this->call_ok(Op::d_items, "dict items");
+    Reader rd = r.reader();
+    std::size_t n = detail::read_size(rd, 2);
+    std::vector<std::pair<K, V>> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      K k = load_item<K>(rd);
+      V v = load_item<V>(rd);
+      out.emplace_back(std::move(k), std::move(v));
+    }
+    return out;
+  }
+  std::size_t size() const { return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::len, "dict len")); }
+  bool empty() const { return size() == 0; }
+  void clear() const { this->call_ok(Op::clear, "dict clear"); }
+
+  /// Atomic read-modify-write on the server: f(value&, args...) with the value for
+  /// k (V{} inserted first if missing); returns the new value. f follows the task
+  /// rule (task.hpp): function pointer, captureless lambda, functor, mproc::bind.
+  /// An exception from f comes back as RemoteError and leaves the value unchanged.
+  template <class F, class... Args>
+  V apply(const K& k, F&& f, Args&&... args) const {
+    Writer w;
+    detail::mgr::put(w, k);
+    detail::mgr::encode_apply<V>(w, std::forward<F>(f), std::forward<Args>(args)...);
+    return detail::mgr::from_reply<V>(this->call_ok(detail::mgr::Op::apply, w, "dict apply"));
+  }
+
+ private:
+  template <class T>
+  static T load_item(Reader& rd) {
+    std::string b = load<std::string>(rd);
+    Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
+    return load<T>(ir);
+  }
+  template <class T>
+  static std::vector<T> decode_list(const detail::mgr::Reply& r) {
+    Reader rd = r.reader();
+    std::size_t n = detail::read_size(rd, 1);
+    std::vector<T> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) out.push_back(load_item<T>(rd));
+    return out;
+  }
+};
+
+/// A list on the server (Python's ListProxy). Indexes may be negative (from the
+/// end), as in Python; out of range is IndexError. Each member is one atomic round trip.
+template <class T>
+class ListProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::list, detail::mgr::types_hash<T>()> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::list, detail::mgr::types_hash<T>()>;
+  using Op = detail::mgr::Op;
+  using Status = detail::mgr::Status;
+
+ public:
+  using value_type = T;
+  using Base::Base;
+
+  void append(const T& v) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    this->call_ok(Op::l_append, w, "list append");
+  }
+  void extend(const std::vector<T>& vs) const {
+    Writer w;
+    detail::write_size(w, vs.size());
+    for (auto& v : vs) {
+      std::string b;
+      detail::mgr::to_string_bytes(v, b);
+      dump(w, b);
+    }
+    this->call_ok(Op::l_extend, w, "list extend");
+  }
+  void insert(std::int64_t i, const T& v) const {
+    Writer w;
+    dump(w, i);
+    detail::mgr::put(w, v);
+    this->call_ok(Op::l_insert, w, "list insert");
+  }
+  /// l[i]; IndexError when out of range.
+  T operator[](std::int64_t i) const { return at(i); }
+  T at(std::int64_t i) const { return indexed<T>(Op::l_get, i, "list index"); }
+  void set(std::int64_t i, const T& v) const {
+    Writer w;
+    dump(w, i);
+    detail::mgr::put(w, v);
+    auto r = this->call(Op::l_set, w);
+    if (r.status == Status::not_found) throw IndexError("mproc: manager list assignment index out of range");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "list set");
+  }
+  /// Python's l.pop(i = -1).
+  T pop(std::int64_t i = -1) const { return indexed<T>(Op::l_pop, i, "list pop"); }
+  /// Position of the first item equal (same encoding) to v; ValueError-like KeyError if absent.
+  std::size_t index(const T& v) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    auto r = this->call(Op::l_index, w);
+    if (r.status == Status::not_found) throw KeyError("mproc: manager list index(): value is not in the list");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "list index");
+    return detail::mgr::from_reply<std::uint64_t>(r);
+  }
+  std::size_t count(const T& v) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::l_count, w, "list count"));
+  }
+  /// Removes the first item equal to v; KeyError if absent.
+  void remove(const T& v) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    auto r = this->call(Op::l_remove, w);
+    if (r.status == Status::not_found) throw KeyError("mproc: manager list remove(): value is not in the list");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "list remove");
+  }
+  /// Sorts on the server with T's operator< (needs the same program as the server).
+  void sort(bool reverse = false) const {
+    Writer w;
+    detail::encode_entry<&detail::mgr::sort_entry<T>>(w);
+    dump(w, reverse);
+    this->call_ok(Op::apply, w, "list sort");
+  }
+  /// A snapshot of the whole list (Python's l[:]).
+  std::vector<T> snapshot() const {
+    auto r = this->call_ok(Op::l_all, "list snapshot");
+    Reader rd = r.reader();
+    std::size_t n = detail::read_size(rd, 1);
+    std::vector<T> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::string b = load<std::string>(rd);
+      Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
+      out.push_back(load<T>(ir));
+    }
+    return out;
+  }
+  std::size_t size() const { return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::len, "list len")); }
+  bool empty() const { return size() == 0; }
+  void clear() const { this->call_ok(Op::clear, "list clear"); }
+
+ private:
+  template <class R>
+  R indexed(Op op, std::int64_t i, const char* what) const {
+    Writer w;
+    dump(w, i);
+    auto r = this->call(op, w);
+    if (r.status == Status::not_found) throw IndexError(std::string("mproc: manager ") + what + " out of range");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, what);
+    return detail::mgr::from_reply<R>(r);
+  }
+};
+
+/// One value on the server (Python's Manager().Value): get/set, and apply() for
+/// an atomic update.
+template <class T>
+class ValueProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::value, detail::mgr::types_hash<T>()> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::value, detail::mgr::types_hash<T>()>;
+
+ public:
+  using value_type = T;
+  using Base::Base;
+
+  T get() const { return detail::mgr::from_reply<T>(this->call_ok(detail::mgr::Op::v_get, "Value get")); }
+  void set(const T& v) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    this->call_ok(detail::mgr::Op::v_set, w, "Value set");
+  }
+  /// Python's v.value (read) / v.value = x (write through set()).
+  T value() const { return get(); }
+  /// f(value&, args...) on the server, atomically; returns the new value.
+  template <class F, class... Args>
+  T apply(F&& f, Args&&... args) const {
+    Writer w;
+    detail::mgr::encode_apply<T>(w, std::forward<F>(f), std::forward<Args>(args)...);
+    return detail::mgr::from_reply<T>(this->call_ok(detail::mgr::Op::apply, w, "Value apply"));
+  }
+};
+
+/// Named fields of any serializable type (Python's Namespace): ns.set("x", 1),
+/// ns.get<int>("x"). A field read as another type than it was written is a UsageError.
+class NamespaceProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::ns, 0> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::ns, 0>;
+
+ public:
+  using Base::Base;
+  template <class T>
+  void set(const std::string& name, const T& v) const {
+    Writer w;
+    dump(w, name);
+    dump(w, detail::type_hash<T>());
+    std::string b;
+    detail::mgr::to_string_bytes(v, b);
+    dump(w, b);
+    call_ok(detail::mgr::Op::ns_set, w, "Namespace set");
+  }
+  /// The field's value; KeyError (Python: AttributeError) if there is none.
+  template <class T>
+  T get(const std::string& name) const {
+    Writer w;
+    dump(w, name);
+    dump(w, detail::type_hash<T>());
+    auto r = call(detail::mgr::Op::ns_get, w);
+    if (r.status == detail::mgr::Status::not_found) throw KeyError("mproc: Namespace has no field '" + name + "'");
+    if (r.status != detail::mgr::Status::ok) detail::mgr::throw_status(r, "Namespace get");
+    return detail::mgr::from_reply<T>(r);
+  }
+  bool erase(const std::string& name) const;
+  std::vector<std::string> names() const;
+};
+
+/// A lock on the server (Python's Manager().Lock() / RLock()). Held by the client
+/// process and thread that acquired it; released for it when that process dies (the
+/// next acquirer is told: OwnerDiedError, or lock_checked()'s owner_died).
+class LockProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::lock, 0> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::lock, 0>;
+
+ public:
+  using Base::Base;
+  /// Blocks until acquired (true), or with block=false tries once. Throws
+  /// OwnerDiedError (lock released again) when its previous holder's process died
+  /// holding it; ManagerError when the server goes away meanwhile.
+  bool acquire(bool block = true) const;
+  /// Waits at most `timeout`; false when it ran out.
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) const {
+    return acquire_ns(block ? detail::mgr::timeout_ns(timeout, "acquire") : 0);
+  }
+  template <class Rep, class Period>
+  bool acquire_for(std::chrono::duration<Rep, Period> timeout) const {
+    return acquire(true, timeout);
+  }
+  bool try_acquire() const { return acquire(false); }
+  /// Acquires and reports a dead previous holder instead of throwing (lock held in
+  /// both cases). Blocks.
+  LockStatus lock_checked() const;
+  /// Throws UsageError if the lock is not held (RLock: not by this thread).
+  void release() const;
+  /// Whether anyone holds it now.
+  bool locked() const;
+
+  void lock() const { acquire(); }
+  void unlock() const { release(); }
+  bool try_lock() const { return try_acquire(); }
+
+ protected:
+  bool acquire_ns(std::int64_t timeout) const;
+  LockStatus acquire_status(std::int64_t timeout) const;
+};
+
+/// Recursive lock on the server: the holding thread may acquire it again.
+class RLockProxy : public LockProxy {
+ public:
+  static constexpr detail::mgr::Kind kind = detail::mgr::Kind::rlock;
+  using LockProxy::LockProxy;
+};
+
+/// A counting semaphore on the server (Python's Manager().Semaphore() and
+/// BoundedSemaphore()); units held by a process that dies are given back.
+class SemaphoreProxy : public LockProxy {
+ public:
+  static constexpr detail::mgr::Kind kind = detail::mgr::Kind::semaphore;
+  using LockProxy::LockProxy;
+  /// release(n) gives back n units; a BoundedSemaphore refuses to go above its
+  /// initial value (UsageError, Python's ValueError).
+  void release(std::uint32_t n = 1) const;
+  /// The number of units available now.
+  std::uint32_t get_value() const;
+};
+
+/// An event on the server (Python's Manager().Event()).
+class EventProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::event, 0> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::event, 0>;
+
+ public:
+  using Base::Base;
+  void set() const;
+  void clear() const;
+  bool is_set() const;
+  /// Blocks until set; ManagerError if the server goes away meanwhile.
+  void wait() const { wait_ns(detail::mgr::forever); }
+  /// Waits at most `timeout`; returns whether the event is set.
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) const {
+    return wait_ns(detail::mgr::timeout_ns(timeout, "Event.wait"));
+  }
+
+ private:
+  bool wait_ns(std::int64_t timeout) const;
+};
+
+/// A FIFO queue on the server (Python's Manager().Queue()). maxsize 0: unbounded.
+template <class T>
+class QueueProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::queue, detail::mgr::types_hash<T>()> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::queue, detail::mgr::types_hash<T>()>;
+  using Op = detail::mgr::Op;
+  using Status = detail::mgr::Status;
+
+ public:
+  using value_type = T;
+  using Base::Base;
+
+  /// Blocks while the queue is full (bounded queues).
+  void put(const T& v) const { put_ns(v, detail::mgr::forever); }
+  /// Throws Full when there is still no room after `timeout`.
+  template <class Rep, class Period>
+  void put(const T& v, std::chrono::duration<Rep, Period> timeout) const {
+    put_ns(v, detail::mgr::timeout_ns(timeout, "Queue.put"));
+  }
+  void put_nowait(const T& v) const { put_ns(v, 0); }
+  /// Blocks until an item comes; ManagerError if the server goes away meanwhile.
+  T get() const { return get_ns(detail::mgr::forever); }
+  /// Throws Empty when nothing came within `timeout`.
+  template <class Rep, class Period>
+  T get(std::chrono::duration<Rep, Period> timeout) const {
+    return get_ns(detail::mgr::timeout_ns(timeout, "Queue.get"));
+  }
+  T get_nowait() const { return get_ns(0); }
+  std::size_t qsize() const { return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::q_size, "Queue qsize")); }
+  bool empty() const { return qsize() == 0; }
+
+ private:
+  void put_ns(const T& v, std::int64_t timeout) const {
+    Writer w;
+    detail::mgr::put(w, v);
+    auto r = this->call(Op::q_put, w, timeout);
+    if (r.status == Status::full) throw Full("mproc: manager Queue.put(): the queue is full");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "Queue put");
+  }
+  T get_ns(std::int64_t timeout) const {
+    auto r = this->call(Op::q_get, Writer{}, timeout);
+    if (r.status == Status::empty) throw Empty("mproc: manager Queue.get(): the queue is empty");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "Queue get");
+    return detail::mgr::from_reply<T>(r);
+  }
+};
+
+template <class K, class V>
+struct codec<DictProxy<K, V>> : detail::mgr::proxy_codec<DictProxy<K, V>> {};
+template <class T>
+struct codec<ListProxy<T>> : detail::mgr::proxy_codec<ListProxy<T>> {};
+template <class T>
+struct codec<ValueProxy<T>> : detail::mgr::proxy_codec<ValueProxy<T>> {};
+template <class T>
+struct codec<QueueProxy<T>> : detail::mgr::proxy_codec<QueueProxy<T>> {};
+template <>
+struct codec<NamespaceProxy> : detail::mgr::proxy_codec<NamespaceProxy> {};
+template <>
+struct codec<LockProxy> : detail::mgr::proxy_codec<LockProxy> {};
+template <>
+struct codec<RLockProxy> : detail::mgr::proxy_codec<RLockProxy> {};
+template <>
+struct codec<SemaphoreProxy> : detail::mgr::proxy_codec<SemaphoreProxy> {};
+template <>
+struct codec<EventProxy> : detail::mgr::proxy_codec<EventProxy> {};
+
+/// Python's SyncManager. Constructing one starts its server process (under
+/// options.start_method); the destructor shuts it down (Python's `with Manager() as m:`).
+/// The server also dies with this process, even on kill -9. Object factories are
+/// safe from several threads. Throws ManagerError / std::system_error when the
+/// server cannot be started or reached.
+class Manager {
+ public:
+  explicit Manager(ManagerOptions options = {});
+  /// A manager connected to a server started elsewhere (Python's
+  /// BaseManager(address, authkey).connect()). It does not own the server:
+  /// its destructor and shutdown() only disconnect.
+  static Manager connect(Address address, std::string authkey,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+  Manager(Manager&&) noexcept;
+  Manager& operator=(Manager&&) noexcept;
+  Manager(const Manager&) = delete;
+  Manager& operator=(const Manager&) = delete;
+  ~Manager();
+
+  /// Stops the server (if this manager started it) and waits for it to exit;
+  /// proxies fail with ManagerError afterwards. Idempotent.
+  void shutdown();
+  /// Whether the server this manager started is still running (a connected
+  /// manager: whether it is still connected).
+  bool running() const;
+  /// Where the server listens (give it to connect() elsewhere with the authkey).
+  const Address& address() const;
+  const std::string& authkey() const;
+  /// The server process's pid (0 for a connected manager).
+  pid_t pid() const;
+
+  template <class K, class V>
+  [[nodiscard]] DictProxy<K, V> dict() const {
+    check_types<K, V>();
+    return DictProxy<K, V>(create(detail::mgr::Kind::dict, DictProxy<K, V>::type, {}));
+  }
+  template <class T>
+  [[nodiscard]] ListProxy<T> list(const std::vector<T>& init = {}) const {
+    check_types<T>();
+    Writer w;
+    detail::write_size(w, init.size());
+    for (auto& v : init) {
+      std::string b;
+      detail::mgr::to_string_bytes(v, b);
+      dump(w, b);
+    }
+    return ListProxy<T>(create(detail::mgr::Kind::list, ListProxy<T>::type, w.bytes()));
+  }
+  template <class T>
+  [[nodiscard]] ValueProxy<T> Value(const T& init = T{}) const {
+    check_types<T>();
+    std::string b;
+    detail::mgr::to_string_bytes(init, b);
+    Writer w;
+    dump(w, b);
+    return ValueProxy<T>(create(detail::mgr::Kind::value, ValueProxy<T>::type, w.bytes()));
+  }
+  template <class T>
+  [[nodiscard]] QueueProxy<T> Queue(std::size_t maxsize = 0) const {
+    check_types<T>();
+    Writer w;
+    dump(w, static_cast<std::uint64_t>(maxsize));
+    return QueueProxy<T>(create(detail::mgr::Kind::queue, QueueProxy<T>::type, w.bytes()));
+  }
+  [[nodiscard]] NamespaceProxy Namespace() const;
+  [[nodiscard]] LockProxy Lock() const;
+  [[nodiscard]] RLockProxy RLock() const;
+  [[nodiscard]] SemaphoreProxy Semaphore(std::uint32_t value = 1) const;
+  [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::uint32_t value = 1) const;
+  [[nodiscard]] EventProxy Event() const;
+
+  struct State;
+
+ private:
+  explicit Manager(std::unique_ptr<State> st) noexcept;
+  template <class... T>
+  static constexpr void check_types() {
+    ((Serializable<T> ? void() : detail::diagnose<T>()), ...);
+  }
+  detail::mgr::CorePtr create(detail::mgr::Kind kind, std::uint64_t type, std::span<const std::byte> init) const;
+  std::unique_ptr<State> st_;
+};
+
+}  // namespace mproc
