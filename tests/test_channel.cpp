@@ -328,9 +328,8 @@ TEST(ChannelLocks, ADeadHolderIsTakenOver) {
 
 // recv with a claim step: claim sees the first bytes of every kind of record
 // (inline, carrying fds, out of band) before the record leaves the ring. A
-// receiver dying inside f (after claim) has consumed the message, and the channel
-// goes on; one dying inside claim leaves the message whole in the ring (bytes and
-// fds) for the next receiver, which runs its own claim on it.
+// receiver dying inside claim or inside f leaves the message whole in the channel
+// (bytes and fds) for the next receiver, which runs its own claim on it.
 TEST(ChannelClaim, ClaimSeesThePrefixAndCrashOrderHolds) {
   using mproc::detail::kClaimPrefixBytes;
   auto ch = ChannelEnd::create_queue(ChannelOptions{});
@@ -353,48 +352,61 @@ TEST(ChannelClaim, ClaimSeesThePrefixAndCrashOrderHolds) {
     return seen[0].calls == 1 && seen[0].size == n && std::memcmp(seen[0].bytes, m.data(), n) == 0;
   };
 
-  // Out of band: the claim sees the first 64 bytes; dying in f consumed it.
-  auto big = message(1, 0, 200 << 10);
-  ASSERT_TRUE(ch.send(big, {}, std::nullopt));
-  EXPECT_EQ(receive_in_child(false), 4);
-  EXPECT_TRUE(claimed(big));
-  // Carrying an fd, shorter than the prefix: the claim sees all of it.
-  auto small = message(2, 0, 40);
-  ASSERT_TRUE(ch.send(small, std::span(&pfd[1], 1), std::nullopt));
-  EXPECT_EQ(receive_in_child(false), 4);
-  EXPECT_TRUE(claimed(small));
-  EXPECT_EQ(ch.size(), 0u);
-
-  // Dying inside claim, on an out-of-band message with an fd: it stays in the
-  // ring, and the next receiver (here, after taking over the dead child's lock)
-  // gets it whole.
-  auto big2 = message(3, 0, 100 << 10);
-  ASSERT_TRUE(ch.send(big2, std::span(&pfd[1], 1), std::nullopt));
-  EXPECT_EQ(receive_in_child(true), 3);
-  EXPECT_TRUE(claimed(big2));
-  EXPECT_EQ(ch.size(), 1u);
   std::vector<std::byte> got, prefix;
-  int got_fd = -1;
   auto copy_prefix = [&](mproc::Reader& p) {
     std::size_t n = p.remaining();
     const std::byte* b = p.take(n);
     prefix.assign(b, b + n);
   };
-  ASSERT_TRUE(ch.recv(std::chrono::steady_clock::now() + 10s, copy_prefix, [&](mproc::Reader& r) {
-    std::size_t n = r.remaining();
-    const std::byte* b = r.take(n);
-    got.assign(b, b + n);
-    if (r.fd_count() == 1) got_fd = ::fcntl(r.fd(0), F_DUPFD_CLOEXEC, 0);
-  }));
-  EXPECT_EQ(got, big2);
-  EXPECT_EQ(prefix, std::vector<std::byte>(big2.begin(), big2.begin() + kClaimPrefixBytes));
-  ASSERT_GE(got_fd, 0);
-  char c = 'k';
-  ASSERT_EQ(::write(got_fd, &c, 1), 1);  // the same pipe
-  c = 0;
-  ASSERT_EQ(::read(pfd[0], &c, 1), 1);
-  EXPECT_EQ(c, 'k');
-  ::close(got_fd);
+  // The next receiver (here, after taking over the dead child's lock) gets the
+  // message whole, bytes and fd (the same pipe), and runs its own claim on it.
+  auto receive_whole = [&](const std::vector<std::byte>& m, bool with_fd) {
+    got.clear();
+    int got_fd = -1;
+    ASSERT_TRUE(ch.recv(std::chrono::steady_clock::now() + 10s, copy_prefix, [&](mproc::Reader& r) {
+      std::size_t n = r.remaining();
+      const std::byte* b = r.take(n);
+      got.assign(b, b + n);
+      if (r.fd_count() == 1) got_fd = ::fcntl(r.fd(0), F_DUPFD_CLOEXEC, 0);
+    }));
+    EXPECT_EQ(got, m);
+    EXPECT_EQ(prefix, std::vector<std::byte>(m.begin(), m.begin() + std::min(m.size(), kClaimPrefixBytes)));
+    if (!with_fd) return;
+    ASSERT_GE(got_fd, 0);
+    char c = 'k';
+    ASSERT_EQ(::write(got_fd, &c, 1), 1);
+    c = 0;
+    ASSERT_EQ(::read(pfd[0], &c, 1), 1);
+    EXPECT_EQ(c, 'k');
+    ::close(got_fd);
+  };
+
+  // Out of band: the claim sees the first 64 bytes; dying in f (after the segment
+  // was received and read) leaves the message in the channel.
+  auto big = message(1, 0, 200 << 10);
+  ASSERT_TRUE(ch.send(big, {}, std::nullopt));
+  EXPECT_EQ(receive_in_child(false), 4);
+  EXPECT_TRUE(claimed(big));
+  EXPECT_EQ(ch.size(), 1u);
+  receive_whole(big, false);
+  // Carrying an fd, shorter than the prefix: the claim sees all of it; dying in f
+  // leaves it too (its fd was peeked, not taken from the socket).
+  auto small = message(2, 0, 40);
+  ASSERT_TRUE(ch.send(small, std::span(&pfd[1], 1), std::nullopt));
+  EXPECT_EQ(receive_in_child(false), 4);
+  EXPECT_TRUE(claimed(small));
+  EXPECT_EQ(ch.size(), 1u);
+  receive_whole(small, true);
+  EXPECT_EQ(ch.size(), 0u);
+
+  // Dying inside claim, on an out-of-band message with an fd: it stays in the
+  // ring as well.
+  auto big2 = message(3, 0, 100 << 10);
+  ASSERT_TRUE(ch.send(big2, std::span(&pfd[1], 1), std::nullopt));
+  EXPECT_EQ(receive_in_child(true), 3);
+  EXPECT_TRUE(claimed(big2));
+  EXPECT_EQ(ch.size(), 1u);
+  receive_whole(big2, true);
 
   // An exception from claim consumes the message (its fds closed) without f.
   ASSERT_TRUE(ch.send(small, std::span(&pfd[1], 1), std::nullopt));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <csignal>
 #include <map>
@@ -179,6 +180,60 @@ void get_bomb(Queue<Bomb> q, Queue<int> told) {
   g_bomb_child = true;
   told.put(1);
   q.get();  // dies in here
+}
+
+// A large item (out of band: far above the 64 KiB threshold) whose decoding kills
+// the process in children marked as bombs: it dies inside get() after the item's
+// descriptor was received, i.e. past the point where the item has left the ring.
+struct BigBomb {
+  int x = 0;
+  std::string payload;
+  template <class A>
+  void save(A& ar) const {
+    ar(x, payload);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(x, payload);
+    if (g_bomb_child && x == 42) {
+      std::signal(SIGKILL, SIG_DFL);
+      std::raise(SIGKILL);
+    }
+  }
+};
+
+void get_big_bomb(Queue<BigBomb> q, Queue<int> told) {
+  g_bomb_child = true;
+  told.put(1);
+  q.get();  // dies in here
+}
+
+// A large item whose decoding, in children marked as stuck, says "decoded" on a
+// queue and then never returns: a get() of it cannot complete, so wherever the
+// parent kills the child the item was never delivered, and must still be there.
+bool g_stuck_child = false;
+Queue<int>* g_decoded = nullptr;  // the child's "decoded" queue, set in the child
+struct Stuck {
+  std::string payload;
+  template <class A>
+  void save(A& ar) const {
+    ar(payload);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(payload);
+    if (g_stuck_child) {
+      g_decoded->put(1);
+      for (;;) ::pause();
+    }
+  }
+};
+
+void get_stuck(Queue<Stuck> q, Queue<int> entering, Queue<int> decoded) {
+  g_stuck_child = true;
+  g_decoded = &decoded;
+  entering.put(1);
+  q.get();  // never returns
 }
 
 void simple_echo(SimpleQueue<std::string> in, SimpleQueue<std::string> out) {
@@ -780,6 +835,29 @@ TEST_P(QueueAcross, ConsumerKilledWhileHoldingTheLock) {
   EXPECT_LT(elapsed_s(t0), 5.0);
 }
 
+TEST_P(QueueAcross, LargeItemOfAConsumerKilledInsideGetGoesToASurvivor) {
+  // As above, for an out-of-band item: the child dies decoding it, after its
+  // descriptor came through the socket. Before the fix the item had left the ring
+  // by then: the parent's get() raised EOFError and qsize() was 0.
+  Queue<BigBomb> q;
+  Queue<int> told;
+  Process p(with(GetParam()), get_big_bomb, q, told);
+  p.start();
+  EXPECT_EQ(told.get(10s), 1);
+  BigBomb big{42, std::string(std::size_t{1} << 20, 'b')};
+  big.payload[12345] = 'c';
+  q.put(big);
+  p.join();
+  EXPECT_EQ(p.exitcode(), -SIGKILL);
+  EXPECT_EQ(q.qsize(), 1u);
+  q.put(BigBomb{43, std::string(100'000, 'd')});
+  BigBomb got = q.get(10s);
+  EXPECT_EQ(got.x, 42);
+  EXPECT_TRUE(got.payload == big.payload);
+  EXPECT_EQ(q.get(10s).x, 43);
+  EXPECT_EQ(q.qsize(), 0u);
+}
+
 TEST_P(QueueAcross, NoLeaksNoZombies) {
   int fds = 0, shm = 0;
   for (int i = 0; i < 6; ++i) {
@@ -801,6 +879,54 @@ TEST_P(QueueAcross, NoLeaksNoZombies) {
 INSTANTIATE_TEST_SUITE_P(AllMethods, QueueAcross,
                          ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::spawn),
                          [](const auto& i) { return std::string(mproc::to_string(i.param)); });
+
+// Kills at pseudo-random points of a large get(): the child says it is entering
+// get(), the parent waits a delay drawn from [0, 1.25 x the time a whole get takes]
+// for the child's "decoded" (its item's load() never returns, so the get cannot
+// complete), then kills it. Wherever the kill lands (waiting for the lock, in the
+// socket receive, mapping or reading the segment, decoding), the item must still
+// be in the queue, exactly once. Sizes on both sides of the 64 MiB read/map switch.
+TEST(QueueKill, KilledAtRandomPointsOfALargeGetLosesNothing) {
+  unsigned seed = 2026;
+  double full_s[2] = {-1, -1};  // per size, measured by its first round (no early kill)
+  for (int round = 0; round < 10; ++round) {
+    const std::size_t n = round % 2 ? (std::size_t{72} << 20) : (std::size_t{8} << 20);
+    double& full = full_s[round % 2];
+    Queue<Stuck> q;
+    Queue<int> entering, decoded;
+    Stuck item{std::string(n, 'x')};
+    item.payload[n / 3] = static_cast<char>('a' + round);
+    q.put(item);
+    Process p(with(StartMethod::fork), get_stuck, q, entering, decoded);
+    p.start();
+    ASSERT_EQ(entering.get(10s), 1);
+    auto t0 = Clock::now();
+    seed = seed * 1103515245 + 12345;
+    double delay_s = full < 0 ? 30.0 : full * 1.25 * ((seed >> 8) % 1000) / 1000.0;
+    bool was_decoded = false;
+    try {
+      was_decoded = decoded.get(std::chrono::duration_cast<std::chrono::microseconds>(
+                        std::chrono::duration<double>(delay_s))) == 1;
+    } catch (const mproc::Empty&) {
+    }
+    if (full < 0) {
+      ASSERT_TRUE(was_decoded);
+      full = elapsed_s(t0);
+    }
+    if (std::getenv("MPROC_TEST_VERBOSE")) std::printf("round %d: %zu B, kill at %.4f s%s\n", round, n, delay_s, was_decoded ? " (decoded)" : "");
+    ::kill(p.pid(), SIGKILL);
+    p.join();
+    EXPECT_EQ(p.exitcode(), -SIGKILL);
+    SCOPED_TRACE("round " + std::to_string(round) + ", killed after " + std::to_string(delay_s) + " s" +
+                 (was_decoded ? " (decoded)" : ""));
+    EXPECT_EQ(q.qsize(), 1u);
+    Stuck got = q.get(10s);
+    EXPECT_EQ(got.payload.size(), n);
+    EXPECT_EQ(got.payload[n / 3], item.payload[n / 3]);
+    EXPECT_THROW(q.get_nowait(), mproc::Empty);
+  }
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
 
 // A message larger than 1 GiB, once (fork: the cheapest start). ~4 GiB of memory
 // at the peak (the item, its encoding, the out-of-band segment, the receiver's

@@ -252,8 +252,14 @@ std::int64_t now_ns() noexcept;
 bool sideband_send(Channel& ch, int sock, std::uint64_t seq, std::span<const int> fds, deadline_t deadline);
 /// Receives the side-band message with sequence number `seq` (already in the
 /// socket: senders send before they publish), dropping older ones left by a
-/// sender or receiver that died half-way. Returns its fds (owned).
-std::vector<int> sideband_recv(Channel& ch, int sock, std::uint64_t seq, std::size_t nfds);
+/// sender or receiver that died half-way. Returns its fds (owned). With `peek`,
+/// the message stays in the socket (its fds are duplicated into this process:
+/// MSG_PEEK), to be removed by sideband_drop once it has been decoded.
+std::vector<int> sideband_recv(int sock, std::uint64_t seq, std::size_t nfds, bool peek);
+/// Removes the socket message `seq` (and older orphans) from the socket without
+/// receiving its fds. `known_front`: a peek just saw `seq` at the front, so one
+/// receive does. Errors are ignored (the next receive reports an out-of-step socket).
+void sideband_drop(int sock, std::uint64_t seq, bool known_front) noexcept;
 /// Copies bytes into a new out-of-band memfd segment; returns its fd (owned).
 int oob_create(std::span<const std::byte> bytes);
 /// An out-of-band message's bytes, valid until the next oob_read on this thread

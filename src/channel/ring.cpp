@@ -369,46 +369,57 @@ bool messages_waiting(const RingState& r) {
   return count_of(r.tail.load(memory_order_seq_cst)) != count_of(r.head.load(memory_order_relaxed));
 }
 
-/// Under clock: takes the side-band record at `head` out of the ring (its inline
-/// bytes copied out), receives its fds, and publishes the new head. Crash order:
-/// claim (if any) first, then head, then the socket. A consumer dying inside claim
-/// leaves the record in the ring for the next one; dying after head leaves an
-/// orphan socket message (dropped by sequence number), never a record without its
-/// fds, and a message that claim already recorded as this consumer's.
+/// A side-band record being received: its SidebandInfo and the fds peeked from
+/// the socket (owned).
 struct Sideband {
   SidebandInfo info;
-  std::vector<std::byte> bytes;
   FdList fds;
 };
 
-void take_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHeader* h, Sideband& out,
-                   RecvCallback claim, void* claim_ctx) {
+/// Under clock, for the side-band record `h` at `head` (after any pad): runs claim,
+/// peeks its socket message (the fds are duplicated into this process, the message
+/// stays in the socket), decodes it with fn, and only then consumes it: head first,
+/// then the socket message, then the lock. The record is kept, in the ring and in
+/// the socket, until its receiver has decoded it (the same rule as for inline
+/// records), so a consumer dying anywhere before fn returns (in claim, in the peek,
+/// mapping or reading an out-of-band segment, decoding) leaves the whole message for
+/// the next consumer, which takes the lock over. Dying after head moved leaves an
+/// orphan socket message, which the next receive drops by its sequence number. An
+/// exception from claim or fn consumes the message (its fds closed); from claim,
+/// fn is not called.
+void receive_sideband(Channel& c, RingState& r, std::uint64_t head, const RecordHeader* h, Held& held,
+                      RecvCallback claim, void* claim_ctx, RecvCallback fn, void* ctx) {
+  Sideband s;
   const auto* p = reinterpret_cast<const std::byte*>(h + 1);
-  std::memcpy(&out.info, p, sizeof out.info);
-  const std::size_t inline_bytes = h->size - sizeof out.info;  // record_at checked h->size >= sizeof info
-  // An out-of-band record carries the message's first bytes, for claim.
-  if (out.info.nfds > kMaxMessageFds ||
-      (out.info.oob && inline_bytes != std::min<std::uint64_t>(out.info.oob_size, kClaimPrefixBytes))) {
+  std::memcpy(&s.info, p, sizeof s.info);
+  const std::size_t inline_bytes = h->size - sizeof s.info;  // record_at checked h->size >= sizeof info
+  // An out-of-band record carries the message's first bytes, for claim. A corrupt
+  // record is left where it is (its sequence number cannot be trusted either).
+  if (s.info.nfds > kMaxMessageFds ||
+      (s.info.oob && inline_bytes != std::min<std::uint64_t>(s.info.oob_size, kClaimPrefixBytes))) {
     throw Error("mproc: channel ring corrupted (bad side-band record)");
   }
-  if (!out.info.oob) out.bytes.assign(p + sizeof out.info, p + h->size);
-  std::exception_ptr claim_error;  // the record is consumed all the same, its fds received and closed
-  if (claim) {
-    try {
-      Reader prefix(std::span(p + sizeof out.info, std::min(inline_bytes, kClaimPrefixBytes)));
-      claim(claim_ctx, prefix);
-    } catch (...) {
-      claim_error = std::current_exception();
+  struct Consume {
+    Channel& c;
+    RingState& r;
+    std::uint64_t next;
+    Held& held;
+    std::uint64_t seq;
+    bool peeked = false;  // the socket message at the front is known to be seq's
+    ~Consume() {
+      r.head.store(next, memory_order_seq_cst);
+      sideband_drop(c.sock_rx, seq, peeked);
+      r.sb_received.store(seq, memory_order_release);
+      held.unlock();
+      after_consume(r);
     }
+  } consume{c, r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held, s.info.seq};
+  if (claim) {
+    Reader prefix(std::span(p + sizeof s.info, std::min(inline_bytes, kClaimPrefixBytes)));
+    claim(claim_ctx, prefix);
   }
-  r.head.store(pack(pos_of(head) + record_span(h->size), count_of(head) + 1), memory_order_seq_cst);
-  out.fds.fds = sideband_recv(c, c.sock_rx, out.info.seq, out.info.nfds + out.info.oob);
-  r.sb_received.store(out.info.seq, memory_order_release);
-  if (claim_error) std::rethrow_exception(claim_error);
-}
-
-/// After clock is released: decodes a side-band message.
-void deliver_sideband(Channel& c, Sideband& s, RecvCallback fn, void* ctx) {
+  s.fds.fds = sideband_recv(c.sock_rx, s.info.seq, s.info.nfds + s.info.oob, /*peek=*/true);
+  consume.peeked = true;
   if (s.info.oob) {
     int fd = s.fds.fds[0];
     s.fds.fds[0] = -1;  // owned by the mapping now
@@ -417,7 +428,7 @@ void deliver_sideband(Channel& c, Sideband& s, RecvCallback fn, void* ctx) {
     bump(c.n_received_oob, 1);
     fn(ctx, rd);
   } else {
-    Reader rd(s.bytes, s.fds.fds);
+    Reader rd(std::span(p + sizeof s.info, inline_bytes), s.fds.fds);
     fn(ctx, rd);
   }
 }
@@ -571,17 +582,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn c
         fn(ctx, rd);
         return true;
       }
-      Sideband s;
-      try {
-        take_sideband(c, r, head, h, s, claim, claim_ctx);
-      } catch (...) {
-        held.unlock();
-        after_consume(r);
-        throw;
-      }
-      held.unlock();
-      after_consume(r);
-      deliver_sideband(c, s, fn, ctx);
+      receive_sideband(c, r, head, h, held, claim, claim_ctx, fn, ctx);
       return true;
     }
     held.unlock();
@@ -658,6 +659,15 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
       }
       continue;
     }
+    {
+      std::uint64_t at = head;
+      const RecordHeader* h = record_at(c, r, at);
+      if (h->kind == RecordKind::sideband) {  // received on its own
+        bump(c.n_received, 1);
+        receive_sideband(c, r, at, h, held, nullptr, nullptr, fn, ctx);
+        return 1;
+      }
+    }
     std::size_t n = 0;
     std::uint64_t start = head;
     struct Publish {  // the batch's head goes out once, whatever happens
@@ -674,19 +684,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
     while (n < max && count_of(head) != count_of(tail)) {
       std::uint64_t at = head;
       const RecordHeader* h = record_at(c, r, at);
-      if (h->kind == RecordKind::sideband) {
-        if (n > 0) break;  // delivered on its own, by the next call
-        Sideband s;
-        take_sideband(c, r, at, h, s, nullptr, nullptr);
-        head = r.head.load(memory_order_relaxed);
-        start = head;  // already published by take_sideband
-        publish.start = head;
-        held.unlock();
-        after_consume(r);
-        bump(c.n_received, 1);
-        deliver_sideband(c, s, fn, ctx);
-        return 1;
-      }
+      if (h->kind == RecordKind::sideband) break;  // delivered on its own, by the next call
       Reader rd(std::span<const std::byte>(reinterpret_cast<const std::byte*>(h + 1), h->size));
       try {
         fn(ctx, rd);

@@ -56,8 +56,30 @@ bool sideband_send(Channel& c, int sock, std::uint64_t seq, std::span<const int>
   }
 }
 
-std::vector<int> sideband_recv(Channel& c, int sock, std::uint64_t seq, std::size_t nfds) {
-  (void)c;
+namespace {
+
+/// The sequence number of the socket message at the front (0: none, or the socket
+/// is closed), without its fds: no control buffer, so the kernel installs none
+/// (MSG_CTRUNC). flags 0: the message is taken and discarded, fds closed with it;
+/// MSG_PEEK: it stays.
+std::uint64_t front_message(int sock, int flags) noexcept {
+  for (;;) {
+    std::uint64_t got = 0;
+    iovec iov{&got, sizeof got};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    ssize_t n = ::recvmsg(sock, &m, MSG_DONTWAIT | flags);
+    if (n < 0 && (errno == EINTR || errno == ECONNRESET)) continue;
+    return n == static_cast<ssize_t>(sizeof got) ? got : 0;
+  }
+}
+std::uint64_t front_seq(int sock) noexcept { return front_message(sock, MSG_PEEK); }
+void discard_front(int sock) noexcept { front_message(sock, 0); }
+
+}  // namespace
+
+std::vector<int> sideband_recv(int sock, std::uint64_t seq, std::size_t nfds, bool peek) {
   std::vector<char> ctl(CMSG_SPACE(sizeof(int) * (kMaxMessageFds + 1)));
   for (;;) {
     std::uint64_t got = 0;
@@ -68,7 +90,7 @@ std::vector<int> sideband_recv(Channel& c, int sock, std::uint64_t seq, std::siz
     m.msg_control = ctl.data();
     m.msg_controllen = ctl.size();
     // Never blocks: the sender sent before it published the record we hold.
-    ssize_t n = ::recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    ssize_t n = ::recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC | (peek ? MSG_PEEK : 0));
     if (n < 0) {
       // ECONNRESET: the peer closed with messages unread on its side; the kernel
       // reports that once, then delivers what is queued for us.
@@ -95,6 +117,7 @@ std::vector<int> sideband_recv(Channel& c, int sock, std::uint64_t seq, std::siz
     }
     if (got < seq) {  // left behind by a process that died half-way through a send or receive
       close_fds(fds);
+      if (peek) discard_front(sock);
       continue;
     }
     if (got != seq || fds.size() != nfds || (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
@@ -103,6 +126,19 @@ std::vector<int> sideband_recv(Channel& c, int sock, std::uint64_t seq, std::siz
                   std::to_string(seq) + ")");
     }
     return fds;
+  }
+}
+
+void sideband_drop(int sock, std::uint64_t seq, bool known_front) noexcept {
+  if (known_front) {
+    discard_front(sock);
+    return;
+  }
+  for (;;) {
+    std::uint64_t got = front_seq(sock);
+    if (got == 0 || got > seq) return;
+    discard_front(sock);
+    if (got == seq) return;
   }
 }
 

@@ -90,8 +90,11 @@ class ChannelEnd {
 
   /// Receives one message and calls f(Reader&) on it (the Reader sees the
   /// message's bytes and fds, valid only during the call; an exception from f
-  /// still consumes the message). Blocks until the deadline: false if it passed
-  /// with nothing to receive. Throws EOFError when nothing can arrive any more.
+  /// still consumes the message). f runs under the consumer lock, and the message
+  /// leaves the channel only when f has returned: a receiver dying before that
+  /// (for out-of-band messages too: while their segment is read) leaves it to the
+  /// next one. Blocks until the deadline: false if it passed with nothing to
+  /// receive. Throws EOFError when nothing can arrive any more.
   template <class F>
   bool recv(deadline_t deadline, F&& f) const {
     return recv_erased(deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)));
@@ -101,11 +104,10 @@ class ChannelEnd {
   /// first min(size, kClaimPrefixBytes) bytes (no fds); then f(Reader&) with the
   /// whole message, as above. Crash order: a receiver that dies inside claim leaves
   /// the message in the ring, and the next receiver gets it (and runs claim on it
-  /// again); once claim has returned, the message may be gone from the ring before
-  /// f runs (out-of-band and fd-carrying ones are: f runs after the lock is
-  /// released), so what must survive this process dying while it holds the message
-  /// is recorded in claim. An exception from claim consumes the message without
-  /// calling f. The pool's workers use this to record which chunk they hold.
+  /// again), and so does one that dies inside f; once f has returned the message
+  /// is gone, so what must survive this process dying while it holds (or runs) the
+  /// message is recorded in claim. An exception from claim consumes the message
+  /// without calling f. The pool's workers use this to record which chunk they hold.
   template <class C, class F>
   bool recv(deadline_t deadline, C&& claim, F&& f) const {
     return recv_erased(deadline, &call<F>, const_cast<void*>(static_cast<const void*>(&f)), &call<C>,
