@@ -1,7 +1,10 @@
 // SharedMemory and SharedArray, after CPython's _TestSharedMemory, plus the
 // ownership and leak guarantees of mproc/shared_memory.hpp.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstring>
@@ -198,4 +201,93 @@ TEST(SharedArray, Construction) {
   EXPECT_TRUE(empty.empty());
   SharedArray<int> zero(100);
   EXPECT_EQ(std::count(zero.begin(), zero.end(), 0), 100);
+}
+
+// ---- crafted handles: the decoder checks what the message says ---------------------------
+// A Segment travels as (fd index u32, size u64) plus the fd; a SharedArray<T> adds
+// its element count (u64). These feed hand-made bytes with a real memfd, as a
+// corrupt or hostile peer could: every lie is a SerializationError, never a
+// mapping past the end of the file (a SIGBUS at the first touch of those pages).
+
+namespace {
+
+std::vector<std::byte> segment_bytes(std::uint32_t idx, std::uint64_t size) {
+  std::vector<std::byte> b(sizeof idx + sizeof size);
+  std::memcpy(b.data(), &idx, sizeof idx);
+  std::memcpy(b.data() + sizeof idx, &size, sizeof size);
+  return b;
+}
+
+std::vector<std::byte> array_bytes(std::uint32_t idx, std::uint64_t size, std::uint64_t n) {
+  auto b = segment_bytes(idx, size);
+  b.resize(b.size() + sizeof n);
+  std::memcpy(b.data() + b.size() - sizeof n, &n, sizeof n);
+  return b;
+}
+
+template <class T>
+T decode(const std::vector<std::byte>& bytes, int fd) {
+  mproc::Reader r(bytes, std::span<const int>(&fd, 1));
+  return mproc::load<T>(r);
+}
+
+struct Memfd {
+  int fd;
+  explicit Memfd(off_t size) : fd(::memfd_create("mproc-test", MFD_CLOEXEC)) {
+    if (fd < 0 || ::ftruncate(fd, size) != 0) std::abort();
+  }
+  ~Memfd() { ::close(fd); }
+};
+
+}  // namespace
+
+TEST(SharedArrayDecode, ElementCountThatOverflowsTheByteSizeIsRefused) {
+  Memfd m(4096);
+  // 2^61 * 8 wraps to 0 in 64 bits: it "fits" any segment unless checked by division.
+  EXPECT_THROW(decode<SharedArray<std::uint64_t>>(array_bytes(0, 4096, std::uint64_t{1} << 61), m.fd),
+               mproc::SerializationError);
+  EXPECT_THROW(decode<SharedArray<std::uint64_t>>(array_bytes(0, 4096, (std::uint64_t{1} << 61) + 1), m.fd),
+               mproc::SerializationError);
+  EXPECT_THROW(decode<SharedArray<std::uint64_t>>(array_bytes(0, 4096, 513), m.fd), mproc::SerializationError);
+  auto ok = decode<SharedArray<std::uint64_t>>(array_bytes(0, 4096, 512), m.fd);
+  EXPECT_EQ(ok.size(), 512u);
+  ok[511] = 7;  // the last element is inside the file
+}
+
+TEST(SharedArrayDecode, SegmentLargerThanItsFileIsRefused) {
+  Memfd m(4096);
+  EXPECT_THROW(decode<SharedArray<std::uint8_t>>(array_bytes(0, std::uint64_t{1} << 20, 16), m.fd),
+               mproc::SerializationError);
+  EXPECT_THROW(decode<mproc::detail::Segment>(segment_bytes(0, 4097), m.fd), mproc::SerializationError);
+  EXPECT_THROW(decode<mproc::detail::Segment>(segment_bytes(0, ~std::uint64_t{0}), m.fd), mproc::SerializationError);
+  Memfd empty(0);  // a mapping is at least one byte: an empty file cannot back one
+  EXPECT_THROW(decode<mproc::detail::Segment>(segment_bytes(0, 0), empty.fd), mproc::SerializationError);
+  auto seg = decode<mproc::detail::Segment>(segment_bytes(0, 4096), m.fd);
+  EXPECT_EQ(seg.size(), 4096u);
+  seg.data()[4095] = std::byte{1};
+}
+
+TEST(SharedArrayDecode, DescriptorsThatAreNotSharedMemoryAreRefused) {
+  Memfd m(4096);
+  EXPECT_THROW(decode<mproc::detail::Segment>(segment_bytes(1, 4096), m.fd), mproc::SerializationError);
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  EXPECT_THROW(decode<mproc::detail::Segment>(segment_bytes(0, 4096), p[0]), mproc::SerializationError);
+  ::close(p[0]);
+  ::close(p[1]);
+  // Truncated messages.
+  auto b = array_bytes(0, 4096, 1);
+  b.pop_back();
+  EXPECT_THROW(decode<SharedArray<std::uint8_t>>(b, m.fd), mproc::SerializationError);
+}
+
+TEST(SharedArrayDecode, TheFuzzEntryPointTakesBytesAndFds) {
+  Memfd m(4096);
+  auto good = array_bytes(0, 4096, 1024);
+  int fds[] = {m.fd};
+  EXPECT_EQ(mproc::detail::decode_shared_array<std::uint32_t>(good, fds).size(), 1024u);
+  EXPECT_THROW(mproc::detail::decode_shared_array<std::uint32_t>(array_bytes(0, 4096, 1025), fds),
+               mproc::SerializationError);
+  good.push_back(std::byte{0});  // one message, one array: trailing bytes are an error
+  EXPECT_THROW(mproc::detail::decode_shared_array<std::uint32_t>(good, fds), mproc::SerializationError);
 }

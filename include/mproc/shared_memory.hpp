@@ -135,10 +135,31 @@ struct codec<SharedArray<T>> {
     a.seg_ = codec<detail::Segment>::decode(r);
     std::uint64_t n;
     r.read(&n, sizeof n);
-    if (n * sizeof(T) > a.seg_.size()) throw SerializationError("mproc: SharedArray larger than its segment");
+    // By division: n * sizeof(T) can wrap around (n = 2^61 of 8-byte T is 0 bytes).
+    if (n > a.seg_.size() / sizeof(T)) {
+      throw SerializationError("mproc: received SharedArray has " + std::to_string(n) + " elements of " +
+                               std::to_string(sizeof(T)) + " bytes, more than its " +
+                               std::to_string(a.seg_.size()) + "-byte segment holds (a corrupt message?)");
+    }
     a.n_ = static_cast<std::size_t>(n);
     return a;
   }
 };
 
+namespace detail {
+
+/// The SharedArray<T> decoder as a function of raw input (for fuzz targets and
+/// tests): one message holding exactly one SharedArray<T>, its bytes and the fds
+/// it carries (borrowed), as a receiver gets them. Throws SerializationError for
+/// anything that does not describe an array inside a memory file; never maps past
+/// a file's end. The segment decoder alone is codec<detail::Segment>::decode.
+template <class T>
+SharedArray<T> decode_shared_array(std::span<const std::byte> bytes, std::span<const int> fds) {
+  Reader r(bytes, fds);
+  SharedArray<T> a = load<SharedArray<T>>(r);
+  if (!r.at_end()) throw SerializationError("mproc: SharedArray message has trailing bytes");
+  return a;
+}
+
+}  // namespace detail
 }  // namespace mproc

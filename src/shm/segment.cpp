@@ -3,10 +3,14 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
 #include <system_error>
+
+#include "mproc/error.hpp"
 
 namespace mproc::detail {
 namespace {
@@ -48,6 +52,24 @@ Segment Segment::adopt(int fd, std::size_t size, bool dup_fd) {
   Segment s;
   s.impl_ = std::move(impl);
   return s;
+}
+
+Segment Segment::adopt_received(int fd, std::uint64_t size) {
+  struct stat st;
+  if (::fstat(fd, &st) < 0) fail("fstat");
+  if (!S_ISREG(st.st_mode)) {
+    throw SerializationError(
+        "mproc: a received shared-memory handle's descriptor is not a memory file (memfd or /dev/shm): the "
+        "message is corrupt, or was not written by mproc");
+  }
+  // A mapping is at least one byte (create() makes such files 1 byte long).
+  const std::uint64_t need = size == 0 ? 1 : size;
+  if (need > static_cast<std::uint64_t>(st.st_size)) {
+    throw SerializationError("mproc: a received shared-memory handle says " + std::to_string(size) +
+                             " bytes, but its file has " + std::to_string(st.st_size) +
+                             ": the message is corrupt, or the file was truncated by another process");
+  }
+  return adopt(fd, static_cast<std::size_t>(size));
 }
 
 }  // namespace mproc::detail

@@ -25,6 +25,12 @@ class Segment {
   static Segment create(std::size_t size, const char* tag = "mproc");
   /// Maps an existing memfd/shm fd (dup'd; the caller keeps `fd`). Throws std::system_error.
   static Segment adopt(int fd, std::size_t size, bool dup_fd = true);
+  /// adopt() for a handle another process sent (fd borrowed, dup'd): first checks
+  /// that fd is a memory file (regular: memfd, /dev/shm) of at least `size` bytes
+  /// (fstat), so a corrupt or hostile message is a SerializationError instead of a
+  /// mapping past the end of the file (SIGBUS at the first touch). A file that its
+  /// other holders shrink later is not guarded against (that needs memfd seals).
+  static Segment adopt_received(int fd, std::uint64_t size);
 
   std::byte* data() const noexcept { return impl_ ? impl_->addr : nullptr; }
   std::size_t size() const noexcept { return impl_ ? impl_->size : 0; }
@@ -62,7 +68,7 @@ struct codec<detail::Segment> {
     std::uint64_t size;
     r.read(&idx, sizeof idx);
     r.read(&size, sizeof size);
-    return detail::Segment::adopt(r.fd(idx), static_cast<std::size_t>(size));
+    return detail::Segment::adopt_received(r.fd(idx), size);
   }
 };
 
