@@ -115,6 +115,52 @@ TEST(SharedMemory, BadInput) {
   }
 }
 
+// A segment that another user pre-created under the name we are about to attach
+// (mode 0666, content of their choosing): attach() refuses it unless told to
+// accept a foreign owner. The test runs as root, so it can give the segment away
+// with fchown, as if user 65534 (nobody) had made it.
+TEST(SharedMemory, AttachRefusesASegmentOfAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to chown a segment to another uid";
+  const std::string name = "mproc-test-foreign-" + std::to_string(::getpid());
+  int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  ASSERT_GE(fd, 0);
+  struct Unlink {
+    std::string path;
+    ~Unlink() { ::shm_unlink(path.c_str()); }
+  } unlink_at_end{"/" + name};
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  ASSERT_EQ(::pwrite(fd, "attacker", 8, 0), 8);
+  ASSERT_EQ(::fchown(fd, 65534, 65534), 0);
+  ::close(fd);
+  const int fds = mproc_test::fd_count();
+  try {
+    SharedMemory::attach(name);
+    FAIL() << "attached a segment owned by uid 65534";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), EPERM);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("65534"), std::string::npos) << what;
+    EXPECT_NE(what.find("allow_other_owner"), std::string::npos) << what;  // says what to do
+  }
+  EXPECT_EQ(mproc_test::fd_count(), fds);  // the refused segment's fd is closed
+  // Opting in attaches it, content and all.
+  auto m = SharedMemory::attach(name, {.allow_other_owner = true});
+  EXPECT_EQ(m.size(), 4096u);
+  EXPECT_EQ(std::memcmp(m.buf().data(), "attacker", 8), 0);
+  EXPECT_FALSE(m.owner());
+  // A segment of our own uid needs no option.
+  auto own = SharedMemory::create(100);
+  EXPECT_EQ(SharedMemory::attach(own.name()).size(), 100u);
+  // An empty one is refused, whoever owns it (a mapping would be past its end).
+  ASSERT_EQ(::truncate(("/dev/shm/" + name).c_str(), 0), 0);
+  try {
+    SharedMemory::attach(name, {.allow_other_owner = true});
+    FAIL() << "attached an empty segment";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), EINVAL);
+  }
+}
+
 TEST(SharedMemory, CrashedOwnerLeavesNoEntry) {
   // kill -9 of the creating process: the tracker unlinks the name.
   mproc_test::TempDir dir;

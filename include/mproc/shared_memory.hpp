@@ -5,6 +5,7 @@
 //
 //   auto seg = mproc::SharedMemory::create(4096);         // named, like Python's SharedMemory
 //   auto peer = mproc::SharedMemory::attach(seg.name());  // any process of this user
+//                                                          // (another user's: refused)
 //
 // Ownership (what CPython #82300 gets wrong): a segment belongs to the process
 // that created it.
@@ -47,8 +48,18 @@ class SharedMemory {
   /// process owns it. Throws UsageError for a bad size or name, std::system_error
   /// if the name exists (EEXIST) or the OS refuses.
   static SharedMemory create(std::size_t size, std::string name = {});
+  /// What attach() accepts.
+  struct AttachOptions {
+    /// Attach a segment whose file belongs to another user too. By default such a
+    /// segment is refused: anyone may pre-create a name in /dev/shm (mode 0666,
+    /// content of their choosing) before its rightful creator does, so a segment
+    /// not owned by this process's effective uid is not trusted.
+    bool allow_other_owner = false;
+  };
   /// Attaches to an existing segment by name. Not an owner. Throws
-  /// std::system_error (ENOENT if no such segment).
+  /// std::system_error: ENOENT if no such segment; EPERM if its owner is another
+  /// user (uid other than geteuid()) and options.allow_other_owner is false.
+  static SharedMemory attach(const std::string& name, const AttachOptions& options);
   static SharedMemory attach(const std::string& name);
 
   /// The name to attach with (without the leading '/').

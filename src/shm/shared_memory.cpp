@@ -205,25 +205,45 @@ SharedMemory SharedMemory::create(std::size_t size, std::string name) {
   return m;
 }
 
-SharedMemory SharedMemory::attach(const std::string& name) {
+SharedMemory SharedMemory::attach(const std::string& name, const AttachOptions& options) {
   detail::check_name(name);
   std::string path = "/" + name;
-  int fd = ::shm_open(path.c_str(), O_RDWR | O_CLOEXEC, 0);
+  // O_NOFOLLOW: a symbolic link planted under the name is not followed.
+  int fd = ::shm_open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
   if (fd < 0) detail::throw_errno(("shm_open(" + path + ")").c_str());
+  struct Closer {
+    int fd;
+    ~Closer() {
+      if (fd >= 0) ::close(fd);
+    }
+  } closer{fd};
   struct stat sb;
-  if (::fstat(fd, &sb) < 0) {
-    int e = errno;
-    ::close(fd);
-    errno = e;
-    detail::throw_errno("fstat");
+  if (::fstat(fd, &sb) < 0) detail::throw_errno("fstat");
+  // Checked on the open descriptor (no window between check and use).
+  if (sb.st_uid != ::geteuid() && !options.allow_other_owner) {
+    throw std::system_error(
+        EPERM, std::generic_category(),
+        "mproc: SharedMemory::attach(\"" + name + "\"): the segment belongs to uid " + std::to_string(sb.st_uid) +
+            ", not to this process's uid " + std::to_string(::geteuid()) +
+            ": another user may have created it first, with content of their choosing. Pass "
+            "SharedMemory::AttachOptions{.allow_other_owner = true} if that user is trusted");
+  }
+  // Empty (made by other code, or not yet sized by its creator): a mapping would
+  // be past the file's end, a SIGBUS at the first touch.
+  if (sb.st_size == 0) {
+    throw std::system_error(EINVAL, std::generic_category(),
+                            "mproc: SharedMemory::attach(\"" + name + "\"): the segment is empty (size 0)");
   }
   auto st = std::make_shared<State>();
   st->name = name;
+  closer.fd = -1;  // adopt() owns it from here, also when it throws
   st->seg = detail::Segment::adopt(fd, static_cast<std::size_t>(sb.st_size), false);
   SharedMemory m;
   m.st_ = std::move(st);
   return m;
 }
+
+SharedMemory SharedMemory::attach(const std::string& name) { return attach(name, AttachOptions{}); }
 
 const std::string& SharedMemory::name() const noexcept {
   static const std::string empty;
