@@ -1,0 +1,299 @@
+// The worker loop: what every pool worker process runs (pool_worker_main), and
+// the ItemSink that batches its results (WorkerSink). It writes its slot of the
+// worker table (wire.hpp) at each step of a task's life, so that the parent's
+// supervisor can charge a death to the item in hand (docs/pool.md, "A task's life").
+#include "worker.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <optional>
+#include <vector>
+
+#include "mproc/detail/timeline_recorder.hpp"  // ItemTimes
+#include "mproc/pool.hpp"
+#include "wire.hpp"
+
+namespace mproc::detail {
+namespace {
+
+
+// One per worker, kept from chunk to chunk: its buffers keep their memory (a
+// 48 KiB buffer freed after every chunk made malloc give the heap's top back to
+// the kernel and fault it in again, a TLB shoot-down and a dozen page faults
+// per chunk).
+class WorkerSink final : public ItemSink {
+ public:
+  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, bool item_times, bool item_clock)
+      : results_(results), slot_(slot), id_(id), timed_(item_times), clock_(item_times || item_clock) {
+    running_ = &slot_.index;
+    reset();
+  }
+  /// The next chunk's items belong to `job` and end before item `end`.
+  void begin(std::uint64_t job, std::uint64_t end) {
+    job_ = job;
+    end_ = end;
+  }
+
+  void starting(std::uint64_t index) noexcept override {
+    // The clock (~25 ns under a VM's kvm-clock) is read per item only when a
+    // timeout or the timeline needs each item's start; otherwise once per batch,
+    // and the slot gets 1: "started, time not taken".
+    std::int64_t t = clock_ || count_ == 0 ? now_ns() : 1;
+    slot_.index.store(index, std::memory_order_relaxed);
+    slot_.started_ns.store(t, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::running), std::memory_order_release);
+    if (count_ == 0) {
+      first_ = index;
+      start_ = t;
+    }
+    if (timed_) item_start_ = t;
+  }
+  Writer& result_writer() override { return msg_; }
+  void ok(std::uint64_t index) override {
+    after(index);
+    add_status(0);
+    if (timed_) item_ended();
+    maybe_flush();
+  }
+  void failed(std::uint64_t index, const ExceptionInfo& info) override {
+    if (count_ == 0) {
+      first_ = index;
+      start_ = now_ns();
+    }
+    dump(msg_, info);
+    after(index);
+    add_status(1);
+    if (timed_) item_ended();
+    maybe_flush();
+  }
+
+  bool bulk() const noexcept override { return !clock_; }
+  std::span<std::byte> run_begin(std::uint64_t index, std::size_t n, std::size_t size) override {
+    starting(index);
+    std::size_t used = payload_bytes();
+    std::size_t room = used < kAutoChunkBytes ? (kAutoChunkBytes - used) / size : 0;
+    run_size_ = size;
+    run_at_ = msg_.size();
+    return msg_.extend(std::min({n, kRun, std::max<std::size_t>(room, 1)}) * size);
+  }
+  void run_end(std::size_t done) override {
+    std::size_t n = (msg_.size() - run_at_) / run_size_;  // what run_begin gave (run_at_: before it)
+    if (done < n) msg_.truncate(msg_.size() - (n - done) * run_size_);
+    if (any_failed_) status_.insert(status_.end(), done, 0);
+    count_ += done;
+    run_at_ = msg_.size();
+    if (payload_bytes() + run_size_ > kAutoChunkBytes || now_ns() - start_ > kBatchNs) flush();
+  }
+
+  /// Sends what is batched (the end of a chunk).
+  void flush() {
+    if (count_ == 0) return;
+    // A death while sending is charged to the batch's last item (the item in
+    // hand); afterwards the worker is back at decoding the next one.
+    const std::uint64_t sent_to = first_ + count_;
+    slot_.index.store(sent_to - 1, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::sending), std::memory_order_release);
+    ResultKind kind = timed_ ? ResultKind::batch_timed : any_failed_ ? ResultKind::batch : ResultKind::batch_ok;
+    ResultHeader h{kind, SlotPhase::idle, id_, 0, job_, first_, count_, 0, start_, now_ns()};
+    msg_.overwrite(0, &h, sizeof h);
+    if (kind != ResultKind::batch_ok) msg_.write(status_.data(), status_.size());
+    if (timed_) {
+      auto n = static_cast<std::uint32_t>(times_.size());
+      msg_.write(times_.data(), times_.size());
+      msg_.write(&n, sizeof n);
+    }
+    results_.send(msg_, std::nullopt);
+    reset();
+    if (sent_to < end_) next(sent_to);  // at the chunk's end: all sent, nothing in hand
+  }
+  /// Item `index` is done (its outcome batched): the next one is in hand, being
+  /// decoded. The chunk's last item stays in hand until its batch is sent: a
+  /// death before then is charged to it, as when it ran (a one-task chunk, an
+  /// executor's task, never runs twice because it ran once unreported).
+  void after(std::uint64_t index) noexcept {
+    if (index + 1 < end_) next(index + 1);
+  }
+  /// The worker is at item `index` now, before decoding it.
+  void next(std::uint64_t index) noexcept {
+    slot_.index.store(index, std::memory_order_relaxed);
+    slot_.phase.store(static_cast<std::uint32_t>(SlotPhase::decoding), std::memory_order_release);
+  }
+
+ private:
+  static constexpr std::int64_t kBatchNs = 1'000'000;
+  std::size_t payload_bytes() const { return msg_.size() - sizeof(ResultHeader); }
+  void reset() {
+    msg_.clear();
+    msg_.extend(sizeof(ResultHeader));  // written by flush()
+    run_at_ = msg_.size();
+    status_.clear();
+    times_.clear();
+    count_ = 0;
+    any_failed_ = false;
+  }
+  // Status bytes are kept only once an item failed (or for the timeline, whose
+  // batches always carry them): a batch of successes sends none.
+  void add_status(std::uint8_t st) {
+    if (st && !any_failed_ && !timed_) status_.assign(count_, 0);
+    any_failed_ |= st != 0;
+    if (any_failed_ || timed_) status_.push_back(st);
+    ++count_;
+    run_at_ = msg_.size();
+  }
+  // Results go out in batches: one message per chunk normally, sooner when the
+  // batch passes kAutoChunkBytes (so it fits in the ring) or 1 ms of work, so that a worker crash loses (and the
+  // pool re-runs) little, and a long chunk still shows progress.
+  void maybe_flush() {
+    // times_ (empty without a timeline) counts too: the whole message must fit.
+    if (payload_bytes() + times_.size() > kAutoChunkBytes || (count_ % 64 == 0 && now_ns() - start_ > kBatchNs)) {
+      flush();
+    }
+  }
+  // Timeline: the item's start (0 if it failed before starting) and end.
+  void item_ended() {
+    std::int64_t end = now_ns();
+    std::int64_t start = std::exchange(item_start_, 0);
+    if (!start) start = end;
+    ItemTimes::put(times_, start - (times_.empty() ? start_ : prev_end_));
+    ItemTimes::put(times_, end - start);
+    prev_end_ = end;
+  }
+  const ChannelEnd& results_;
+  WorkerSlot& slot_;
+  std::uint32_t id_;
+  std::uint64_t job_ = 0;
+  std::uint64_t end_ = 0;  // the chunk's end
+  bool timed_;
+  bool clock_;
+  std::int64_t item_start_ = 0;
+  std::int64_t prev_end_ = 0;
+  std::vector<std::uint8_t> times_;  // ItemTimes
+  std::uint64_t first_ = 0;
+  std::int64_t start_ = 0;
+  std::uint64_t count_ = 0;  // items in the batch
+  bool any_failed_ = false;
+  std::vector<std::uint8_t> status_;  // per item, once one failed (always with a timeline)
+  Writer msg_;                        // a ResultHeader's room, then the items' results
+  std::size_t run_at_ = 0;            // msg_'s size before the current run
+  std::size_t run_size_ = 1;          // result size of the current run
+};
+
+void send_init_failure(const ChannelEnd& results, std::uint32_t id, const ExceptionInfo& info) {
+  Writer w;
+  ResultHeader h{ResultKind::init_failed, SlotPhase::idle, id, 1, 0, 0, 0, 0, now_ns(), now_ns()};
+  w.write(&h, sizeof h);
+  dump(w, info);
+  results.send(w, std::nullopt);
+}
+
+// Resident set size of this process in MiB (/proc/self/statm, field 2, in pages).
+long long rss_mib() {
+  FILE* f = std::fopen("/proc/self/statm", "re");
+  if (!f) return 0;
+  long long size = 0, resident = 0;
+  int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * ::sysconf(_SC_PAGESIZE) / (1 << 20) : 0;
+}
+
+}  // namespace
+
+void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
+                      std::vector<std::byte> initializer, long long maxtasks, long long max_memory_mb,
+                      std::int64_t spin_ns, bool item_times, bool item_clock) {
+  tasks.set_spin(std::chrono::nanoseconds(spin_ns));
+  // Ctrl-C at a terminal reaches the whole process group; the pool's owner
+  // decides what happens to the work (KeyboardInterrupt → terminate), so a
+  // worker does not die of it mid-task.
+  ::signal(SIGINT, SIG_IGN);
+  WorkerSlot* slot = PoolTable::slots(table) + id;
+  TicketTable tickets(PoolTable::tickets(table));
+  if (!initializer.empty()) {
+    try {
+      Reader r(initializer);
+      Entry e = decode_entry(r);
+      e(&r, nullptr);
+    } catch (...) {
+      send_init_failure(results, id, capture_current_exception());
+      throw;  // the worker exits with 1 and prints the error, like any target
+    }
+  }
+  std::vector<std::byte> buf;
+  std::vector<int> fds;
+  WorkerSink sink(results, *slot, id, item_times, item_clock);
+  for (long long done = 0; maxtasks <= 0 || done < maxtasks;) {
+    ChunkHeader h{};
+    bool cancelled = false;
+    try {
+      // Two steps (ChannelEnd::recv with a claim). The claim runs under the task
+      // channel's consumer lock, before the record leaves the ring, for every kind
+      // of record: inline, carrying fds, or out of band (whose record keeps the
+      // chunk's first bytes, enough for the header). It takes the ticket and writes
+      // the slot, so from the moment the record can be gone from the ring the
+      // supervisor knows which chunk this worker holds. f copies the chunk out; for
+      // a side-band record it runs after the lock is released and the memfd is read.
+      //
+      // Dying between the claim and the head's move (inline: anywhere inside f, as
+      // f runs under the lock too) hands the record to the next worker AND makes
+      // the supervisor re-queue the chunk from the slot. Both are safe: with a
+      // ticket, exactly one of them takes the chunk (the next worker swaps claimed
+      // -> reclaimed, on_lost claimed -> cancelled); without one, both may run its
+      // items and the collector keeps the first result of each (Chunk::delivered),
+      // ignoring results of a job already finished.
+      tasks.recv(
+          std::nullopt,
+          [&](Reader& prefix) {
+            prefix.read(&h, sizeof h);
+            if (h.job == 0) return;
+            if (h.ticket != 0 && tickets.claim(h.ticket) == TicketTable::Claim::cancelled) {
+              cancelled = true;  // cancel_job won, or the parent re-queued it first
+              return;
+            }
+            // Before the record is released: if this worker dies from here on, the
+            // supervisor knows which chunk it held.
+            slot->job.store(h.job, std::memory_order_relaxed);
+            slot->begin.store(h.first, std::memory_order_relaxed);
+            slot->end.store(h.first + h.count, std::memory_order_relaxed);
+            slot->phase.store(static_cast<std::uint32_t>(SlotPhase::claimed), std::memory_order_release);
+          },
+          [&](Reader& r) {
+            if (h.job == 0 || cancelled) return;  // its fds are closed by the channel
+            r.take(sizeof h);
+            std::size_t n = r.remaining();
+            const std::byte* p = r.take(n);
+            buf.assign(p, p + n);
+            fds.clear();
+            for (std::uint32_t i = 0; i < r.fd_count(); ++i) fds.push_back(::fcntl(r.fd(i), F_DUPFD_CLOEXEC, 0));
+          });
+    } catch (const EOFError&) {
+      return;  // the pool's process is gone: nothing more will come
+    }
+    if (h.job == 0) return;  // stop message: close() or a shrinking pool
+    if (cancelled) continue;
+    ++done;
+    {
+      Reader r(buf, fds);
+      sink.begin(h.job, h.first + h.count);
+      sink.next(h.first);  // the record is ours: from here a death is the first item's
+      PoolEntryCtx ctx{&sink, h.first, h.count};
+      try {
+        Entry e = decode_entry(r);
+        e(&r, &ctx);
+      } catch (...) {
+        ExceptionInfo info = capture_current_exception();
+        for (std::uint64_t i = 0; i < h.count; ++i) sink.failed(h.first + i, info);
+      }
+      sink.flush();
+    }
+    for (int fd : fds) ::close(fd);
+    slot->phase.store(static_cast<std::uint32_t>(SlotPhase::idle), std::memory_order_release);
+    // Recycled like maxtasksperchild: exit between chunks; the supervisor replaces us.
+    if (max_memory_mb > 0 && rss_mib() > max_memory_mb) return;
+  }
+}
+
+}  // namespace mproc::detail
