@@ -31,11 +31,6 @@ namespace {
 
 int mul(int a, int b) { return a * b; }
 void nothing() {}
-// map(bind(block_on, go), xs): items equal to 2 wait for `go`.
-int block_on_2(mproc::Event go, int v) {
-  if (v == 2) go.wait();
-  return v;
-}
 pid_t my_pid(int) { return ::getpid(); }
 void failing_init() { throw std::runtime_error("no GPU here"); }
 
@@ -107,37 +102,6 @@ TYPED_TEST(ExecutorTest, ExceptionPropagation) {
     this->expect_task_error(std::current_exception(), "seven is not allowed");
   }
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3, 4, 5, 6}));
-}
-
-TYPED_TEST(ExecutorTest, Map) {
-  TypeParam ex(ExecutorOptions{.max_workers = 2});
-  std::vector<int> got;
-  for (int v : ex.map(square, std::views::iota(0, 100))) got.push_back(v);
-  std::vector<int> expect;
-  for (int i = 0; i < 100; ++i) expect.push_back(i * i);
-  EXPECT_EQ(got, expect);
-  got.clear();
-  for (int v : ex.map(square, std::views::iota(0, 100), 30s, 7)) got.push_back(v);
-  EXPECT_EQ(got, expect);
-  auto empty = ex.map(square, std::vector<int>{});
-  EXPECT_TRUE(empty.begin() == empty.end());
-}
-
-TYPED_TEST(ExecutorTest, MapTimeout) {
-  // CPython's test_map_timeout: the iteration that overruns raises TimeoutError.
-  mproc::Event go;
-  TypeParam ex(ExecutorOptions{.max_workers = 2});
-  std::vector<int> got;
-  auto t0 = std::chrono::steady_clock::now();
-  auto results = ex.map(mproc::bind(block_on_2, go), std::vector<int>{0, 1, 2}, 300ms, 1);
-  try {
-    for (int v : results) got.push_back(v);
-    FAIL() << "no TimeoutError";
-  } catch (const mproc::TimeoutError&) {
-  }
-  EXPECT_GE(std::chrono::steady_clock::now() - t0, 300ms);
-  EXPECT_EQ(got, (std::vector<int>{0, 1}));
-  go.set();
 }
 
 TYPED_TEST(ExecutorTest, AsCompleted) {

@@ -95,37 +95,6 @@ TEST_P(ThreadPoolTest, ArgumentsNeedNoSerialization) {
   EXPECT_EQ(pool.apply(Counter{}), 1);
 }
 
-TEST_P(ThreadPoolTest, ImapOrderedAndUnordered) {
-  ThreadPool pool(opts());
-  std::vector<int> got;
-  for (int v : pool.imap(square, std::views::iota(0, 300))) got.push_back(v);
-  std::vector<int> expect;
-  for (int i = 0; i < 300; ++i) expect.push_back(i * i);
-  EXPECT_EQ(got, expect);
-
-  std::multiset<int> unordered;
-  for (int v : pool.imap_unordered(square, std::views::iota(0, 300), 2)) unordered.insert(v);
-  EXPECT_EQ(unordered, std::multiset<int>(expect.begin(), expect.end()));
-
-  auto empty = pool.imap(square, std::vector<int>{});
-  EXPECT_TRUE(empty.begin() == empty.end());
-}
-
-TEST_P(ThreadPoolTest, ImapReadsUnboundedInputLazily) {
-  ThreadPool pool(opts());
-  std::atomic<long> read{0};
-  auto counting = std::views::iota(0) | std::views::transform([&read](int x) {
-                    ++read;
-                    return x;
-                  });
-  long taken = 0;
-  for (int v : pool.imap(square, counting)) {
-    EXPECT_EQ(v, static_cast<int>(taken * taken));
-    if (++taken == 2000) break;
-  }
-  EXPECT_LT(read.load(), taken + 20000) << "imap read far ahead of its consumer";
-}
-
 TEST_P(ThreadPoolTest, ExceptionsKeepTheirType) {
   ThreadPool pool(opts());
   // Unlike Pool (TaskError), a thread task's exception comes back as itself.
@@ -325,24 +294,6 @@ TEST(ThreadPool, FailingInitializerBreaksThePool) {
   }
 }
 
-TEST(ThreadPool, InputErrorsSurfaceFromMap) {
-  ThreadPool pool(PoolOptions{.processes = 2});
-  auto bad_input = std::views::iota(0, 10) | std::views::transform([](int x) {
-                     if (x == 4) throw std::runtime_error("bad input");
-                     return x;
-                   });
-  EXPECT_THROW(pool.map(square, bad_input), std::runtime_error);
-  std::vector<int> got;
-  auto results = pool.imap(square, bad_input);
-  try {
-    for (int v : results) got.push_back(v);
-    FAIL();
-  } catch (const std::runtime_error& e) {
-    EXPECT_STREQ(e.what(), "bad input");
-  }
-  EXPECT_EQ(got, (std::vector<int>{0, 1, 4, 9}));
-}
-
 TEST(ThreadPool, ManyConcurrentCallers) {
   // Several threads submitting at once (the pool's methods are thread-safe).
   ThreadPool pool(PoolOptions{.processes = 4});
@@ -358,3 +309,4 @@ TEST(ThreadPool, ManyConcurrentCallers) {
   for (auto& c : callers) c.join();
   EXPECT_EQ(total.load(), 4LL * 200 * 285);  // 200 rounds of 0..9 squared (285) per caller
 }
+

@@ -485,12 +485,14 @@ class BasicExecutor {
   /// The input is read lazily, a bounded window ahead. Iterating throws an item's
   /// error at its position, and TimeoutError if a result is not ready within
   /// `timeout` of this call. `options`: chunk size (0: adaptive), progress bar.
-  /// Throws UsageError after shutdown().
+  /// As in Python, once the iteration times out, or the range is dropped before
+  /// its end, the calls no worker has started are cancelled; shutdown() runs all
+  /// the calls of a map not iterated yet. Throws UsageError after shutdown().
   template <class F, std::ranges::input_range R>
   auto map(F&& f, R&& input, std::optional<std::chrono::nanoseconds> timeout = std::nullopt, MapOptions options = {}) {
     check_open();
     return pool_->template stream<true>(std::forward<F>(f), std::forward<R>(input), std::move(options),
-                                        deadline_after(timeout));
+                                        deadline_after(timeout), true);
   }
 
   /// No new tasks; with `cancel_futures`, the futures that can still be cancelled

@@ -465,6 +465,8 @@ class OutcomeBuffer {
     receiver_ = std::move(r);
     job_ = job;
   }
+  /// The job whose results take() receives (by the iterating thread, between takes).
+  void set_receiver_job(std::uint64_t job) { job_ = job; }
   /// Waits for item `index` (ordered) or any item (unordered), until `deadline`
   /// if one is given. Returns it and its index, or empty when the deadline passed.
   std::optional<std::pair<std::uint64_t, Outcome>> take(std::optional<std::uint64_t> index,
@@ -541,6 +543,7 @@ class StreamJob final : public JobSink {
   }
   void set_spin(std::int64_t ns) { buffer_.set_spin(ns); }
   void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { buffer_.set_receiver(std::move(r), job); }
+  void set_receiver_job(std::uint64_t job) { buffer_.set_receiver_job(job); }
 
  private:
   OutcomeBuffer<V> buffer_;
@@ -884,6 +887,45 @@ std::optional<std::uint64_t> known_size(R& input) {
   }
 }
 
+/// A lazy map (imap, an executor's map) that can be told to read the rest of its
+/// input now: close() does, so that a lazy map nobody iterates still runs all of
+/// its calls, as in Python, whose pools and executors submit every call at once
+/// (issue 11, bug 4), instead of keeping the pool open for ever.
+class LazyFeed {
+ public:
+  /// Reads the rest of the input and queues all of it, ignoring the read-ahead
+  /// window. Never throws: an error while reading or queueing is kept for the
+  /// iteration to raise, at its position.
+  virtual void feed_rest() noexcept = 0;
+
+ protected:
+  LazyFeed() = default;
+  ~LazyFeed() = default;
+};
+
+/// The lazy maps alive on one pool. Safe from any thread.
+class LazyFeeds {
+ public:
+  void add(LazyFeed* f) {
+    std::lock_guard lock(mu_);
+    live_.push_back(f);
+  }
+  /// Waits while feed_all() feeds `f`: after this returns, `f` is never called.
+  void remove(LazyFeed* f) noexcept {
+    std::lock_guard lock(mu_);
+    std::erase(live_, f);
+  }
+  /// feed_rest() on each live lazy map, under the lock (remove() waits for it).
+  void feed_all() noexcept {
+    std::lock_guard lock(mu_);
+    for (LazyFeed* f : live_) f->feed_rest();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<LazyFeed*> live_;
+};
+
 /// Tag of the IMapResults constructor with a deadline (executor map's timeout).
 struct with_deadline_t {};
 
@@ -1045,7 +1087,10 @@ class Pool : public detail::MapMethods<Pool> {
 
   // ---- lifetime ------------------------------------------------------------------------
 
-  /// No new work; workers exit when the queued work is done. Idempotent.
+  /// No new work; workers exit when the queued work is done. Idempotent. A lazy
+  /// map (imap, imap_unordered) not read to its end has the rest of its input
+  /// read and queued first, so that all its calls run (Python's task handler
+  /// does it in the background): an endless input never lets close() return.
   void close();
   /// Kill the workers now; unfinished results fail with CancelledError. Idempotent.
   void terminate();
@@ -1202,13 +1247,16 @@ class Pool : public detail::MapMethods<Pool> {
     return AsyncResult<std::vector<V>>(core);
   }
 
-  // imap/imap_unordered; with a deadline for executor map's timeout.
+  // imap/imap_unordered; with a deadline and `per_call` for executor map (a
+  // timeout, and its calls not started cancelled when it is dropped).
   template <bool Ordered, class F, class R>
   auto stream(F&& f, R&& input, MapOptions options,
-              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
+              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt, bool per_call = false);
 
   std::unique_ptr<detail::PoolCore> core_;
   int processes_ = 0;
+  // The lazy maps close() feeds to their end (shared with them: a map may outlive its pool).
+  std::shared_ptr<detail::LazyFeeds> feeds_ = std::make_shared<detail::LazyFeeds>();
 };
 
 namespace detail {
@@ -1230,15 +1278,22 @@ struct AdaptiveChunk {
 
 /// The feeding side of imap: reads the input, encodes chunks, keeps a bounded
 /// number of items in flight, and hands results to the iterating thread.
+///
+/// An executor's map (`per_call`) gives each chunk a job of its own, as Python's
+/// Executor.map submits a future per call, so that the chunks no worker has
+/// taken can be cancelled when the map times out or is dropped before its end
+/// (issue 11, bug 8). Pool.imap keeps one job for all its chunks.
 template <bool Ordered, class Fn, class Arg, bool Star, class Range>
-class StreamSource {
+class StreamSource final : LazyFeed {
   using Res = pool_result_t<Fn, Arg, Star>;
   using V = stored_value_t<Res>;
 
  public:
-  StreamSource(PoolCore* core, int workers, const Fn& f, Range&& input, std::size_t chunk,
-               std::shared_ptr<ProgressBar> bar = nullptr)
+  StreamSource(PoolCore* core, std::shared_ptr<LazyFeeds> feeds, bool per_call, int workers, const Fn& f, Range&& input,
+               std::size_t chunk, std::shared_ptr<ProgressBar> bar = nullptr)
       : core_(core),
+        feeds_(std::move(feeds)),
+        per_call_(per_call),
         workers_(workers),
         enc_(std::make_unique<ChunkEncoder<Fn, Arg, Star>>(f)),
         input_(std::views::all(std::forward<Range>(input))),
@@ -1247,30 +1302,70 @@ class StreamSource {
         bar_(std::move(bar)) {
     chunk_.fixed = chunk;
     job_->set_spin(core_->spin_ns());
-    id_ = core_->open_job(progress_sink(job_, bar_, false));
+    sink_ = progress_sink(job_, bar_, false);
+    // Registered before the job opens: a close() from now on feeds this map
+    // (below, if it came before the job was open), or makes open_job throw.
+    feeds_->add(this);
+    try {
+      if (!per_call_) {
+        id_ = core_->open_job(sink_);
+      } else if (!core_->accepting()) {
+        throw UsageError("mproc: Pool is not running (closed or terminated)");
+      }
+    } catch (...) {
+      feeds_->remove(this);
+      throw;
+    }
     job_->set_receiver(core_->receiver(), id_);
+    std::lock_guard lock(mu_);
+    opened_ = true;
+    if (feed_requested_) refill(true);
   }
   StreamSource(const StreamSource&) = delete;
   StreamSource& operator=(const StreamSource&) = delete;
   ~StreamSource() {
-    if (core_ && !sealed_) core_->seal_job(id_);
+    feeds_->remove(this);  // waits for a close() feeding this map
+    std::lock_guard lock(mu_);
+    if (per_call_) {
+      cancel_unstarted();
+    } else if (!sealed_) {
+      core_->seal_job(id_);
+    }
     if (bar_) bar_->close();
   }
 
   /// The next result, or empty at the end. With a deadline (executor map's
   /// timeout), throws TimeoutError once it passes without a result.
   std::optional<V> next(std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
-    if (!core_) return std::nullopt;
-    refill();
-    if (taken_ == submitted_) {
-      if (bar_) bar_->close();  // the final line before the loop ends
-      if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
-      return std::nullopt;
+    {
+      std::lock_guard lock(mu_);
+      refill(false);
+      if (taken_ == submitted_) {
+        if (bar_) bar_->close();  // the final line before the loop ends
+        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+        return std::nullopt;
+      }
+      // Receive the wanted item's results on this thread while spinning: they
+      // come under the job of the chunk holding it.
+      if (per_call_ && !calls_.empty()) job_->set_receiver_job(calls_.front().first);
     }
     auto got = job_->take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt, deadline);
-    if (!got) throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+    if (!got) {
+      if (per_call_) {
+        // Python's Executor.map cancels what has not started once its iteration
+        // raises; so does this one. Later calls time out again.
+        std::lock_guard lock(mu_);
+        seal();
+        cancel_unstarted();
+      }
+      throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+    }
     auto& [index, outcome] = *got;
-    ++taken_;
+    ++taken_;  // this thread's alone (feed_rest does not read it): no lock
+    if (per_call_) {
+      std::lock_guard lock(mu_);
+      while (!calls_.empty() && calls_.front().second <= taken_) calls_.pop_front();
+    }
     chunk_.items_done = job_->items();
     chunk_.ns_done = job_->ns();
     if (auto* e = std::get_if<std::exception_ptr>(&outcome)) std::rethrow_exception(*e);
@@ -1296,6 +1391,7 @@ class StreamSource {
     }
     void set_spin(std::int64_t ns) { inner_.set_spin(ns); }
     void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { inner_.set_receiver(std::move(r), job); }
+    void set_receiver_job(std::uint64_t job) { inner_.set_receiver_job(job); }
     std::uint64_t items() const { return items_.load(); }
     std::int64_t ns() const { return ns_.load(); }
 
@@ -1305,7 +1401,17 @@ class StreamSource {
     std::atomic<std::int64_t> ns_{0};
   };
 
-  void refill() {
+  void feed_rest() noexcept override {
+    std::lock_guard lock(mu_);
+    if (opened_) {
+      refill(true);
+    } else {
+      feed_requested_ = true;  // the constructor feeds it once the job is open
+    }
+  }
+
+  // Reads and queues input, with mu_ held: up to the window, or (`all`) to its end.
+  void refill(bool all) noexcept {
     // Window: in flight + buffered results at most ~4 chunks per worker, and
     // never fewer than 64 items per worker, so that small chunks keep every
     // worker and the channels busy (a shallow pipeline caps chunksize=1 at
@@ -1314,39 +1420,73 @@ class StreamSource {
     std::size_t chunk = chunk_.next();
     const auto w = static_cast<std::uint64_t>(workers_);
     std::uint64_t window = std::max<std::uint64_t>(64 * w, 4 * w * chunk);
-    while (!sealed_ && submitted_ - taken_ < window && (submitted_ - taken_ < 2 * w || bytes_in_flight() < kMaxBytes)) {
-      enc_->begin();
+    while (!sealed_ && (all || (submitted_ - taken_ < window &&
+                                (submitted_ - taken_ < 2 * w || bytes_in_flight() < kMaxBytes)))) {
+      bool input_ended = false;
       std::uint64_t first = submitted_;
       try {
+        enc_->begin();
         while (enc_->items() < chunk && it_ != std::ranges::end(input_)) {
           enc_->add(*it_);
           ++it_;
         }
+        input_ended = it_ == std::ranges::end(input_);
       } catch (...) {
         // An exception while reading the input surfaces once the results before it
         // have been taken (Python raises it at that point of the iteration).
         input_error_ = std::current_exception();
-        seal();
+        input_ended = true;
       }
-      std::size_t n = enc_->items();
-      if (n) {
-        ChunkMessage msg = enc_->finish();
-        sizes_.emplace_back(first + n, msg.bytes.size());
-        bytes_ += msg.bytes.size();
-        core_->submit(id_, first, std::move(msg));
-        submitted_ += n;
+      try {
+        // The items read before an input error go out first, and only then is the
+        // job sealed: a job sealed with all its items in is forgotten at once, and
+        // a chunk submitted to it after that would fail with CancelledError
+        // instead of the input's error (issue 11, bug 7).
+        if (std::size_t n = enc_->items()) {
+          ChunkMessage msg = enc_->finish();
+          sizes_.emplace_back(first + n, msg.bytes.size());
+          bytes_ += msg.bytes.size();
+          if (per_call_) {
+            std::uint64_t id = core_->open_job(sink_);
+            calls_.emplace_back(id, first + n);
+            try {
+              core_->submit(id, first, std::move(msg));
+            } catch (...) {
+              core_->seal_job(id);
+              throw;
+            }
+            core_->seal_job(id);
+          } else {
+            core_->submit(id_, first, std::move(msg));
+          }
+          submitted_ += n;
+        }
+      } catch (...) {
+        // The pool was terminated or closed meanwhile: the iteration raises it
+        // once the results already queued have been taken.
+        if (!input_error_) input_error_ = std::current_exception();
+        input_ended = true;
       }
-      if (it_ == std::ranges::end(input_)) seal();
+      if (input_ended) seal();
     }
   }
   void seal() {
     if (!sealed_) {
-      core_->seal_job(id_);
-      // The input's length is known now: what was submitted plus the chunk being
-      // built (empty when the last chunk was just sent).
-      if (bar_) bar_->set_total(submitted_ + enc_->items());
+      if (!per_call_) core_->seal_job(id_);
+      // The input's length is known now: what was submitted.
+      if (bar_) bar_->set_total(submitted_);
     }
     sealed_ = true;
+  }
+  // Executor map, with mu_ held: cancels the calls no worker has taken.
+  void cancel_unstarted() noexcept {
+    for (const auto& [id, end] : calls_) {
+      try {
+        core_->cancel_job(id);
+      } catch (...) {
+      }
+    }
+    calls_.clear();
   }
 
   // Encoded bytes of the chunks not yet fully taken (approximate for
@@ -1361,17 +1501,28 @@ class StreamSource {
   static constexpr std::size_t kMaxBytes = std::size_t{64} << 20;
 
   PoolCore* core_;
+  std::shared_ptr<LazyFeeds> feeds_;
+  const bool per_call_;
   int workers_;
+  // Guards the feeding state below (not taken_, the iterating thread's own):
+  // close() may feed the rest of the input from another thread (feed_rest)
+  // while this map is iterated.
+  std::mutex mu_;
   std::deque<std::pair<std::uint64_t, std::size_t>> sizes_;  // (end index, bytes) per chunk
   std::size_t bytes_ = 0;
   std::unique_ptr<ChunkEncoder<Fn, Arg, Star>> enc_;
   std::views::all_t<Range> input_;  // a reference to an lvalue range, the range itself otherwise
   std::ranges::iterator_t<std::views::all_t<Range>> it_;
   std::shared_ptr<TimedStream> job_;
-  std::uint64_t id_ = 0;
+  std::shared_ptr<JobSink> sink_;  // job_, counted into the progress bar
+  std::uint64_t id_ = 0;           // the one job (not per_call)
+  // per_call: (job, end index) of each chunk not yet fully taken, in order.
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> calls_;
   std::uint64_t submitted_ = 0;
   std::uint64_t taken_ = 0;
   bool sealed_ = false;
+  bool opened_ = false;          // the constructor is done
+  bool feed_requested_ = false;  // close() came before it was
   std::exception_ptr input_error_;
   AdaptiveChunk chunk_;
   std::shared_ptr<ProgressBar> bar_;
@@ -1380,7 +1531,8 @@ class StreamSource {
 }  // namespace detail
 
 template <bool Ordered, class F, class R>
-auto Pool::stream(F&& f, R&& input, MapOptions options, std::optional<std::chrono::steady_clock::time_point> deadline) {
+auto Pool::stream(F&& f, R&& input, MapOptions options, std::optional<std::chrono::steady_clock::time_point> deadline,
+                  bool per_call) {
   using Fn = std::decay_t<F>;
   using Elem = std::ranges::range_reference_t<R>;
   using Arg = typename decltype(detail::map_arg_for<Fn, Elem>())::type;
@@ -1390,7 +1542,8 @@ auto Pool::stream(F&& f, R&& input, MapOptions options, std::optional<std::chron
   std::size_t chunk = detail::checked_chunksize(options.chunksize);
   if (!core_ || !core_->accepting()) throw UsageError("mproc: Pool is not running (closed or terminated)");
   using Src = detail::StreamSource<Ordered, Fn, Arg, false, R>;
-  return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), processes_, f, std::forward<R>(input), chunk,
+  return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), feeds_, per_call, processes_, f,
+                             std::forward<R>(input), chunk,
                              detail::make_progress(options.progress, options.desc, detail::known_size(input)));
 }
 

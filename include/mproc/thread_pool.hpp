@@ -328,6 +328,9 @@ struct ThreadStream {
   std::atomic<std::uint64_t> items{0};
   std::atomic<std::int64_t> ns{0};
   std::shared_ptr<ProgressBar> bar;
+  // An executor's map that timed out or was dropped: chunks not started yet
+  // do not run (Python's Executor.map cancels its pending futures).
+  std::atomic<bool> cancelled{false};
 };
 
 /// One chunk of a ThreadPool imap: its items are owned here.
@@ -340,6 +343,11 @@ class StreamChunk final : public ThreadTask {
   }
   void run() noexcept override {
     using Outcome = typename OutcomeBuffer<V>::Outcome;
+    if (state_->cancelled.load(std::memory_order_acquire)) {
+      stamp.unrun(TaskOutcome::cancelled);
+      fail(cancelled_error("mproc: the map's call was cancelled before it started"));
+      return;
+    }
     auto t0 = std::chrono::steady_clock::now();
     std::vector<Outcome> out;
     try {
@@ -386,15 +394,19 @@ class StreamChunk final : public ThreadTask {
 
 /// The feeding side of a ThreadPool imap: reads the input lazily, a bounded
 /// window ahead of the consumer (as Pool's StreamSource does), and posts chunks.
+/// An executor's map (`per_call`) cancels its chunks not started once it times
+/// out or is dropped before its end.
 template <bool Ordered, class Fn, class Range>
-class ThreadStreamSource {
+class ThreadStreamSource final : LazyFeed {
   using Elem = std::remove_cvref_t<std::ranges::range_reference_t<Range>>;
   using V = stored_value_t<thread_result_t<false, Fn, Elem>>;
 
  public:
-  ThreadStreamSource(ThreadPoolCore* core, int workers, std::shared_ptr<Fn> f, Range&& input, std::size_t chunk,
-                     std::shared_ptr<ProgressBar> bar)
+  ThreadStreamSource(ThreadPoolCore* core, std::shared_ptr<LazyFeeds> feeds, bool per_call, int workers,
+                     std::shared_ptr<Fn> f, Range&& input, std::size_t chunk, std::shared_ptr<ProgressBar> bar)
       : core_(core),
+        feeds_(std::move(feeds)),
+        per_call_(per_call),
         workers_(workers),
         f_(std::move(f)),
         input_(std::views::all(std::forward<Range>(input))),
@@ -404,25 +416,48 @@ class ThreadStreamSource {
     state_->bar = std::move(bar);
     core_->open_stream();
     call_ = core_->open_call();
+    feeds_->add(this);
+    // A close() between the caller's check and add() did not feed this map: it
+    // feeds itself.
+    try {
+      core_->check_accepting();
+    } catch (...) {
+      std::lock_guard lock(mu_);
+      refill(true);
+    }
   }
   ThreadStreamSource(const ThreadStreamSource&) = delete;
   ThreadStreamSource& operator=(const ThreadStreamSource&) = delete;
   ~ThreadStreamSource() {
+    feeds_->remove(this);  // waits for a close() feeding this map
+    std::lock_guard lock(mu_);
+    if (per_call_) state_->cancelled.store(true, std::memory_order_release);
     seal();
     if (state_->bar) state_->bar->close();
   }
 
   /// The next result, or empty at the end; TimeoutError past `deadline`.
   std::optional<V> next(std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
-    refill();
-    if (taken_ == submitted_) {
-      if (state_->bar) state_->bar->close();  // the final line before the loop ends
-      if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
-      return std::nullopt;
+    {
+      std::lock_guard lock(mu_);
+      refill(false);
+      if (taken_ == submitted_) {
+        if (state_->bar) state_->bar->close();  // the final line before the loop ends
+        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+        return std::nullopt;
+      }
     }
     auto got = state_->buffer.take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt, deadline);
-    if (!got) throw TimeoutError("mproc: the next result was not ready within the map's timeout");
-    ++taken_;
+    if (!got) {
+      if (per_call_) {
+        // Python's Executor.map cancels what has not started once it raises.
+        std::lock_guard lock(mu_);
+        state_->cancelled.store(true, std::memory_order_release);
+        seal();
+      }
+      throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+    }
+    ++taken_;  // this thread's alone (feed_rest does not read it): no lock
     chunk_.items_done = state_->items.load();
     chunk_.ns_done = state_->ns.load();
     if (auto* e = std::get_if<std::exception_ptr>(&got->second)) std::rethrow_exception(*e);
@@ -430,29 +465,42 @@ class ThreadStreamSource {
   }
 
  private:
-  void refill() {
+  void feed_rest() noexcept override {
+    std::lock_guard lock(mu_);
+    refill(true);
+  }
+
+  // Reads and posts input, with mu_ held: up to the window, or (`all`) to its end.
+  void refill(bool all) noexcept {
     // The window of Pool's StreamSource: in flight + buffered ≤ ~4 chunks per thread.
     std::size_t chunk = chunk_.next();
     std::uint64_t window = std::max<std::uint64_t>(2 * static_cast<std::uint64_t>(workers_),
                                                    4 * static_cast<std::uint64_t>(workers_) * chunk);
-    while (!sealed_ && submitted_ - taken_ < window) {
+    while (!sealed_ && (all || submitted_ - taken_ < window)) {
+      bool input_ended = false;
       std::vector<Elem> items;
       try {
         while (items.size() < chunk && it_ != std::ranges::end(input_)) {
           items.emplace_back(*it_);
           ++it_;
         }
+        input_ended = it_ == std::ranges::end(input_);
       } catch (...) {
         // Raised by the iteration once the results before it have been taken.
         input_error_ = std::current_exception();
-        sealed_by_error_ = true;
+        input_ended = true;
       }
-      std::size_t n = items.size();
-      if (n) {
-        core_->post(std::make_unique<StreamChunk<Fn, Elem, V>>(f_, std::move(items), submitted_, state_), true, call_);
-        submitted_ += n;
+      if (std::size_t n = items.size()) {
+        try {
+          core_->post(std::make_unique<StreamChunk<Fn, Elem, V>>(f_, std::move(items), submitted_, state_), true, call_);
+          submitted_ += n;
+        } catch (...) {
+          // Terminated meanwhile: raised once the results already queued are taken.
+          if (!input_error_) input_error_ = std::current_exception();
+          input_ended = true;
+        }
       }
-      if (sealed_by_error_ || it_ == std::ranges::end(input_)) {
+      if (input_ended) {
         seal();
         if (state_->bar) state_->bar->set_total(submitted_);  // the input's length is known now
       }
@@ -465,15 +513,20 @@ class ThreadStreamSource {
   }
 
   ThreadPoolCore* core_;
+  std::shared_ptr<LazyFeeds> feeds_;
+  const bool per_call_;
   int workers_;
   std::shared_ptr<Fn> f_;
+  // Guards the feeding state below (not taken_, the iterating thread's own):
+  // close() may feed the rest of the input from another thread (feed_rest)
+  // while this map is iterated.
+  std::mutex mu_;
   std::views::all_t<Range> input_;
   std::ranges::iterator_t<std::views::all_t<Range>> it_;
   std::shared_ptr<ThreadStream<V>> state_;
   std::uint64_t submitted_ = 0;
   std::uint64_t taken_ = 0;
   bool sealed_ = false;
-  bool sealed_by_error_ = false;
   std::exception_ptr input_error_;
   AdaptiveChunk chunk_;
   std::uint64_t call_ = 0;  // for the timeline
@@ -517,7 +570,9 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
 
   // ---- lifetime ------------------------------------------------------------------------
 
-  /// No new work; threads exit when the queued work is done. Idempotent.
+  /// No new work; threads exit when the queued work is done. Idempotent. A lazy
+  /// map not read to its end has the rest of its input read and queued first,
+  /// so that all its calls run, as in Python (an endless input: never returns).
   void close();
   /// Cancel queued work (its results fail with CancelledError) and wait for the
   /// running tasks to finish: a thread cannot be killed. Idempotent.
@@ -597,7 +652,7 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
 
   template <bool Ordered, class F, class R>
   auto stream(F&& f, R&& input, MapOptions options,
-              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt, bool per_call = false) {
     using Fn = std::decay_t<F>;
     using Elem = std::remove_cvref_t<std::ranges::range_reference_t<R>>;
     using Res = detail::thread_result_t<false, Fn, Elem>;
@@ -608,12 +663,14 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
     check_running();
     using Src = detail::ThreadStreamSource<Ordered, Fn, R>;
     auto bar = detail::make_progress(options.progress, options.desc, detail::known_size(input));
-    return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), threads_,
+    return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), feeds_, per_call, threads_,
                                std::make_shared<Fn>(std::forward<F>(f)), std::forward<R>(input), chunk, std::move(bar));
   }
 
   std::unique_ptr<detail::ThreadPoolCore> core_;
   int threads_ = 0;
+  // The lazy maps close() feeds to their end (shared with them: a map may outlive its pool).
+  std::shared_ptr<detail::LazyFeeds> feeds_ = std::make_shared<detail::LazyFeeds>();
 };
 
 }  // namespace mproc

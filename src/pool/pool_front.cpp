@@ -106,7 +106,10 @@ std::uint64_t Pool::run_job(std::shared_ptr<detail::JobSink> sink,
   return id;
 }
 
-void Pool::close() { core_->close(); }
+void Pool::close() {
+  feeds_->feed_all();  // lazy maps run every call, as in Python (issue 11, bug 4)
+  core_->close();
+}
 void Pool::terminate() { core_->terminate(); }
 void Pool::join() { core_->join(); }
 int Pool::processes() const { return processes_; }

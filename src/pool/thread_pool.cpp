@@ -370,7 +370,10 @@ ThreadPool::~ThreadPool() = default;  // ThreadPoolCore's destructor terminates 
 
 void ThreadPool::check_running() const { core_->check_accepting(); }
 
-void ThreadPool::close() { core_->close(); }
+void ThreadPool::close() {
+  feeds_->feed_all();  // lazy maps run every call, as in Python (issue 11, bug 4)
+  core_->close();
+}
 void ThreadPool::terminate() { core_->terminate(); }
 void ThreadPool::join() { core_->join(); }
 int ThreadPool::processes() const { return threads_; }
