@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <memory>
+#include <mproc/background_error.hpp>
+#include <mproc/executor.hpp>
 #include <mproc/sync.hpp>
 #include <mproc/thread_pool.hpp>
 #include <numeric>
@@ -310,3 +313,37 @@ TEST(ThreadPool, ManyConcurrentCallers) {
   EXPECT_EQ(total.load(), 4LL * 200 * 285);  // 200 rounds of 0..9 squared (285) per caller
 }
 
+// Errors with no caller to throw to (here: callbacks that throw) go through the
+// one reporting path: the handler the program set, stderr without one.
+TEST(BackgroundErrors, GoToTheHandlerTheProgramSet) {
+  struct Seen {
+    std::mutex mu;
+    std::vector<std::pair<std::string, std::string>> reports;
+    std::promise<void> two;
+  };
+  auto seen = std::make_shared<Seen>();
+  auto previous = mproc::set_background_error_handler([seen](const mproc::BackgroundError& e) {
+    std::lock_guard lock(seen->mu);
+    seen->reports.emplace_back(std::string(e.where), std::string(e.what));
+    if (seen->reports.size() == 2) seen->two.set_value();
+  });
+  EXPECT_FALSE(previous);  // the default
+  {
+    ThreadPool pool(PoolOptions{.processes = 1});
+    auto r = pool.apply_async(square, 3);
+    r.then([](int) { throw std::runtime_error("result callback boom"); });
+    EXPECT_EQ(r.get(), 9);
+    mproc::ThreadPoolExecutor ex(mproc::ExecutorOptions{.max_workers = 1});
+    auto f = ex.submit(square, 4);
+    f.add_done_callback([](const mproc::Future<int>&) { throw std::logic_error("done callback boom"); });
+    EXPECT_EQ(f.get(), 16);
+    ASSERT_EQ(seen->two.get_future().wait_for(30s), std::future_status::ready);
+  }
+  auto mine = mproc::set_background_error_handler(nullptr);  // back to stderr
+  EXPECT_TRUE(mine);
+  std::lock_guard lock(seen->mu);
+  std::set<std::pair<std::string, std::string>> got(seen->reports.begin(), seen->reports.end());
+  EXPECT_EQ(got, (std::set<std::pair<std::string, std::string>>{
+                     {"result callback", "result callback boom (thrown by the callback; ignored)"},
+                     {"done callback", "done callback boom (thrown by the callback; ignored)"}}));
+}

@@ -20,7 +20,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <cstdio>
 #include <deque>
 #include <exception>
 #include <memory>
@@ -32,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "mproc/background_error.hpp"
 #include "mproc/detail/futex.hpp"  // deadline_after
 #include "mproc/pool.hpp"
 #include "mproc/thread_pool.hpp"
@@ -290,7 +290,8 @@ class [[nodiscard]] Future {
   /// added: in the thread that completes it (the pool's result thread, a thread
   /// waiting in this future's get()/wait() that received its result itself, a
   /// ThreadPool thread, or the one calling cancel()), or here at once if it is
-  /// done already. A callback that throws is reported on stderr and ignored.
+  /// done already. A callback that throws is reported (mproc/background_error.hpp:
+  /// stderr by default) and ignored.
   template <class Fn>
   void add_done_callback(Fn&& fn) const {
     static_assert(std::is_invocable_v<std::decay_t<Fn>&, const Future&>,
@@ -301,10 +302,8 @@ class [[nodiscard]] Future {
       if (!c) return;
       try {
         (*f)(Future(std::move(c)));
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "mproc: a done callback threw %s; ignored\n", e.what());
       } catch (...) {
-        std::fprintf(stderr, "mproc: a done callback threw; ignored\n");
+        detail::report_current_exception("done callback", "(thrown by the callback; ignored)");
       }
     };
     if (!core_->add_done_callback(call)) call();
@@ -520,9 +519,8 @@ class BasicExecutor {
   void shutdown_quietly() noexcept {
     try {
       shutdown(true);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "mproc: executor shutdown: %s\n", e.what());
     } catch (...) {
+      report_current_exception("executor shutdown");
     }
   }
 

@@ -1,6 +1,7 @@
 // mproc/mproc.hpp — everything in one include.
 #pragma once
 
+#include "mproc/background_error.hpp"
 #include "mproc/error.hpp"
 #include "mproc/executor.hpp"
 #include "mproc/pipe.hpp"

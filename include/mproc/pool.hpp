@@ -34,6 +34,7 @@
 #include <variant>
 #include <vector>
 
+#include "mproc/background_error.hpp"
 #include "mproc/detail/futex.hpp"
 #include "mproc/detail/pool_core.hpp"
 #include "mproc/error.hpp"
@@ -176,10 +177,8 @@ struct ResultCore {
       } else {
         for (auto& f : cbs) f(*value);
       }
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "mproc: a result callback threw %s; ignored\n", e.what());
     } catch (...) {
-      std::fprintf(stderr, "mproc: a result callback threw; ignored\n");
+      report_current_exception("result callback", "(thrown by the callback; ignored)");
     }
   }
 
@@ -274,7 +273,8 @@ class [[nodiscard]] AsyncResult {
   /// result thread, on a thread waiting in this result's own get()/wait() (which
   /// may receive it itself: docs/pool.md, latency), or right here if it already
   /// is; never on a thread waiting for another result. A callback that throws is
-  /// reported on stderr and ignored; the pool carries on.
+  /// reported (mproc/background_error.hpp: stderr by default) and ignored; the
+  /// pool carries on.
   template <class C, class E = std::nullptr_t>
   AsyncResult& then(C&& callback, E&& error_callback = nullptr) {
     std::unique_lock lock(core_->mu);

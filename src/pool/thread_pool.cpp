@@ -166,7 +166,7 @@ struct ThreadPoolCore::Impl {
     try {
       threads[slot] = std::thread([this, slot, self = std::move(self)]() mutable { worker(slot, std::move(self)); });
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "mproc: ThreadPool could not replace a thread: %s\n", e.what());
+      report_background_error("ThreadPool", std::string("could not replace a thread: ") + e.what());
     }
   }
 
