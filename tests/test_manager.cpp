@@ -46,6 +46,17 @@ bool wait_pid_gone(pid_t pid, std::chrono::milliseconds timeout) {
   return rc == 1;
 }
 
+/// Polls `f` (a cheap server query) until it holds, for at most 30 s.
+template <class F>
+bool until(F f) {
+  auto end = std::chrono::steady_clock::now() + 30s;
+  while (!f()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
 int open_fd_count() {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
@@ -103,6 +114,26 @@ void hammer(mproc::DictProxy<int, int> d, int who, int n) {
 int pool_task(mproc::DictProxy<int, int> d, int x) {
   d.set(x, x * x);
   return x;
+}
+
+void consume_all(mproc::JoinableQueueProxy<int> q, int n) {
+  for (int i = 0; i < n; ++i) {
+    (void)q.get();
+    q.task_done();
+  }
+}
+
+void wait_for_go(mproc::ConditionProxy cond, mproc::NamespaceProxy ns) {
+  std::unique_lock g(cond);
+  cond.wait_for([&] { return ns.get<int>("go") == 1; });
+  ns.set("seen", 1);
+}
+
+void barrier_party(mproc::BarrierProxy b, mproc::ListProxy<int> out) { out.append(static_cast<int>(b.wait(30s))); }
+
+void barrier_wait_forever(mproc::BarrierProxy b, mproc::Connection<int> ready) {
+  ready.send(1);
+  b.wait();
 }
 
 }  // namespace
@@ -340,19 +371,18 @@ TEST(Manager, ADeadClientsSemaphoreUnitsComeBack) {
 
 TEST(Manager, ADeadServerIsAManagerErrorOnPendingAndNextCalls) {
   mproc::Manager m;
-  auto q = m.Queue<int>();
+  auto b = m.Barrier(2);
   auto d = m.dict<int, int>();
   pid_t server = m.pid();
   std::atomic<bool> threw{false};
   std::thread waiter([&] {
     try {
-      q.get();  // blocks forever unless the server's death ends it
+      b.wait();  // blocks forever unless the server's death ends it
     } catch (const mproc::ManagerError&) {
       threw = true;
     }
   });
-  // The waiter is parked on the server once the server reports a pending getter…
-  // we cannot see that from here, so kill and let either path (pending or next) fail.
+  ASSERT_TRUE(until([&] { return b.n_waiting() == 1; }));  // the wait is pending on the server
   ::kill(server, SIGKILL);
   waiter.join();
   EXPECT_TRUE(threw);
@@ -553,4 +583,101 @@ TEST(Manager, SixtyFourClientProcessesHammeringADictLoseNothing) {
   EXPECT_EQ(d.size(), static_cast<std::size_t>(kProcs * kEach + 1));
   EXPECT_EQ(d.at(-1), kProcs * kEach);
   EXPECT_EQ(d.at(63 * 1000 + 49), 49);
+}
+
+TEST(Manager, ArrayAndListReverse) {
+  mproc::Manager m;
+  auto a = m.Array<int>({3, 1, 2});
+  EXPECT_EQ(a.size(), 3u);
+  EXPECT_EQ(a[1], 1);
+  a.set(-1, 7);
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{3, 1, 7}));
+  a.sort();
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{1, 3, 7}));
+  EXPECT_THROW(a.set(3, 0), mproc::IndexError);
+  auto z = m.Array<double>(4);
+  EXPECT_EQ(z.snapshot(), std::vector<double>(4, 0.0));
+  auto l = m.list<int>({1, 2, 3});
+  l.reverse();
+  EXPECT_EQ(l.snapshot(), (std::vector<int>{3, 2, 1}));
+}
+
+TEST(Manager, JoinableQueueJoinsWhenEveryItemIsDone) {
+  mproc::Manager m;
+  auto q = m.JoinableQueue<int>();
+  EXPECT_TRUE(q.join(0s));
+  for (int i = 0; i < 3; ++i) q.put(i);
+  EXPECT_FALSE(q.join(10ms));
+  mproc::Process p(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, consume_all, q, 3);
+  p.start();
+  EXPECT_TRUE(q.join(30s));
+  p.join();
+  EXPECT_THROW(q.task_done(), mproc::UsageError);
+}
+
+TEST(Manager, ConditionAcrossProcesses) {
+  mproc::Manager m;
+  auto cond = m.Condition();
+  auto ns = m.Namespace();
+  ns.set("go", 0);
+  ns.set("seen", 0);
+  EXPECT_THROW(cond.wait(1ms), mproc::UsageError);  // without the lock
+  mproc::Process p(mproc::ProcessOptions{.start_method = mproc::StartMethod::forkserver}, wait_for_go, cond, ns);
+  p.start();
+  {
+    std::unique_lock g(cond);
+    EXPECT_FALSE(cond.wait(5ms));  // nobody notifies: times out, lock held again
+    ns.set("go", 1);
+    cond.notify_all();
+  }
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(ns.get<int>("seen"), 1);
+
+  auto lock = m.Lock();
+  auto c2 = m.Condition(lock);
+  std::atomic<bool> woke{false};
+  lock.acquire();
+  std::thread t([&] {
+    std::unique_lock g(c2);
+    c2.notify();
+    woke = true;
+  });
+  EXPECT_TRUE(c2.wait(30s));  // woken by the thread's notify
+  EXPECT_TRUE(lock.locked());
+  lock.release();
+  t.join();
+  EXPECT_TRUE(woke);
+}
+
+TEST(Manager, BarrierReleasesAllPartiesAndBreaks) {
+  mproc::Manager m;
+  auto b = m.Barrier(3);
+  auto out = m.list<int>();
+  EXPECT_EQ(b.parties(), 3u);
+  std::vector<mproc::Process> ps;
+  for (int i = 0; i < 2; ++i) ps.emplace_back(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, barrier_party, b, out);
+  for (auto& p : ps) p.start();
+  out.append(static_cast<int>(b.wait(30s)));
+  for (auto& p : ps) p.join();
+  auto got = out.snapshot();
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<int>{0, 1, 2}));
+
+  EXPECT_THROW(b.wait(5ms), mproc::BrokenBarrierError);  // a timeout breaks it
+  EXPECT_TRUE(b.broken());
+  EXPECT_THROW(b.wait(), mproc::BrokenBarrierError);
+  b.reset();
+  EXPECT_FALSE(b.broken());
+
+  // A waiting party whose process dies breaks the barrier for the others.
+  auto [rx, tx] = mproc::Pipe<int>(false);
+  mproc::Process w(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, barrier_wait_forever, b, tx);
+  w.start();
+  tx.close();
+  EXPECT_EQ(rx.recv(30s), 1);
+  ASSERT_TRUE(until([&] { return b.n_waiting() == 1; }));  // its wait is pending on the server
+  w.kill();
+  w.join();
+  EXPECT_THROW(b.wait(30s), mproc::BrokenBarrierError);
 }

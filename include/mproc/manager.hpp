@@ -355,16 +355,82 @@ class DictProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail:
   }
 };
 
-/// A list on the server (Python's ListProxy). Indexes may be negative (from the
-/// end), as in Python; out of range is IndexError. Each member is one atomic round trip.
+namespace detail::mgr {
+
+/// What ListProxy and ArrayProxy share: indexed reads and writes, snapshots.
+template <Kind K, class T>
+class SeqProxy : public ProxyBase<K, types_hash<T>()> {
+  using Base = ProxyBase<K, types_hash<T>()>;
+
+ public:
+  using value_type = T;
+  using Base::Base;
+
+  /// s[i]; IndexError when out of range (negative i counts from the end).
+  T operator[](std::int64_t i) const { return at(i); }
+  T at(std::int64_t i) const { return indexed(Op::l_get, i, "index"); }
+  void set(std::int64_t i, const T& v) const {
+    Writer w;
+    dump(w, i);
+    put(w, v);
+    auto r = this->call(Op::l_set, w);
+    if (r.status == Status::not_found) throw IndexError("mproc: manager assignment index out of range");
+    if (r.status != Status::ok) throw_status(r, "set");
+  }
+  /// A snapshot of every item (Python's s[:]).
+  std::vector<T> snapshot() const {
+    auto r = this->call_ok(Op::l_all, "snapshot");
+    Reader rd = r.reader();
+    std::size_t n = read_size(rd, 1);
+    std::vector<T> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) out.push_back(load_item(rd));
+    return out;
+  }
+  std::size_t size() const { return from_reply<std::uint64_t>(this->call_ok(Op::len, "len")); }
+  bool empty() const { return size() == 0; }
+  /// Sorts on the server with T's operator< (needs the same program as the server).
+  void sort(bool reverse = false) const {
+    Writer w;
+    encode_entry<&sort_entry<T>>(w);
+    dump(w, reverse);
+    this->call_ok(Op::apply, w, "sort");
+  }
+
+ protected:
+  static T load_item(Reader& rd) {
+    std::string b = load<std::string>(rd);
+    Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
+    return load<T>(ir);
+  }
+  T indexed(Op op, std::int64_t i, const char* what) const {
+    Writer w;
+    dump(w, i);
+    auto r = this->call(op, w);
+    if (r.status == Status::not_found) throw IndexError(std::string("mproc: manager list ") + what + " out of range");
+    if (r.status != Status::ok) throw_status(r, what);
+    return from_reply<T>(r);
+  }
+};
+
 template <class T>
-class ListProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::list, detail::mgr::types_hash<T>()> {
-  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::list, detail::mgr::types_hash<T>()>;
+void put_all(Writer& w, const std::vector<T>& vs) {
+  write_size(w, vs.size());
+  for (auto& v : vs) put(w, v);
+}
+
+}  // namespace detail::mgr
+
+/// A list on the server (Python's ListProxy). Indexes may be negative (from the
+/// end), as in Python; out of range is IndexError. Each member is one atomic round
+/// trip; ManagerError when the server is gone.
+template <class T>
+class ListProxy : public detail::mgr::SeqProxy<detail::mgr::Kind::list, T> {
+  using Base = detail::mgr::SeqProxy<detail::mgr::Kind::list, T>;
   using Op = detail::mgr::Op;
   using Status = detail::mgr::Status;
 
  public:
-  using value_type = T;
   using Base::Base;
 
   void append(const T& v) const {
@@ -374,40 +440,22 @@ class ListProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::list, detail:
   }
   void extend(const std::vector<T>& vs) const {
     Writer w;
-    detail::write_size(w, vs.size());
-    for (auto& v : vs) {
-      std::string b;
-      detail::mgr::to_string_bytes(v, b);
-      dump(w, b);
-    }
+    detail::mgr::put_all(w, vs);
     this->call_ok(Op::l_extend, w, "list extend");
   }
+  /// Python's l.insert(i, v) (i clamped to [0, len]).
   void insert(std::int64_t i, const T& v) const {
     Writer w;
     dump(w, i);
     detail::mgr::put(w, v);
     this->call_ok(Op::l_insert, w, "list insert");
   }
-  /// l[i]; IndexError when out of range.
-  T operator[](std::int64_t i) const { return at(i); }
-  T at(std::int64_t i) const { return indexed<T>(Op::l_get, i, "list index"); }
-  void set(std::int64_t i, const T& v) const {
-    Writer w;
-    dump(w, i);
-    detail::mgr::put(w, v);
-    auto r = this->call(Op::l_set, w);
-    if (r.status == Status::not_found) throw IndexError("mproc: manager list assignment index out of range");
-    if (r.status != Status::ok) detail::mgr::throw_status(r, "list set");
-  }
   /// Python's l.pop(i = -1).
-  T pop(std::int64_t i = -1) const { return indexed<T>(Op::l_pop, i, "list pop"); }
-  /// Position of the first item equal (same encoding) to v; ValueError-like KeyError if absent.
+  T pop(std::int64_t i = -1) const { return this->indexed(Op::l_pop, i, "pop"); }
+  /// Position of the first item equal (same encoding) to v; KeyError (Python's
+  /// ValueError) if absent.
   std::size_t index(const T& v) const {
-    Writer w;
-    detail::mgr::put(w, v);
-    auto r = this->call(Op::l_index, w);
-    if (r.status == Status::not_found) throw KeyError("mproc: manager list index(): value is not in the list");
-    if (r.status != Status::ok) detail::mgr::throw_status(r, "list index");
+    auto r = by_value(Op::l_index, v, "index");
     return detail::mgr::from_reply<std::uint64_t>(r);
   }
   std::size_t count(const T& v) const {
@@ -416,48 +464,31 @@ class ListProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::list, detail:
     return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::l_count, w, "list count"));
   }
   /// Removes the first item equal to v; KeyError if absent.
-  void remove(const T& v) const {
-    Writer w;
-    detail::mgr::put(w, v);
-    auto r = this->call(Op::l_remove, w);
-    if (r.status == Status::not_found) throw KeyError("mproc: manager list remove(): value is not in the list");
-    if (r.status != Status::ok) detail::mgr::throw_status(r, "list remove");
-  }
-  /// Sorts on the server with T's operator< (needs the same program as the server).
-  void sort(bool reverse = false) const {
-    Writer w;
-    detail::encode_entry<&detail::mgr::sort_entry<T>>(w);
-    dump(w, reverse);
-    this->call_ok(Op::apply, w, "list sort");
-  }
-  /// A snapshot of the whole list (Python's l[:]).
-  std::vector<T> snapshot() const {
-    auto r = this->call_ok(Op::l_all, "list snapshot");
-    Reader rd = r.reader();
-    std::size_t n = detail::read_size(rd, 1);
-    std::vector<T> out;
-    out.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      std::string b = load<std::string>(rd);
-      Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
-      out.push_back(load<T>(ir));
-    }
-    return out;
-  }
-  std::size_t size() const { return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::len, "list len")); }
-  bool empty() const { return size() == 0; }
+  void remove(const T& v) const { by_value(Op::l_remove, v, "remove"); }
+  void reverse() const { this->call_ok(Op::l_reverse, "list reverse"); }
   void clear() const { this->call_ok(Op::clear, "list clear"); }
 
  private:
-  template <class R>
-  R indexed(Op op, std::int64_t i, const char* what) const {
+  detail::mgr::Reply by_value(Op op, const T& v, const char* what) const {
     Writer w;
-    dump(w, i);
+    detail::mgr::put(w, v);
     auto r = this->call(op, w);
-    if (r.status == Status::not_found) throw IndexError(std::string("mproc: manager ") + what + " out of range");
+    if (r.status == Status::not_found) {
+      throw KeyError(std::string("mproc: manager list ") + what + "(): value is not in the list");
+    }
     if (r.status != Status::ok) detail::mgr::throw_status(r, what);
-    return detail::mgr::from_reply<R>(r);
+    return r;
   }
+};
+
+/// A fixed-size array on the server (Python's Manager().Array()): a[i], set(i, v),
+/// size(), snapshot(), sort().
+template <class T>
+class ArrayProxy : public detail::mgr::SeqProxy<detail::mgr::Kind::array, T> {
+  using Base = detail::mgr::SeqProxy<detail::mgr::Kind::array, T>;
+
+ public:
+  using Base::Base;
 };
 
 /// One value on the server (Python's Manager().Value): get/set, and apply() for
@@ -645,6 +676,110 @@ class QueueProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::queue, detai
   }
 };
 
+/// Python's Manager().JoinableQueue(): a Queue whose consumers call task_done()
+/// per item and whose producers can join() until every item was done.
+template <class T>
+class JoinableQueueProxy : public QueueProxy<T> {
+ public:
+  static constexpr detail::mgr::Kind kind = detail::mgr::Kind::joinable_queue;
+  using QueueProxy<T>::QueueProxy;
+  /// One item taken by get() is done. UsageError when called more often than items were put.
+  void task_done() const { this->call_ok(detail::mgr::Op::q_task_done, "JoinableQueue task_done"); }
+  /// Blocks until every item put was task_done(); ManagerError if the server goes away.
+  void join() const { join_ns(detail::mgr::forever); }
+  /// Waits at most `timeout`; returns whether every item was done.
+  template <class Rep, class Period>
+  bool join(std::chrono::duration<Rep, Period> timeout) const {
+    return join_ns(detail::mgr::timeout_ns(timeout, "JoinableQueue.join"));
+  }
+
+ private:
+  bool join_ns(std::int64_t timeout) const {
+    auto r = this->call(detail::mgr::Op::q_join, Writer{}, timeout);
+    if (r.status == detail::mgr::Status::timeout) return false;
+    if (r.status != detail::mgr::Status::ok) detail::mgr::throw_status(r, "JoinableQueue join");
+    return true;
+  }
+};
+
+/// A condition variable on the server (Python's Manager().Condition([lock])),
+/// over a manager Lock or RLock (its own RLock by default). wait() releases the
+/// lock, waits for notify(), and takes the lock back before returning.
+class ConditionProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::condition, 0> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::condition, 0>;
+
+ public:
+  ConditionProxy() = default;
+  ConditionProxy(detail::mgr::CorePtr cond, detail::mgr::CorePtr lock) noexcept
+      : Base(std::move(cond)), lock_(std::move(lock)) {}
+
+  bool acquire(bool block = true) const { return lk().acquire(block); }
+  template <class Rep, class Period>
+  bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) const {
+    return lk().acquire(block, timeout);
+  }
+  void release() const { lk().release(); }
+  // std Lockable, for std::unique_lock.
+  void lock() const { acquire(); }
+  void unlock() const { release(); }
+  /// Blocks until notified (lock held again on return). UsageError without the lock.
+  void wait() const { wait_ns(detail::mgr::forever); }
+  /// Returns false when `timeout` ran out first (lock held again in both cases).
+  template <class Rep, class Period>
+  bool wait(std::chrono::duration<Rep, Period> timeout) const {
+    return wait_ns(detail::mgr::timeout_ns(timeout, "Condition.wait"));
+  }
+  /// Python's wait_for(predicate): waits until pred() holds; returns it.
+  template <class Pred>
+  bool wait_for(Pred pred) const {
+    while (!pred()) wait();
+    return true;
+  }
+  template <class Pred, class Rep, class Period>
+  bool wait_for(Pred pred, std::chrono::duration<Rep, Period> timeout) const {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (!pred()) {
+      auto left = end - std::chrono::steady_clock::now();
+      if (left <= left.zero() || !wait(left)) return pred();
+    }
+    return true;
+  }
+  /// Wakes up to n waiters (UsageError without the lock).
+  void notify(std::uint64_t n = 1) const;
+  void notify_all() const { notify(~std::uint64_t{0}); }
+  const detail::mgr::CorePtr& lock_core() const noexcept { return lock_; }
+
+ private:
+  LockProxy lk() const { return LockProxy(lock_); }
+  bool wait_ns(std::int64_t timeout) const;
+  detail::mgr::CorePtr lock_;
+};
+
+/// A barrier on the server (Python's Manager().Barrier(parties)). A wait that
+/// times out, an abort(), a reset() while parties wait, or the death of a waiting
+/// party's process breaks it: BrokenBarrierError for every waiter.
+class BarrierProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::barrier, 0> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::barrier, 0>;
+
+ public:
+  using Base::Base;
+  /// Blocks until `parties` have called wait(); returns this party's arrival
+  /// index (0 … parties-1). BrokenBarrierError when broken.
+  std::uint32_t wait() const { return wait_ns(detail::mgr::forever); }
+  template <class Rep, class Period>
+  std::uint32_t wait(std::chrono::duration<Rep, Period> timeout) const {
+    return wait_ns(detail::mgr::timeout_ns(timeout, "Barrier.wait"));
+  }
+  void abort() const;
+  void reset() const;
+  std::uint32_t parties() const;
+  std::uint32_t n_waiting() const;
+  bool broken() const;
+
+ private:
+  std::uint32_t wait_ns(std::int64_t timeout) const;
+};
+
 template <class K, class V>
 struct codec<DictProxy<K, V>> : detail::mgr::proxy_codec<DictProxy<K, V>> {};
 template <class T>
@@ -663,6 +798,17 @@ template <>
 struct codec<SemaphoreProxy> : detail::mgr::proxy_codec<SemaphoreProxy> {};
 template <>
 struct codec<EventProxy> : detail::mgr::proxy_codec<EventProxy> {};
+template <class T>
+struct codec<ArrayProxy<T>> : detail::mgr::proxy_codec<ArrayProxy<T>> {};
+template <class T>
+struct codec<JoinableQueueProxy<T>> : detail::mgr::proxy_codec<JoinableQueueProxy<T>> {};
+template <>
+struct codec<BarrierProxy> : detail::mgr::proxy_codec<BarrierProxy> {};
+template <>
+struct codec<ConditionProxy> {
+  static void encode(Writer& w, const ConditionProxy& c);
+  static ConditionProxy decode(Reader& r);
+};
 
 /// Python's SyncManager. Constructing one starts its server process (under
 /// options.start_method); the destructor shuts it down (Python's `with Manager() as m:`).
@@ -705,13 +851,28 @@ class Manager {
   [[nodiscard]] ListProxy<T> list(const std::vector<T>& init = {}) const {
     check_types<T>();
     Writer w;
-    detail::write_size(w, init.size());
-    for (auto& v : init) {
-      std::string b;
-      detail::mgr::to_string_bytes(v, b);
-      dump(w, b);
-    }
+    detail::mgr::put_all(w, init);
     return ListProxy<T>(create(detail::mgr::Kind::list, ListProxy<T>::type, w.bytes()));
+  }
+  /// Python's Manager().Array(typecode, sequence): fixed size.
+  template <class T>
+  [[nodiscard]] ArrayProxy<T> Array(const std::vector<T>& init) const {
+    check_types<T>();
+    Writer w;
+    detail::mgr::put_all(w, init);
+    return ArrayProxy<T>(create(detail::mgr::Kind::array, ArrayProxy<T>::type, w.bytes()));
+  }
+  /// n items of T{}.
+  template <class T>
+  [[nodiscard]] ArrayProxy<T> Array(std::size_t n) const {
+    return Array<T>(std::vector<T>(n));
+  }
+  template <class T>
+  [[nodiscard]] JoinableQueueProxy<T> JoinableQueue(std::size_t maxsize = 0) const {
+    check_types<T>();
+    Writer w;
+    dump(w, static_cast<std::uint64_t>(maxsize));
+    return JoinableQueueProxy<T>(create(detail::mgr::Kind::joinable_queue, JoinableQueueProxy<T>::type, w.bytes()));
   }
   template <class T>
   [[nodiscard]] ValueProxy<T> Value(const T& init = T{}) const {
@@ -735,6 +896,10 @@ class Manager {
   [[nodiscard]] SemaphoreProxy Semaphore(std::uint32_t value = 1) const;
   [[nodiscard]] SemaphoreProxy BoundedSemaphore(std::uint32_t value = 1) const;
   [[nodiscard]] EventProxy Event() const;
+  /// A Condition over a new RLock, or over `lock` (a Lock or RLock of this manager).
+  [[nodiscard]] ConditionProxy Condition() const;
+  [[nodiscard]] ConditionProxy Condition(const LockProxy& lock) const;
+  [[nodiscard]] BarrierProxy Barrier(std::uint32_t parties) const;
 
   struct State;
 

@@ -559,6 +559,7 @@ void throw_status(const Reply& r, const char* call) {
       throw info.to_error();
     }
     case Status::error: throw ManagerError(where + text);
+    case Status::broken: throw BrokenBarrierError(where + "the barrier is broken");
   }
   throw ManagerError(where + "unknown reply status " + std::to_string(static_cast<int>(r.status)));
 }

@@ -204,6 +204,22 @@ SemaphoreProxy Manager::BoundedSemaphore(std::uint32_t value) const {
   return SemaphoreProxy(create(Kind::semaphore, 0, w.bytes()));
 }
 
+ConditionProxy Manager::Condition() const { return Condition(RLock()); }
+ConditionProxy Manager::Condition(const LockProxy& lock) const {
+  const CorePtr& l = lock.core_ptr();
+  if (!l || l->endpoint().address != st_->ep.address || l->token().server != session_server(*st_->session)) {
+    throw UsageError("mproc: Manager::Condition(lock): the lock must be a Lock or RLock of this manager");
+  }
+  Writer w;
+  dump(w, l->token().id);
+  return ConditionProxy(create(Kind::condition, 0, w.bytes()), l);
+}
+BarrierProxy Manager::Barrier(std::uint32_t parties) const {
+  Writer w;
+  dump(w, parties);
+  return BarrierProxy(create(Kind::barrier, 0, w.bytes()));
+}
+
 // ---- compiled proxy members -------------------------------------------------------
 
 bool NamespaceProxy::erase(const std::string& name) const {
@@ -261,5 +277,62 @@ bool EventProxy::wait_ns(std::int64_t timeout) const {
   if (r.status != Status::ok) throw_status(r, "Event wait");
   return from_reply<bool>(r);
 }
+
+void ConditionProxy::notify(std::uint64_t n) const {
+  Writer w;
+  dump(w, n);
+  call_ok(Op::cond_notify, w, "Condition notify");
+}
+bool ConditionProxy::wait_ns(std::int64_t timeout) const {
+  Reply r = call(Op::cond_wait, Writer{}, timeout);
+  if (r.status == Status::owner_died) {
+    throw OwnerDiedError("mproc: manager Condition.wait(): the lock's previous holder died holding it (the lock is "
+                         "held again now; the protected data may be half-updated)");
+  }
+  if (r.status != Status::ok) throw_status(r, "Condition wait");
+  return from_reply<bool>(r);
+}
+
+void codec<ConditionProxy>::encode(Writer& w, const ConditionProxy& c) {
+  encode_proxy(w, c.core_ptr());
+  if (!c.lock_core()) throw UsageError("mproc: cannot send a Condition proxy that refers to no object");
+  dump(w, static_cast<std::uint16_t>(c.lock_core()->token().kind));
+  encode_proxy(w, c.lock_core());
+}
+ConditionProxy codec<ConditionProxy>::decode(Reader& r) {
+  CorePtr cond = decode_proxy(r, Kind::condition, 0);
+  auto k = static_cast<Kind>(load<std::uint16_t>(r));
+  if (k != Kind::lock && k != Kind::rlock) throw SerializationError("mproc: a Condition proxy with a bad lock kind");
+  CorePtr lock = decode_proxy(r, k, 0);
+  return ConditionProxy(std::move(cond), std::move(lock));
+}
+
+std::uint32_t BarrierProxy::wait_ns(std::int64_t timeout) const {
+  Reply r = call(Op::bar_wait, Writer{}, timeout);
+  if (r.status == Status::broken) throw BrokenBarrierError("mproc: manager Barrier is broken");
+  if (r.status != Status::ok) throw_status(r, "Barrier wait");
+  return from_reply<std::uint32_t>(r);
+}
+void BarrierProxy::abort() const { call_ok(Op::bar_abort, "Barrier abort"); }
+void BarrierProxy::reset() const { call_ok(Op::bar_reset, "Barrier reset"); }
+namespace {
+struct BarrierState {
+  std::uint32_t parties = 0, waiting = 0;
+  bool broken = false;
+};
+BarrierState barrier_state(const Reply& r) {
+  Reader rd = r.reader();
+  BarrierState s;
+  s.parties = load<std::uint32_t>(rd);
+  s.waiting = load<std::uint32_t>(rd);
+  s.broken = load<bool>(rd);
+  return s;
+}
+}  // namespace
+std::uint32_t BarrierProxy::parties() const { return barrier_state(call_ok(Op::bar_state, "Barrier parties")).parties; }
+std::uint32_t BarrierProxy::n_waiting() const {
+  return barrier_state(call_ok(Op::bar_state, "Barrier n_waiting")).waiting;
+}
+bool BarrierProxy::broken() const { return barrier_state(call_ok(Op::bar_state, "Barrier broken")).broken; }
 
 }  // namespace mproc

@@ -67,10 +67,20 @@ struct EventObj : Obj {
   bool flag = false;
   std::vector<std::uint64_t> waiters;
 };
-struct QueueObj : Obj {
+struct QueueObj : Obj {  // Queue and JoinableQueue
   std::deque<std::string> items;
   std::uint64_t maxsize = 0;
-  std::deque<std::uint64_t> getters, putters;
+  std::uint64_t unfinished = 0;  // JoinableQueue: items put and not yet task_done()
+  std::deque<std::uint64_t> getters, putters, joiners;
+};
+struct CondObj : Obj {
+  std::uint64_t lock = 0;  // the Lock/RLock object it waits with
+  std::deque<std::uint64_t> waiters;
+};
+struct BarrierObj : Obj {
+  std::uint32_t parties = 0;
+  bool broken = false;
+  std::deque<std::uint64_t> waiters;  // arrived, in order
 };
 
 struct Conn {
@@ -91,6 +101,8 @@ struct Conn {
   std::uint64_t wait_tid = 0;
   std::int64_t deadline = -1;
   std::string wait_item;
+  std::uint32_t wait_depth = 0;  // Condition.wait: the lock depth to take back
+  bool notified = false;         // Condition.wait: woken by notify (not by its timeout)
 };
 
 struct Sess {
@@ -201,8 +213,14 @@ class Server {
         drop(c, "no authentication within 10 s");
       } else if (c.waiting && c.deadline >= 0 && now >= c.deadline) {
         Op op = c.wait_op;
+        if (op == Op::cond_wait) {
+          cond_timed_out(c);
+          continue;
+        }
         unpark(c);
         switch (op) {
+          case Op::bar_wait: reply(c, Status::broken); break;
+          case Op::q_join: reply(c, Status::timeout); break;
           case Op::lk_acquire: reply(c, Status::timeout); break;
           case Op::q_get: reply(c, Status::empty); break;
           case Op::q_put: reply(c, Status::full); break;
@@ -363,7 +381,15 @@ class Server {
   void maybe_erase(std::uint64_t id) {
     auto it = objs_.find(id);
     if (it == objs_.end() || it->second->refs > 0 || it->second->pinned) return;
+    std::uint64_t lock = it->second->kind == Kind::condition ? static_cast<CondObj&>(*it->second).lock : 0;
     objs_.erase(it);
+    if (lock) {
+      auto l = objs_.find(lock);
+      if (l != objs_.end()) {
+        l->second->refs--;
+        maybe_erase(lock);
+      }
+    }
   }
 
   void session_died(std::uint64_t sid) {
@@ -428,9 +454,17 @@ class Server {
       } else if (o.kind == Kind::event) {
         auto& w = static_cast<EventObj&>(o).waiters;
         std::erase(w, c.id);
-      } else if (o.kind == Kind::queue) {
+      } else if (o.kind == Kind::queue || o.kind == Kind::joinable_queue) {
         auto& q = static_cast<QueueObj&>(o);
-        erase_id(c.wait_op == Op::q_get ? q.getters : q.putters, c.id);
+        erase_id(c.wait_op == Op::q_get ? q.getters : c.wait_op == Op::q_put ? q.putters : q.joiners, c.id);
+      } else if (o.kind == Kind::condition) {
+        erase_id(static_cast<CondObj&>(o).waiters, c.id);
+      } else if (o.kind == Kind::barrier) {
+        auto& b = static_cast<BarrierObj&>(o);
+        erase_id(b.waiters, c.id);
+        // A party that leaves (timed out, its client died) breaks the barrier for
+        // the others, as threading.Barrier does on a timeout.
+        break_barrier(b);
       }
     }
     c.wait_item.clear();
@@ -486,7 +520,50 @@ class Server {
       if (!st) return;
       L.waiters.pop_front();
       w->waiting = false;
-      reply(*w, *st);
+      if (w->wait_op == Op::cond_wait) {
+        // A Condition.wait taking its lock back: all its levels, then its answer.
+        L.depth = w->wait_depth;
+        reply_bool(*w, *st, w->notified);
+      } else {
+        reply(*w, *st);
+      }
+    }
+  }
+
+  void reply_bool(Conn& c, Status st, bool v) {
+    Writer w;
+    dump(w, v);
+    reply(c, st, w.bytes());
+  }
+
+  // ---- conditions and barriers ---------------------------------------------------
+
+  /// Moves a Condition waiter on to take its lock back (notified, or timed out).
+  void cond_to_lock(Conn& c, bool notified) {
+    auto& cond = static_cast<CondObj&>(*objs_.at(c.wait_obj));
+    c.wait_obj = cond.lock;
+    c.deadline = -1;  // the lock is taken back however long it takes, as in Python
+    c.notified = notified;
+    auto& L = static_cast<LockObj&>(*objs_.at(cond.lock));
+    L.waiters.push_back(c.id);
+    wake_lock(L);
+  }
+  void cond_timed_out(Conn& c) {
+    auto it = objs_.find(c.wait_obj);
+    if (it == objs_.end() || it->second->kind != Kind::condition) return;
+    erase_id(static_cast<CondObj&>(*it->second).waiters, c.id);
+    cond_to_lock(c, false);
+  }
+
+  void break_barrier(BarrierObj& b) {
+    b.broken = true;
+    auto ws = std::move(b.waiters);
+    b.waiters.clear();
+    for (auto id : ws) {
+      if (Conn* w = live_waiter(id)) {
+        w->waiting = false;
+        reply(*w, Status::broken);
+      }
     }
   }
 
@@ -515,8 +592,8 @@ class Server {
         Obj& o = find(h.object);
         std::uint64_t n = 0;
         if (o.kind == Kind::dict) n = static_cast<DictObj&>(o).items.size();
-        else if (o.kind == Kind::list) n = static_cast<ListObj&>(o).items.size();
-        else if (o.kind == Kind::queue) n = static_cast<QueueObj&>(o).items.size();
+        else if (o.kind == Kind::list || o.kind == Kind::array) n = static_cast<ListObj&>(o).items.size();
+        else if (o.kind == Kind::queue || o.kind == Kind::joinable_queue) n = static_cast<QueueObj&>(o).items.size();
         else throw Refused{Status::error, "len() of an object that has no length"};
         return reply_value(c, n);
       }
@@ -543,6 +620,8 @@ class Server {
     if (op >= 80 && op < 88) return lock_op(c, h, r);
     if (op >= 88 && op < 96) return event_op(c, h);
     if (op >= 96 && op < 104) return queue_op(c, h, r);
+    if (op >= 104 && op < 112) return cond_op(c, h, r);
+    if (op >= 112 && op < 120) return barrier_op(c, h);
     throw Malformed("unknown operation " + std::to_string(op));
   }
 
@@ -552,7 +631,8 @@ class Server {
     std::unique_ptr<Obj> o;
     switch (kind) {
       case Kind::dict: o = std::make_unique<DictObj>(); break;
-      case Kind::list: {
+      case Kind::list:
+      case Kind::array: {
         auto l = std::make_unique<ListObj>();
         std::size_t n = read_size(r, 8);
         l->items.reserve(n);
@@ -577,10 +657,29 @@ class Server {
         break;
       }
       case Kind::event: o = std::make_unique<EventObj>(); break;
-      case Kind::queue: {
+      case Kind::queue:
+      case Kind::joinable_queue: {
         auto q = std::make_unique<QueueObj>();
         q->maxsize = load<std::uint64_t>(r);
         o = std::move(q);
+        break;
+      }
+      case Kind::condition: {
+        auto cond = std::make_unique<CondObj>();
+        cond->lock = load<std::uint64_t>(r);
+        auto it = objs_.find(cond->lock);
+        if (it == objs_.end() || (it->second->kind != Kind::lock && it->second->kind != Kind::rlock)) {
+          throw Refused{Status::error, "Condition: its lock must be a Lock or RLock of the same manager"};
+        }
+        it->second->refs++;  // the condition keeps its lock alive
+        o = std::move(cond);
+        break;
+      }
+      case Kind::barrier: {
+        auto b = std::make_unique<BarrierObj>();
+        b->parties = load<std::uint32_t>(r);
+        if (b->parties == 0) throw Refused{Status::usage, "mproc: manager Barrier needs at least one party"};
+        o = std::move(b);
         break;
       }
       default: throw Malformed("create: unknown object kind");
@@ -615,11 +714,11 @@ class Server {
     } else if (o.kind == Kind::value) {
       scratch = static_cast<ValueObj&>(o).v;
       target = &scratch;
-    } else if (o.kind != Kind::list) {
+    } else if (o.kind != Kind::list && o.kind != Kind::array) {
       throw Refused{Status::error, "apply() on an object that holds no value"};
     }
     std::vector<std::string> items;
-    if (o.kind == Kind::list) {
+    if (o.kind == Kind::list || o.kind == Kind::array) {
       items = static_cast<ListObj&>(o).items;
       ctx = &items;
     } else {
@@ -642,7 +741,7 @@ class Server {
       return reply(c, Status::remote, w.bytes());
     }
     // Only a call that returned changes the object: a throwing f leaves it as it was.
-    if (o.kind == Kind::list) {
+    if (o.kind == Kind::list || o.kind == Kind::array) {
       static_cast<ListObj&>(o).items = std::move(items);
       return reply(c, Status::ok);
     }
@@ -740,9 +839,15 @@ class Server {
   }
 
   void list_op(Conn& c, const RequestHeader& h, Reader& r) {
-    auto& l = find_as<ListObj>(h.object, {Kind::list});
+    auto& l = find_as<ListObj>(h.object, {Kind::list, Kind::array});
     auto& v = l.items;
+    if (l.kind == Kind::array && h.op != Op::l_get && h.op != Op::l_set && h.op != Op::l_all) {
+      throw Refused{Status::error, "an Array has a fixed size: this list operation does not apply"};
+    }
     switch (h.op) {
+      case Op::l_reverse:
+        std::reverse(v.begin(), v.end());
+        return reply(c, Status::ok);
       case Op::l_append:
         v.push_back(load<std::string>(r));
         return reply(c, Status::ok);
@@ -914,10 +1019,12 @@ class Server {
   }
 
   void queue_op(Conn& c, const RequestHeader& h, Reader& r) {
-    auto& q = find_as<QueueObj>(h.object, {Kind::queue});
+    auto& q = find_as<QueueObj>(h.object, {Kind::queue, Kind::joinable_queue});
+    bool joinable = q.kind == Kind::joinable_queue;
     switch (h.op) {
       case Op::q_put: {
         std::string item = load<std::string>(r);
+        if (joinable && (!q.getters.empty() || q.maxsize == 0 || q.items.size() < q.maxsize)) q.unfinished++;
         while (!q.getters.empty()) {
           Conn* g = live_waiter(q.getters.front());
           q.getters.pop_front();
@@ -947,6 +1054,7 @@ class Server {
             if (!p) continue;
             q.items.push_back(std::move(p->wait_item));
             p->wait_item.clear();
+            if (joinable) q.unfinished++;
             p->waiting = false;
             reply(*p, Status::ok);
             break;
@@ -959,7 +1067,106 @@ class Server {
         return;
       }
       case Op::q_size: return reply_value(c, static_cast<std::uint64_t>(q.items.size()));
+      case Op::q_task_done: {
+        if (!joinable) throw Refused{Status::error, "task_done() on a Queue that is not a JoinableQueue"};
+        if (q.unfinished == 0) {
+          return reply_text(c, Status::usage, "mproc: manager JoinableQueue.task_done() called more times than "
+                                               "there were items");
+        }
+        if (--q.unfinished == 0) {
+          auto js = std::move(q.joiners);
+          q.joiners.clear();
+          for (auto id : js) {
+            if (Conn* w = live_waiter(id)) {
+              w->waiting = false;
+              reply(*w, Status::ok);
+            }
+          }
+        }
+        return reply(c, Status::ok);
+      }
+      case Op::q_join:
+        if (!joinable) throw Refused{Status::error, "join() on a Queue that is not a JoinableQueue"};
+        if (q.unfinished == 0) return reply(c, Status::ok);
+        if (h.timeout == 0) return reply(c, Status::timeout);
+        park(c, h);
+        q.joiners.push_back(c.id);
+        return;
       default: throw Malformed("unknown Queue operation");
+    }
+  }
+
+  void cond_op(Conn& c, const RequestHeader& h, Reader& r) {
+    auto& cond = find_as<CondObj>(h.object, {Kind::condition});
+    auto& L = static_cast<LockObj&>(find(cond.lock));
+    switch (h.op) {
+      case Op::cond_wait: {
+        if (L.depth == 0 || L.owner_sid != c.sid || L.owner_tid != h.tid) {
+          return reply_text(c, Status::usage, "mproc: manager Condition.wait() without holding its lock");
+        }
+        c.wait_depth = L.depth;
+        L.depth = 0;
+        L.owner_sid = L.owner_tid = 0;
+        park(c, h);
+        cond.waiters.push_back(c.id);
+        wake_lock(L);
+        return;
+      }
+      case Op::cond_notify: {
+        if (L.depth == 0 || L.owner_sid != c.sid || L.owner_tid != h.tid) {
+          return reply_text(c, Status::usage, "mproc: manager Condition.notify() without holding its lock");
+        }
+        auto n = load<std::uint64_t>(r);
+        reply(c, Status::ok);
+        while (n > 0 && !cond.waiters.empty()) {
+          Conn* w = live_waiter(cond.waiters.front());
+          cond.waiters.pop_front();
+          if (!w) continue;
+          --n;
+          cond_to_lock(*w, true);
+        }
+        return;
+      }
+      default: throw Malformed("unknown Condition operation");
+    }
+  }
+
+  void barrier_op(Conn& c, const RequestHeader& h) {
+    auto& b = find_as<BarrierObj>(h.object, {Kind::barrier});
+    switch (h.op) {
+      case Op::bar_wait: {
+        if (b.broken) return reply(c, Status::broken);
+        if (b.waiters.size() + 1 == b.parties) {
+          auto ws = std::move(b.waiters);
+          b.waiters.clear();
+          std::uint32_t index = 0;
+          for (auto id : ws) {
+            Conn* w = live_waiter(id);
+            if (!w) continue;
+            w->waiting = false;
+            reply_value(*w, index++);
+          }
+          return reply_value(c, index);
+        }
+        park(c, h);
+        b.waiters.push_back(c.id);
+        return;
+      }
+      case Op::bar_abort:
+        break_barrier(b);
+        return reply(c, Status::ok);
+      case Op::bar_reset:
+        break_barrier(b);
+        b.broken = false;
+        return reply(c, Status::ok);
+      case Op::bar_state: {
+        Writer w;
+        dump(w, b.parties);
+        dump(w, static_cast<std::uint32_t>(b.waiters.size()));
+        dump(w, b.broken);
+        return reply(c, Status::ok, w.bytes());
+      }
+      default: throw Malformed("unknown Barrier operation");
     }
   }
 

@@ -76,6 +76,10 @@ enum class Kind : std::uint16_t {
   event,
   queue,
   semaphore,
+  array,
+  joinable_queue,
+  condition,
+  barrier,
 };
 
 /// Operation codes of requests. Values are part of the protocol: append only.
@@ -113,6 +117,7 @@ enum class Op : std::uint16_t {
   l_count,
   l_remove,
   l_all,
+  l_reverse,
   // value
   v_get = 64,
   v_set,
@@ -135,6 +140,16 @@ enum class Op : std::uint16_t {
   q_put = 96,
   q_get,
   q_size,
+  q_task_done,
+  q_join,
+  // condition
+  cond_wait = 104,
+  cond_notify,
+  // barrier
+  bar_wait = 112,
+  bar_abort,
+  bar_reset,
+  bar_state,
 };
 
 /// How a request ended (the first byte of a reply).
@@ -148,6 +163,7 @@ enum class Status : std::uint8_t {
   usage,         // the call is not allowed (message follows)
   remote,        // user code run on the server threw (ExceptionInfo follows)
   error,         // the server refused the request (message follows)
+  broken,        // a Barrier is broken (aborted, reset, timed out, or a party's client died)
 };
 
 /// Names one object of one server instance.
