@@ -681,3 +681,28 @@ TEST(Manager, BarrierReleasesAllPartiesAndBreaks) {
   w.join();
   EXPECT_THROW(b.wait(30s), mproc::BrokenBarrierError);
 }
+
+TEST(Manager, PublishAndLookupByName) {
+  mproc::Manager m;
+  auto q = m.Queue<int>();
+  m.publish("jobs", q);
+  auto c = mproc::Manager::connect(m.address(), m.authkey());
+  auto q2 = c.lookup<mproc::QueueProxy<int>>("jobs");
+  q2.put(5);
+  EXPECT_EQ(q.get(), 5);
+  EXPECT_THROW(c.lookup<mproc::QueueProxy<std::string>>("jobs"), mproc::ManagerError);  // another element type
+  EXPECT_THROW(c.lookup<mproc::ListProxy<int>>("jobs"), mproc::ManagerError);           // another kind
+  EXPECT_THROW(c.lookup<mproc::QueueProxy<int>>("nope"), mproc::ManagerError);
+  EXPECT_THROW(c.serve_forever(), mproc::UsageError);
+}
+
+TEST(Manager, ServeForeverReturnsWhenAClientStopsTheServer) {
+  mproc::Manager m;
+  std::thread t([addr = m.address(), key = m.authkey()] {
+    auto c = mproc::Manager::connect(addr, key);
+    c.shutdown_server();
+  });
+  m.serve_forever();
+  t.join();
+  EXPECT_FALSE(m.running());
+}

@@ -842,6 +842,32 @@ class Manager {
   /// The server process's pid (0 for a connected manager).
   pid_t pid() const;
 
+  /// Publishes `proxy`'s object under `name` (Python's register(name,
+  /// callable=lambda: obj)): any client, of any program built with the same
+  /// toolchain, gets it with lookup<P>(name). The object lives until shutdown.
+  template <class P>
+  void publish(const std::string& name, const P& proxy) const {
+    publish_core(name, proxy.core_ptr());
+  }
+  /// The object published as `name`, as a proxy of type P (Python's m.get_queue()).
+  /// Throws ManagerError if nothing is published under that name, or it was
+  /// published as another kind or element type.
+  template <class P>
+  [[nodiscard]] P lookup(const std::string& name) const {
+    if constexpr (std::is_same_v<P, ConditionProxy>) {
+      static_assert(!std::is_same_v<P, ConditionProxy>, "mproc: publish the Condition's lock and use it instead");
+    } else {
+      return P(lookup_core(name, P::kind, P::type));
+    }
+  }
+  /// Blocks until the server stops (a client's shutdown_server(), or a signal to
+  /// this process): Python's get_server().serve_forever(). UsageError on a
+  /// connected manager (it has no server to wait for).
+  void serve_forever();
+  /// Stops the server this manager is connected to, from any client that knows
+  /// the authkey (the server's owner then returns from serve_forever()).
+  void shutdown_server() const;
+
   template <class K, class V>
   [[nodiscard]] DictProxy<K, V> dict() const {
     check_types<K, V>();
@@ -910,6 +936,8 @@ class Manager {
     ((Serializable<T> ? void() : detail::diagnose<T>()), ...);
   }
   detail::mgr::CorePtr create(detail::mgr::Kind kind, std::uint64_t type, std::span<const std::byte> init) const;
+  void publish_core(const std::string& name, const detail::mgr::CorePtr& core) const;
+  detail::mgr::CorePtr lookup_core(const std::string& name, detail::mgr::Kind kind, std::uint64_t type) const;
   std::unique_ptr<State> st_;
 };
 

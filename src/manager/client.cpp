@@ -423,6 +423,7 @@ class Session {
       a.mac = hmac(ep_.authkey, "mproc-client", hello.challenge);
       a.session = sid_;
       a.pid = ::getpid();
+      a.program = program_id();
       Writer w;
       dump(w, a);
       send_frame(fd, FrameType::auth, w.bytes(), ep_.address);

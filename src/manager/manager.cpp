@@ -136,13 +136,7 @@ Manager::~Manager() {
 
 void Manager::shutdown() {
   if (!st_ || ::getpid() != st_->owner_pid) return;  // a fork child's copy owns nothing
-  if (st_->owner && st_->proc && st_->session) {
-    try {
-      session_call(*st_->session, server_token(session_server(*st_->session)), Op::shutdown, {}, forever);
-    } catch (const Error&) {
-      // already gone: nothing to stop
-    }
-  }
+  if (st_->owner && st_->proc && st_->session) shutdown_server();
   st_->session.reset();
   if (st_->proc) {
     if (!st_->proc->join(std::chrono::seconds(5))) {
@@ -185,6 +179,54 @@ CorePtr Manager::create(Kind kind, std::uint64_t type, std::span<const std::byte
   t.kind = kind;
   t.type = type;
   return std::make_shared<ProxyCore>(st_->session, st_->ep, t);
+}
+
+void Manager::publish_core(const std::string& name, const CorePtr& core) const {
+  if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down; start a new one");
+  if (!core) throw UsageError("mproc: Manager::publish(): the proxy refers to no object");
+  if (core->token().server != session_server(*st_->session)) {
+    throw UsageError("mproc: Manager::publish(): the proxy belongs to another manager");
+  }
+  Writer w;
+  dump(w, name);
+  Reply r = session_call(*st_->session, core->token(), Op::publish, w.bytes(), forever);
+  if (r.status != Status::ok) throw_status(r, "publish");
+}
+
+CorePtr Manager::lookup_core(const std::string& name, Kind kind, std::uint64_t type) const {
+  if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down or disconnected");
+  Writer w;
+  dump(w, name);
+  Token t = server_token(session_server(*st_->session));
+  Reply r = session_call(*st_->session, t, Op::lookup, w.bytes(), forever);
+  if (r.status != Status::ok) throw_status(r, "lookup");
+  Reader rd = r.reader();
+  t.id = load<std::uint64_t>(rd);
+  t.kind = static_cast<Kind>(load<std::uint16_t>(rd));
+  t.type = load<std::uint64_t>(rd);
+  auto core = std::make_shared<ProxyCore>(st_->session, st_->ep, t);  // gives the reference back if we throw
+  if (t.kind != kind || t.type != type) {
+    throw ManagerError("mproc: Manager::lookup(\"" + name +
+                       "\"): the object was published as another kind or element type than asked for");
+  }
+  return core;
+}
+
+void Manager::serve_forever() {
+  if (!st_ || !st_->owner || !st_->proc) {
+    throw UsageError("mproc: serve_forever() needs the manager that started the server");
+  }
+  st_->proc->join();
+  shutdown();
+}
+
+void Manager::shutdown_server() const {
+  if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down or disconnected");
+  try {
+    session_call(*st_->session, server_token(session_server(*st_->session)), Op::shutdown, {}, forever);
+  } catch (const ManagerError&) {
+    // already gone
+  }
 }
 
 NamespaceProxy Manager::Namespace() const { return NamespaceProxy(create(Kind::ns, 0, {})); }

@@ -6,6 +6,11 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <elf.h>
+#include <link.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "mproc/detail/type_name.hpp"
@@ -84,6 +89,50 @@ std::uint64_t build_id() noexcept {
     std::memcpy(&first, &one, 1);
     s += first ? ";le" : ";be";
     return fnv1a(s);
+  }();
+  return id;
+}
+
+std::uint64_t program_id() noexcept {
+  static const std::uint64_t id = [] {
+    std::string note;
+    // The first object dl_iterate_phdr reports is the main program.
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* out) -> int {
+          auto& n = *static_cast<std::string*>(out);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_NOTE) continue;
+            const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+            const char* end = p + ph.p_memsz;
+            while (p + sizeof(ElfW(Nhdr)) <= end) {
+              ElfW(Nhdr) nh;
+              std::memcpy(&nh, p, sizeof nh);
+              const char* name = p + sizeof nh;
+              const char* desc = name + ((nh.n_namesz + 3) & ~3u);
+              if (nh.n_type == NT_GNU_BUILD_ID && desc + nh.n_descsz <= end) {
+                n.assign(desc, nh.n_descsz);
+                return 1;
+              }
+              p = desc + ((nh.n_descsz + 3) & ~3u);
+            }
+          }
+          return 1;  // only the first object
+        },
+        &note);
+    if (note.empty()) {
+      char path[4096];
+      ssize_t k = ::readlink("/proc/self/exe", path, sizeof path - 1);
+      if (k > 0) note.assign(path, static_cast<std::size_t>(k));
+      struct stat st {};
+      if (::stat("/proc/self/exe", &st) == 0) {
+        note += ';';
+        note += std::to_string(st.st_size);
+        note += ';';
+        note += std::to_string(st.st_mtime);
+      }
+    }
+    return fnv1a(note) | 1;  // never 0, which means "unknown"
   }();
   return id;
 }

@@ -9,7 +9,8 @@
 // Handshake (mutual HMAC-SHA256 challenge-response, as CPython >= 3.12):
 //   server -> hello   {u64 build, u8[16] server id, u8[32] server challenge}
 //   client -> auth    {u64 build, u8[32] client challenge,
-//                      u8[32] HMAC(key, "mproc-client" | server challenge), u64 session, i32 pid}
+//                      u8[32] HMAC(key, "mproc-client" | server challenge), u64 session, i32 pid,
+//                      u64 program}
 //   server -> welcome {u8[32] HMAC(key, "mproc-server" | client challenge)}
 //          or refuse  {text}, then closes.
 // Then the client sends requests and the server replies, one at a time per connection:
@@ -81,11 +82,17 @@ struct Auth {
   Mac mac{};
   std::uint64_t session = 0;
   std::int32_t pid = 0;
+  std::uint64_t program = 0;  // program_id(): apply() runs only for clients of the server's program
   template <class A>
   void serialize(A& ar) {
-    ar(build, challenge, mac, session, pid);
+    ar(build, challenge, mac, session, pid, program);
   }
 };
+
+/// Identity of the running program: a hash of the main executable's GNU build-id
+/// note (its path and size when it has none). Code references (apply, sort) are
+/// (module, offset) pairs: meaningful only between processes of the same program.
+std::uint64_t program_id() noexcept;
 
 struct RequestHeader {
   Op op{};

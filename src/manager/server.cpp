@@ -92,6 +92,7 @@ struct Conn {
   Challenge challenge{};
   std::int64_t auth_deadline = 0;
   std::uint64_t sid = 0;
+  bool same_program = false;  // its client runs the server's program: code references resolve
   std::string in;
   std::string out;
   // the blocking request it waits on
@@ -327,6 +328,7 @@ class Server {
       }
       c.authed = true;
       c.sid = a.session;
+      c.same_program = a.program == program_id();
       sess_[c.sid].conns++;
       Mac m = hmac(key_, "mproc-server", a.challenge);
       send_frame(c, FrameType::welcome, std::as_bytes(std::span(m)));
@@ -585,6 +587,27 @@ class Server {
       case Op::pin:
         find(h.object).pinned = true;
         return reply(c, Status::ok);
+      case Op::publish: {
+        std::string name = load<std::string>(r);
+        find(h.object).pinned = true;
+        names_[std::move(name)] = h.object;
+        return reply(c, Status::ok);
+      }
+      case Op::lookup: {
+        std::string name = load<std::string>(r);
+        auto it = names_.find(name);
+        if (it == names_.end() || !objs_.count(it->second)) {
+          return reply_text(c, Status::error, "no object is published as '" + name + "'");
+        }
+        Obj& o = *objs_.at(it->second);
+        o.refs++;
+        sess_[c.sid].refs[it->second]++;
+        Writer w;
+        dump(w, it->second);
+        dump(w, static_cast<std::uint16_t>(o.kind));
+        dump(w, o.type);
+        return reply(c, Status::ok, w.bytes());
+      }
       case Op::decref:
         decref(c, h.object);
         return reply(c, Status::ok);
@@ -724,6 +747,10 @@ class Server {
     } else {
       actx = ApplyCtx{target, present};
       ctx = &actx;
+    }
+    if (!c.same_program) {
+      throw Refused{Status::error, "apply()/sort() run a function of the client's program on the server; this "
+                                   "client runs another program than the server (they may share types, not code)"};
     }
     Entry e = nullptr;
     try {
@@ -1177,6 +1204,7 @@ class Server {
   std::uint64_t next_obj_ = 0;
   std::unordered_map<std::uint64_t, std::unique_ptr<Obj>> objs_;
   std::unordered_map<std::uint64_t, Sess> sess_;
+  std::map<std::string, std::uint64_t> names_;  // published objects
 };
 
 }  // namespace
@@ -1264,6 +1292,7 @@ void fuzz_frames(std::span<const std::byte> bytes) noexcept {
     ServerId zero{};
     Server s("fuzz", zero, false);
     Conn& c = s.add_test_conn(1);
+    c.same_program = false;  // fuzzed code references must never be called
     c.in.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     s.on_bytes(c);
     s.close_conn(c);

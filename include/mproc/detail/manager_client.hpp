@@ -91,6 +91,8 @@ enum class Op : std::uint16_t {
   decref,    // one-way: a proxy state of this session went away
   shutdown,  // stop the server
   incref,    // a proxy was decoded in this session
+  publish,   // name -> object (pins it): Python's register(name, callable=...)
+  lookup,    // name -> token (takes a reference)
   // any container
   len = 16,
   clear,
