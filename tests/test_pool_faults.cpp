@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../src/os/internal.hpp"
+#include "mproc/detail/channel.hpp"
 #include "util.hpp"
 
 using namespace std::chrono_literals;
@@ -97,6 +98,13 @@ struct FlakyStarts {
   }
   ~FlakyStarts() { mproc::detail::sys() = saved; }
 };
+
+mproc::detail::ChannelEnd* g_channel = nullptr;
+// Receives with a claim step and dies inside it: holding the consumer lock.
+void die_holding_the_consumer_lock() {
+  g_channel->recv(std::nullopt, [](mproc::Reader&) { ::_exit(3); }, [](mproc::Reader&) {});
+  ::_exit(4);
+}
 
 void kill_workers(const Pool& pool) {
   for (pid_t p : pool.worker_pids()) ::kill(p, SIGKILL);
@@ -216,4 +224,27 @@ TEST(PoolFaultsStart, WorkQueuedBehindAFullChannelSurvivesAWhileWithoutWorkers) 
     pool.close();
     pool.join();
   }
+}
+
+TEST(PoolFaultsChannel, ADeadConsumersLockIsReleasedOnceItsDeathIsKnown) {
+  // Regression (issue 11, bug 11): a worker killed holding the task channel's
+  // consumer lock stalled every other consumer for the channel's 100 ms slice,
+  // though the supervisor knew of the death at once (under a kill storm: seconds
+  // without a result). ChannelEnd::release_dead_holders(), called by the
+  // supervisor after each reap, frees it: the next receiver takes the lock
+  // without waiting out a slice (slow_takeovers stays 0).
+  auto ch = mproc::detail::ChannelEnd::create_queue(mproc::detail::ChannelOptions{});
+  g_channel = &ch;
+  int v = 42;
+  ASSERT_TRUE(ch.send(std::span<const std::byte>(reinterpret_cast<const std::byte*>(&v), sizeof v), {}, std::nullopt));
+  mproc::Process p(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, die_holding_the_consumer_lock);
+  p.start();
+  p.join();  // reaped: the death is known
+  ASSERT_EQ(p.exitcode(), 3);
+  EXPECT_EQ(ch.release_dead_holders(), 1u);
+  EXPECT_EQ(ch.release_dead_holders(), 0u);  // nothing left to free
+  int got = 0;
+  ASSERT_TRUE(ch.recv(std::chrono::steady_clock::now() + 10s, [&](mproc::Reader& r) { r.read(&got, sizeof got); }));
+  EXPECT_EQ(got, 42);  // the message stayed whole in the ring
+  EXPECT_EQ(ch.stats().slow_takeovers, 0u);
 }

@@ -411,7 +411,8 @@ void ChannelEnd::set_spin(std::chrono::nanoseconds spin) const {
 
 ChannelStats ChannelEnd::stats() const {
   Channel& c = ch();
-  return {c.n_sent.load(), c.n_sent_oob.load(), c.n_received.load(), c.n_received_oob.load()};
+  return {c.n_sent.load(), c.n_sent_oob.load(), c.n_received.load(), c.n_received_oob.load(),
+          c.n_slow_takeovers.load()};
 }
 
 // ---- handle transport ------------------------------------------------------------

@@ -207,6 +207,7 @@ class Channel {
   std::atomic<bool> last_gone{false};
 
   std::atomic<std::uint64_t> n_sent{0}, n_sent_oob{0}, n_received{0}, n_received_oob{0};
+  std::atomic<std::uint64_t> n_slow_takeovers{0};
 
   // How long a waiting call on this end spins before it sleeps (set_spin).
   std::atomic<std::int64_t> spin_ns{kDefaultSpinNs};

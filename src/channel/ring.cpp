@@ -75,6 +75,7 @@ bool lock(Channel& c, SharedLock& l, deadline_t deadline) {
       // the ring consistent at each step (docs/queue.md), so taking over is safe.
       if (cur != 0 && c.owner_dead(cur >> 1) &&
           l.word.compare_exchange_strong(cur, mine | 1, memory_order_acquire, memory_order_relaxed)) {
+        bump(c.n_slow_takeovers, 1);
         return true;
       }
     }
@@ -703,6 +704,22 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
     bump(c.n_received, n);
     return n;
   }
+}
+
+std::size_t ChannelEnd::release_dead_holders() const {
+  Channel& c = ch();
+  std::size_t freed = 0;
+  for (std::uint32_t i = 0; i < c.h->nrings; ++i) {
+    RingState& r = c.ring(static_cast<int>(i));
+    for (SharedLock* l : {&r.plock, &r.clock}) {
+      std::uint32_t cur = l->word.load(memory_order_relaxed);
+      if (cur != 0 && c.owner_dead(cur >> 1) && l->word.compare_exchange_strong(cur, 0, memory_order_release)) {
+        futex_wake(&l->word, INT_MAX);  // sleepers retake it now (it was contended or not: wake all)
+        ++freed;
+      }
+    }
+  }
+  return freed;
 }
 
 bool ChannelEnd::poll(deadline_t deadline) const {

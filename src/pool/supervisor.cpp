@@ -130,6 +130,14 @@ void PoolCore::Impl::supervisor_loop() {
         workers[id].reset();
       }
       w->proc.join();
+      // Reaped: free any channel lock it died holding now, instead of after the
+      // channel's 100 ms slice (a stall of every other worker, or of this notice).
+      try {
+        tasks.release_dead_holders();
+        results.release_dead_holders();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "mproc: pool supervisor: %s\n", e.what());
+      }
       int code = w->proc.exitcode().value_or(255);
       std::string what = "worker " + w->proc.name() + " (pid " + std::to_string(w->proc.pid()) + ") " +
                          (w->timed_out ? "was killed: the task ran past the pool's timeout" : describe_exit(code) +

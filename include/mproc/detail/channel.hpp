@@ -61,6 +61,9 @@ enum class ChannelKind : std::uint8_t {
 /// Counters of this process's traffic on one ChannelEnd (for tests and benchmarks).
 struct ChannelStats {
   std::uint64_t sent = 0, sent_oob = 0, received = 0, received_oob = 0;
+  /// Ring locks this process took over from a dead holder after waiting out a
+  /// 100 ms slice (release_dead_holders() spares that wait).
+  std::uint64_t slow_takeovers = 0;
 };
 
 class Channel;  // process-local state; src/channel/channel.cpp
@@ -170,6 +173,14 @@ class ChannelEnd {
   /// (several µs) into a cache-line hand-off, but only pays where the spinner has
   /// a core of its own; the pool sets it from the machine's core count.
   void set_spin(std::chrono::nanoseconds spin) const;
+
+  /// Frees every ring lock of this channel held by a process that is dead, and
+  /// wakes its waiters: for a caller that knows of a death at once (the pool's
+  /// supervisor, after reaping a worker), so the next holder does not wait out
+  /// the 100 ms slice after which waiters check the holder themselves. Safe at
+  /// any time (every critical section keeps the ring consistent at each step, as
+  /// for that takeover). Returns how many locks it freed.
+  std::size_t release_dead_holders() const;
 
   /// Identity of the shared channel (equal for every handle of it, in any process).
   std::uint64_t id() const;
