@@ -2,6 +2,8 @@
 // the task channel, which may be full, and never exits on an error it can retry.
 #include "engine.hpp"
 
+#include "mproc/background_error.hpp"
+
 #include <cstring>
 
 namespace mproc::detail {
@@ -50,6 +52,7 @@ void PoolCore::Impl::feeder_loop() {
         feed_cv.wait_for(lock, std::chrono::milliseconds(5), [&] { return stopping; });
         continue;
       } catch (const std::exception& e) {
+        report_background_error("pool feeder", std::string(e.what()) + " (that chunk's tasks fail)");
         if (p.chunk) fail_range(*p.chunk, p.from, p.to, e.what());
         break;
       }

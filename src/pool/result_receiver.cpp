@@ -4,6 +4,8 @@
 // without locks (user callbacks run there).
 #include "engine.hpp"
 
+#include "mproc/background_error.hpp"
+
 #include <cstdio>
 #include <cstring>
 
@@ -43,7 +45,7 @@ void PoolCore::Impl::collector_loop() {
       // Nothing the result channel throws here is final while the pool runs
       // (out of memory for a batch, a transient fd shortage): report it, and
       // try again a little later, after settling what was received.
-      std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+      report_background_error("pool collector", e.what());
       pause = true;
     }
     if (settled.size() < n) settled.resize(n);
@@ -108,7 +110,7 @@ void PoolCore::Impl::settle_message(std::span<const std::byte> m, Settled& s) {
     }
   } catch (const std::exception& e) {
     s.sink = nullptr;
-    std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+    report_background_error("pool collector", e.what());
   }
 }
 
@@ -147,7 +149,7 @@ void PoolCore::Impl::deliver(Settled& s) {
     sink->on_failure(h.index, h.kind == ResultKind::timeout ? Failure::timeout : Failure::worker_lost, s.info,
                      h.exitcode, t);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "mproc: pool collector: %s\n", e.what());
+    report_background_error("pool collector", e.what());
   }
 }
 

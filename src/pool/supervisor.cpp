@@ -4,6 +4,8 @@
 // per-task timeout, and replaces them.
 #include "engine.hpp"
 
+#include "mproc/background_error.hpp"
+
 #include <poll.h>
 #include <sys/eventfd.h>
 
@@ -136,7 +138,7 @@ void PoolCore::Impl::supervisor_loop() {
         tasks.release_dead_holders();
         results.release_dead_holders();
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "mproc: pool supervisor: %s\n", e.what());
+        report_background_error("pool supervisor", e.what());
       }
       int code = w->proc.exitcode().value_or(255);
       std::string what = "worker " + w->proc.name() + " (pid " + std::to_string(w->proc.pid()) + ") " +
@@ -145,7 +147,7 @@ void PoolCore::Impl::supervisor_loop() {
       try {
         post_lost(static_cast<std::uint32_t>(id), w->timed_out ? ResultKind::timeout : ResultKind::lost, code, what);
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "mproc: pool supervisor: %s\n", e.what());
+        report_background_error("pool supervisor", e.what());
       }
       w->proc.close();
     }
@@ -189,14 +191,17 @@ void PoolCore::Impl::refill() {
     }
     try {
       spawn_workers(ids);
-      if (start_failures >= kStartAttempts) std::fprintf(stderr, "mproc: pool workers start again\n");
+      if (start_failures >= kStartAttempts) report_background_error("pool supervisor", "workers start again");
       start_failures = 0;
     } catch (const std::exception& e) {
       ++start_failures;
       std::int64_t backoff = std::int64_t{10'000'000} << std::min(start_failures - 1, 6);
       next_start_ns = now_ns() + std::min<std::int64_t>(backoff, 500'000'000);
       bool none = std::none_of(workers.begin(), workers.end(), [](const auto& w) { return w.has_value(); });
-      if (start_failures == 1) std::fprintf(stderr, "mproc: pool could not start a worker: %s\n", e.what());
+      if (start_failures == 1) {
+          report_background_error("pool supervisor", std::string("could not start a worker: ") + e.what() +
+                                                         " (retrying, backing off)");
+        }
       if (none && start_failures >= kStartAttempts) {
         why = "mproc: the pool could not start a worker process " + std::to_string(start_failures) +
               " times in a row and has none (last error: " + e.what() +
