@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <csignal>
 #include <mproc/pool.hpp>
+#include <mproc/shared_memory.hpp>
 #include <mproc/sync.hpp>
 #include <numeric>
 #include <ranges>
@@ -104,6 +105,23 @@ mproc::detail::ChannelEnd* g_channel = nullptr;
 void die_holding_the_consumer_lock() {
   g_channel->recv(std::nullopt, [](mproc::Reader&) { ::_exit(3); }, [](mproc::Reader&) {});
   ::_exit(4);
+}
+
+void wait_for(mproc::Event e) { e.wait(); }
+
+// The scenario's parent: a fork-method pool, and a non-daemon fork child that
+// lives on (until `release`); publishes the pool's worker pids, then waits to
+// be killed.
+void pool_then_child(mproc::SharedArray<pid_t> pids, mproc::Event ready, mproc::Event release) {
+  Pool pool(PoolOptions{.processes = 2, .start_method = mproc::StartMethod::fork});
+  if (pool.apply(square, 3) != 9) std::_Exit(2);
+  mproc::Process child(mproc::ProcessOptions{.daemon = false, .start_method = mproc::StartMethod::fork}, wait_for,
+                       release);
+  child.start();
+  auto w = pool.worker_pids();
+  for (std::size_t i = 0; i < w.size() && i < pids.size(); ++i) pids[i] = w[i];
+  ready.set();
+  for (;;) ::pause();
 }
 
 void kill_workers(const Pool& pool) {
@@ -247,4 +265,26 @@ TEST(PoolFaultsChannel, ADeadConsumersLockIsReleasedOnceItsDeathIsKnown) {
   ASSERT_TRUE(ch.recv(std::chrono::steady_clock::now() + 10s, [&](mproc::Reader& r) { r.read(&got, sizeof got); }));
   EXPECT_EQ(got, 42);  // the message stayed whole in the ring
   EXPECT_EQ(ch.stats().slow_takeovers, 0u);
+}
+
+TEST(PoolFaultsFork, AForkPoolDiesWithItsKilledParentDespiteALiveForkChild) {
+  // Regression (issue 11, bug 10): a non-daemon fork child of the pool's process
+  // inherited the pool zygote's socket, so the zygote (and the pool's workers,
+  // tied to it) outlived their SIGKILLed parent as long as that child lived.
+  mproc_test::OrphanReaper reaper;  // the scenario's orphans come back to us
+  mproc::SharedArray<pid_t> pids(2);
+  mproc::Event ready, release;
+  mproc::Process parent(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, pool_then_child, pids,
+                        ready, release);
+  parent.start();
+  ASSERT_TRUE(ready.wait_for(30s));
+  ::kill(parent.pid(), SIGKILL);
+  parent.join();
+  for (pid_t w : {pids[0], pids[1]}) {
+    ASSERT_GT(w, 0);
+    // With nothing holding the zygote's socket the workers are gone in ~1 ms.
+    EXPECT_TRUE(mproc_test::wait_pid_gone(w, 3000ms)) << "worker " << w << " outlived its killed parent";
+  }
+  release.set();  // the fork child ends; the reaper reaps it
+  EXPECT_TRUE(reaper.reap(20s));
 }

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -63,6 +64,28 @@ struct ForkServerClient {
 namespace {
 
 using Client = ForkServerClient;
+
+// Pool zygotes' client sockets, so that a fork child drops its inherited copies
+// (forkserver_forget_after_fork): a zygote exits when its pool's process is gone,
+// which it learns from EOF on this socket, and a copy held by another process
+// (a non-daemon fork child that outlives a SIGKILLed parent) would keep the
+// zygote and the pool's workers alive with it. Lock-free: the atfork handler
+// may run where another thread held any lock. fd + 1; 0: an empty entry.
+constexpr std::size_t kMaxZygotes = 256;
+std::atomic<int> g_zygote_socks[kMaxZygotes];
+
+void register_zygote_sock(int fd) noexcept {
+  for (auto& e : g_zygote_socks) {
+    int empty = 0;
+    if (e.compare_exchange_strong(empty, fd + 1)) return;
+  }
+}
+void unregister_zygote_sock(int fd) noexcept {
+  for (auto& e : g_zygote_socks) {
+    int mine = fd + 1;
+    if (e.compare_exchange_strong(mine, 0)) return;
+  }
+}
 
 Client& client() {
   static Client* c = new Client;
@@ -117,6 +140,7 @@ ssize_t recv_with_fds(int sock, void* data, std::size_t n, std::vector<int>& fds
 }
 
 void stop_server_locked(Client& c) {
+  if (c.zygote && c.sock >= 0) unregister_zygote_sock(c.sock);
   close_fd(c.sock);
   c.sock = -1;
   if (c.server > 0) {
@@ -146,6 +170,20 @@ void ensure_server_locked(Client& c) {
 }  // namespace
 
 void forkserver_forget_after_fork() noexcept {
+  // Zygote sockets inherited from the parent: replaced by a dead unconnected
+  // socket (dup3), so the zygote sees EOF once the parent is gone, and a stale
+  // copy of the pool here can never close someone else's fd under that number.
+  for (auto& e : g_zygote_socks) {
+    int v = e.exchange(0);
+    if (v == 0) continue;
+    int dead = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (dead >= 0) {
+      ::dup3(dead, v - 1, O_CLOEXEC);
+      close_fd(dead);
+    } else {
+      close_fd(v - 1);
+    }
+  }
   Client& c = client();
   new (&c.mu) std::mutex;
   close_fd(c.sock);  // that server belongs to the parent; a child starts its own
@@ -286,6 +324,7 @@ std::shared_ptr<ForkServerClient> make_zygote() {
   c->sock = sv[0];
   c->server = pid;
   c->zygote = true;
+  register_zygote_sock(c->sock);
   return c;
 }
 
