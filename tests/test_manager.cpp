@@ -706,3 +706,68 @@ TEST(Manager, ServeForeverReturnsWhenAClientStopsTheServer) {
   t.join();
   EXPECT_FALSE(m.running());
 }
+
+namespace user_types {
+
+struct Child {
+  std::string name;
+  explicit Child(std::string n) : name(std::move(n)) {}
+  std::string hello() const { return "I am " + name; }
+};
+
+struct Counter {
+  long long n = 0;
+  std::vector<std::string> log;
+  explicit Counter(long long start) : n(start) {}
+  long long add(long long k) {
+    n += k;
+    return n;
+  }
+  long long get() const { return n; }
+  void note(const std::string& s) { log.push_back(s); }
+  std::vector<std::string> notes() const { return log; }
+  long long fail() { throw std::invalid_argument("no such thing"); }
+  std::unique_ptr<Child> spawn_child(std::string name) { return std::make_unique<Child>(std::move(name)); }
+  long long secret() const { return 42; }  // not exposed
+};
+
+}  // namespace user_types
+
+template <>
+constexpr auto mproc::exposed<user_types::Counter> =
+    mproc::register_type<user_types::Counter>("Counter", &user_types::Counter::add, &user_types::Counter::get,
+                                              &user_types::Counter::note, &user_types::Counter::notes,
+                                              &user_types::Counter::fail, &user_types::Counter::spawn_child);
+template <>
+constexpr auto mproc::exposed<user_types::Child> =
+    mproc::register_type<user_types::Child>("Child", &user_types::Child::hello);
+
+namespace user_types {
+void add_many(mproc::ObjectProxy<Counter> c, int n) {
+  for (int i = 0; i < n; ++i) c.call<&Counter::add>(1);
+}
+}  // namespace user_types
+
+TEST(Manager, RegisteredUserTypes) {
+  using user_types::Counter;
+  mproc::Manager m;
+  auto c = m.create<Counter>(10);
+  EXPECT_EQ(c.call<&Counter::add>(5), 15);
+  EXPECT_EQ(c.call<&Counter::get>(), 15);
+  c.call<&Counter::note>("first");
+  EXPECT_EQ(c.call<&Counter::notes>(), std::vector<std::string>{"first"});
+  EXPECT_THROW(c.call<&Counter::fail>(), mproc::RemoteError);
+  // A method returning std::unique_ptr<U> leaves the U on the server: a proxy comes back.
+  auto child = c.call<&Counter::spawn_child>("kid");
+  EXPECT_EQ(child.call<&user_types::Child::hello>(), "I am kid");
+  // c.call<&Counter::secret>() does not compile: not exposed (tests/compile_fail would show it).
+
+  std::vector<mproc::Process> ps;
+  for (int i = 0; i < 3; ++i) ps.emplace_back(mproc::ProcessOptions{.start_method = mproc::StartMethod::spawn}, user_types::add_many, c, 100);
+  for (auto& p : ps) p.start();
+  for (auto& p : ps) {
+    p.join();
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  EXPECT_EQ(c.call<&Counter::get>(), 315);
+}

@@ -780,6 +780,197 @@ class BarrierProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::barrier, 0
   std::uint32_t wait_ns(std::int64_t timeout) const;
 };
 
+// ---- user types (Python's BaseManager.register) ---------------------------------
+
+/// The methods of T that manager proxies may call, and the type's name (Python's
+/// register(typeid, callable, exposed=...)). Made by register_type; declare it
+/// once per type, at namespace scope, with
+///   template <> constexpr auto mproc::exposed<Counter> =
+///       mproc::register_type<Counter>("Counter", &Counter::add, &Counter::get);
+template <class T, class... M>
+struct Registration {
+  const char* name;
+  std::tuple<M...> methods;
+};
+template <class T, class... M>
+consteval Registration<T, M...> register_type(const char* name, M... methods) {
+  static_assert((std::is_member_function_pointer_v<M> && ...),
+                "mproc::register_type<T>(name, &T::method...): list member functions of T");
+  return Registration<T, M...>{name, std::tuple<M...>(methods...)};
+}
+/// Not exposed unless specialized (see register_type).
+template <class T>
+constexpr int exposed = 0;
+
+template <class T>
+class ObjectProxy;
+
+namespace detail::mgr {
+
+template <class T>
+consteval bool is_registered() {
+  return !std::is_same_v<std::remove_cv_t<decltype(exposed<T>)>, int>;
+}
+template <class T, auto M>
+consteval bool is_exposed() {
+  if constexpr (!is_registered<T>()) {
+    return false;
+  } else {
+    return std::apply(
+        [](auto... ms) {
+          auto same = [](auto a) {
+            if constexpr (std::is_same_v<decltype(a), decltype(M)>) return a == M;
+            else return false;
+          };
+          return (same(ms) || ...);
+        },
+        exposed<T>.methods);
+  }
+}
+
+template <class M>
+struct method_traits;
+#define MPROC_MGR_METHOD(QUAL)                     \
+  template <class C, class R, class... P>          \
+  struct method_traits<R (C::*)(P...) QUAL> {      \
+    using object = C;                              \
+    using result = R;                              \
+    using params = std::tuple<std::decay_t<P>...>; \
+  };                                               \
+  template <class C, class R, class... P>          \
+  struct method_traits<R (C::*)(P...) QUAL noexcept> : method_traits<R (C::*)(P...) QUAL> {};
+MPROC_MGR_METHOD()
+MPROC_MGR_METHOD(const)
+#undef MPROC_MGR_METHOD
+
+template <class R>
+struct owned_object {
+  static constexpr bool value = false;
+};
+template <class U>
+struct owned_object<std::unique_ptr<U>> {
+  static constexpr bool value = true;
+  using type = U;
+};
+
+/// What the server hands a user-type trampoline.
+struct UserCtx {
+  void* obj = nullptr;                    // create: out; call: the object
+  void (*destroy)(void*) noexcept = nullptr;  // create, or a call returning unique_ptr<U>: out
+  std::uint64_t type = 0;                 // a call returning unique_ptr<U>: U's type hash (out)
+  void* made = nullptr;                   // a call returning unique_ptr<U>: the new object (out)
+  std::string* result = nullptr;          // call: the encoded return value (out)
+};
+
+template <class T>
+void destroy_object(void* p) noexcept {
+  delete static_cast<T*>(p);
+}
+
+/// Runs on the server for m.create<T>(args...): a T built from the arguments.
+template <class T, class Stored>
+std::uint64_t make_entry(Reader* in, void* ctx) {
+  constexpr std::uint64_t id = fnv1a(pretty_name<std::tuple<T, Stored, std::true_type>>());
+  if (!in) return id;
+  Stored args = load<Stored>(*in);
+  auto& c = *static_cast<UserCtx*>(ctx);
+  c.obj = std::apply([](auto&... a) { return new T(std::move(a)...); }, args);
+  c.destroy = &destroy_object<T>;
+  return id;
+}
+
+/// Runs on the server for proxy.call<M>(args...): (obj->*M)(args...), the result encoded.
+template <auto M>
+std::uint64_t call_entry(Reader* in, void* ctx) {
+  using Tr = method_traits<decltype(M)>;
+  constexpr std::uint64_t id = fnv1a(pretty_name<std::tuple<typename Tr::object, decltype(M), typename Tr::params>>());
+  if (!in) return id;
+  auto args = load<typename Tr::params>(*in);
+  auto& c = *static_cast<UserCtx*>(ctx);
+  auto* obj = static_cast<typename Tr::object*>(c.obj);
+  using R = typename Tr::result;
+  if constexpr (std::is_void_v<R>) {
+    std::apply([&](auto&... a) { (obj->*M)(std::move(a)...); }, args);
+  } else if constexpr (owned_object<R>::value) {
+    using U = typename owned_object<R>::type;
+    R made = std::apply([&](auto&... a) { return (obj->*M)(std::move(a)...); }, args);
+    if (!made) throw UsageError("mproc: a manager method returned an empty unique_ptr");
+    c.made = made.release();
+    c.destroy = &destroy_object<U>;
+    c.type = type_hash<U>();
+  } else {
+    R r = std::apply([&](auto&... a) -> R { return (obj->*M)(std::move(a)...); }, args);
+    to_string_bytes(r, *c.result);
+  }
+  return id;
+}
+
+}  // namespace detail::mgr
+
+/// A proxy to an object of a registered user type T living on the server
+/// (Python's AutoProxy / BaseProxy subclasses). call<&T::method>(args...) runs
+/// the method there, atomically with every other request; the method must be
+/// among those register_type listed, and the arguments must convert to its
+/// parameters (both checked at compile time). A method that returns
+/// std::unique_ptr<U> (U registered too) leaves the new U on the server and
+/// returns an ObjectProxy<U> (Python's method_to_typeid). Needs the server's
+/// program (the methods are its code); an exception from a method comes back as
+/// RemoteError.
+template <class T>
+class ObjectProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::user, detail::type_hash<T>()> {
+  using Base = detail::mgr::ProxyBase<detail::mgr::Kind::user, detail::type_hash<T>()>;
+
+ public:
+  using object_type = T;
+  using Base::Base;
+
+  template <auto M, class... Args>
+  auto call(Args&&... args) const {
+    // One clear message per mistake: each check stops the instantiation (if-constexpr chain).
+    if constexpr (!detail::mgr::is_registered<T>()) {
+      static_assert(detail::mgr::is_registered<T>(),
+                    "mproc: this type is not registered for manager proxies: declare `template <> constexpr auto "
+                    "mproc::exposed<T> = mproc::register_type<T>(\"T\", &T::method, ...);`");
+    } else if constexpr (!std::is_member_function_pointer_v<decltype(M)>) {
+      static_assert(std::is_member_function_pointer_v<decltype(M)>, "mproc: call<&T::method>: name a member function");
+    } else if constexpr (!std::is_same_v<typename detail::mgr::method_traits<decltype(M)>::object, T>) {
+      static_assert(detail::dependent_false<decltype(M)>,
+                    "mproc: call<&T::method>: a member function of this proxy's type");
+    } else if constexpr (!detail::mgr::is_exposed<T, M>()) {
+      static_assert(detail::mgr::is_exposed<T, M>(),
+                    "mproc: this method is not among those register_type<T>(...) exposes; add it there");
+    } else if constexpr (!std::is_constructible_v<typename detail::mgr::method_traits<decltype(M)>::params, Args&&...>) {
+      static_assert(detail::dependent_false<decltype(M)>,
+                    "mproc: these arguments do not convert to the method's parameters");
+    } else {
+      return invoke<M>(std::forward<Args>(args)...);
+    }
+  }
+
+ private:
+  template <auto M, class... Args>
+  auto invoke(Args&&... args) const {
+    using Tr = detail::mgr::method_traits<decltype(M)>;
+    using Params = typename Tr::params;
+    using R = typename Tr::result;
+    Writer w;
+    detail::encode_entry<&detail::mgr::call_entry<M>>(w);
+    dump(w, Params(std::forward<Args>(args)...));
+    auto r = this->call_ok(detail::mgr::Op::u_call, w, "method call");
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (detail::mgr::owned_object<R>::value) {
+      using U = typename detail::mgr::owned_object<R>::type;
+      static_assert(detail::mgr::is_registered<U>(),
+                    "mproc: a method returning std::unique_ptr<U> to a proxy needs U registered too");
+      return ObjectProxy<U>(detail::mgr::adopt_result(this->core(), detail::mgr::from_reply<std::uint64_t>(r),
+                                                      detail::type_hash<U>()));
+    } else {
+      return detail::mgr::from_reply<std::decay_t<R>>(r);
+    }
+  }
+};
+
 template <class K, class V>
 struct codec<DictProxy<K, V>> : detail::mgr::proxy_codec<DictProxy<K, V>> {};
 template <class T>
@@ -804,6 +995,8 @@ template <class T>
 struct codec<JoinableQueueProxy<T>> : detail::mgr::proxy_codec<JoinableQueueProxy<T>> {};
 template <>
 struct codec<BarrierProxy> : detail::mgr::proxy_codec<BarrierProxy> {};
+template <class T>
+struct codec<ObjectProxy<T>> : detail::mgr::proxy_codec<ObjectProxy<T>> {};
 template <>
 struct codec<ConditionProxy> {
   static void encode(Writer& w, const ConditionProxy& c);
@@ -915,6 +1108,29 @@ class Manager {
     Writer w;
     dump(w, static_cast<std::uint64_t>(maxsize));
     return QueueProxy<T>(create(detail::mgr::Kind::queue, QueueProxy<T>::type, w.bytes()));
+  }
+  /// A T built on the server from `args` (T registered with register_type):
+  /// Python's registered typeid callable.
+  template <class T, class... Args>
+  [[nodiscard]] ObjectProxy<T> create(Args&&... args) const {
+    using Stored = std::tuple<std::decay_t<Args>...>;
+    if constexpr (!detail::mgr::is_registered<T>()) {
+      static_assert(detail::mgr::is_registered<T>(),
+                    "mproc: Manager::create<T>: T is not registered: declare `template <> constexpr auto "
+                    "mproc::exposed<T> = mproc::register_type<T>(\"T\", &T::method, ...);`");
+      return {};
+    } else if constexpr (!std::is_constructible_v<T, std::decay_t<Args>&&...>) {
+      static_assert(detail::dependent_false<T>, "mproc: Manager::create<T>: T cannot be built from these arguments");
+      return {};
+    } else if constexpr (!Serializable<Stored>) {
+      detail::diagnose<Stored>();
+      return {};
+    } else {
+      Writer w;
+      detail::encode_entry<&detail::mgr::make_entry<T, Stored>>(w);
+      dump(w, Stored(std::forward<Args>(args)...));
+      return ObjectProxy<T>(create(detail::mgr::Kind::user, detail::type_hash<T>(), w.bytes()));
+    }
   }
   [[nodiscard]] NamespaceProxy Namespace() const;
   [[nodiscard]] LockProxy Lock() const;

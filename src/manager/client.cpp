@@ -543,6 +543,14 @@ CorePtr decode_proxy(Reader& r, Kind kind, std::uint64_t type) {
   return std::make_shared<ProxyCore>(std::move(s), std::move(ep), t);
 }
 
+CorePtr adopt_result(const ProxyCore& from, std::uint64_t id, std::uint64_t type) {
+  Token t = from.token();
+  t.id = id;
+  t.kind = Kind::user;
+  t.type = type;
+  return std::make_shared<ProxyCore>(from.session(), from.endpoint(), t);
+}
+
 void throw_status(const Reply& r, const char* call) {
   std::string text(reinterpret_cast<const char*>(r.bytes.data()), r.bytes.size());
   std::string where = std::string("mproc: manager ") + call + ": ";

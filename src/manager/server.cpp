@@ -73,6 +73,13 @@ struct QueueObj : Obj {  // Queue and JoinableQueue
   std::uint64_t unfinished = 0;  // JoinableQueue: items put and not yet task_done()
   std::deque<std::uint64_t> getters, putters, joiners;
 };
+struct UserObj : Obj {  // an object of a registered user type: real C++ on the server
+  void* p = nullptr;
+  void (*destroy)(void*) noexcept = nullptr;
+  ~UserObj() override {
+    if (p && destroy) destroy(p);
+  }
+};
 struct CondObj : Obj {
   std::uint64_t lock = 0;  // the Lock/RLock object it waits with
   std::deque<std::uint64_t> waiters;
@@ -645,6 +652,7 @@ class Server {
     if (op >= 96 && op < 104) return queue_op(c, h, r);
     if (op >= 104 && op < 112) return cond_op(c, h, r);
     if (op >= 112 && op < 120) return barrier_op(c, h);
+    if (h.op == Op::u_call) return user_call(c, h, r);
     throw Malformed("unknown operation " + std::to_string(op));
   }
 
@@ -698,6 +706,15 @@ class Server {
         o = std::move(cond);
         break;
       }
+      case Kind::user: {
+        UserCtx ctx;
+        if (!run_code(c, r, &ctx, "creating an object of a registered type")) return;  // it threw: answered
+        auto u = std::make_unique<UserObj>();
+        u->p = ctx.obj;
+        u->destroy = ctx.destroy;
+        o = std::move(u);
+        break;
+      }
       case Kind::barrier: {
         auto b = std::make_unique<BarrierObj>();
         b->parties = load<std::uint32_t>(r);
@@ -748,25 +765,7 @@ class Server {
       actx = ApplyCtx{target, present};
       ctx = &actx;
     }
-    if (!c.same_program) {
-      throw Refused{Status::error, "apply()/sort() run a function of the client's program on the server; this "
-                                   "client runs another program than the server (they may share types, not code)"};
-    }
-    Entry e = nullptr;
-    try {
-      e = decode_entry(r);
-    } catch (const std::exception& ex) {
-      throw Refused{Status::error, std::string("apply(): the function cannot run on the server (it must be "
-                                               "code of the program the server runs): ") + ex.what()};
-    }
-    try {
-      e(&r, ctx);
-    } catch (...) {
-      ExceptionInfo info = capture_current_exception();
-      Writer w;
-      dump(w, info);
-      return reply(c, Status::remote, w.bytes());
-    }
+    if (!run_code(c, r, ctx, "apply()/sort()")) return;
     // Only a call that returned changes the object: a throwing f leaves it as it was.
     if (o.kind == Kind::list || o.kind == Kind::array) {
       static_cast<ListObj&>(o).items = std::move(items);
@@ -785,6 +784,54 @@ class Server {
       }
     }
     reply_raw(c, scratch);
+  }
+
+  /// Runs the code reference at r (apply, sort, user types) with `ctx`. Returns
+  /// false when it threw (the client is answered with the exception then).
+  bool run_code(Conn& c, Reader& r, void* ctx, const char* what) {
+    if (!c.same_program) {
+      throw Refused{Status::error, std::string(what) + " runs code of the client's program on the server; this client "
+                                   "runs another program than the server (programs may share types, not code)"};
+    }
+    Entry e = nullptr;
+    try {
+      e = decode_entry(r);
+    } catch (const std::exception& ex) {
+      throw Refused{Status::error, std::string(what) + ": the function cannot run on the server: " + ex.what()};
+    }
+    try {
+      e(&r, ctx);
+    } catch (...) {
+      ExceptionInfo info = capture_current_exception();
+      Writer w;
+      dump(w, info);
+      reply(c, Status::remote, w.bytes());
+      return false;
+    }
+    return true;
+  }
+
+  void user_call(Conn& c, const RequestHeader& h, Reader& r) {
+    auto& u = find_as<UserObj>(h.object, {Kind::user});
+    std::string result;
+    UserCtx ctx;
+    ctx.obj = u.p;
+    ctx.result = &result;
+    if (!run_code(c, r, &ctx, "a method call")) return;
+    if (ctx.made) {
+      // The method returned a new object (std::unique_ptr<U>): it stays here.
+      auto n = std::make_unique<UserObj>();
+      n->kind = Kind::user;
+      n->type = ctx.type;
+      n->refs = 1;
+      n->p = ctx.made;
+      n->destroy = ctx.destroy;
+      std::uint64_t id = ++next_obj_;
+      objs_.emplace(id, std::move(n));
+      sess_[c.sid].refs[id]++;
+      return reply_value(c, id);
+    }
+    reply_raw(c, result);
   }
 
   void dict_op(Conn& c, const RequestHeader& h, Reader& r) {

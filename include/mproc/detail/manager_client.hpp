@@ -80,6 +80,7 @@ enum class Kind : std::uint16_t {
   joinable_queue,
   condition,
   barrier,
+  user,  // an object of a registered user type (see mproc::exposed)
 };
 
 /// Operation codes of requests. Values are part of the protocol: append only.
@@ -152,6 +153,8 @@ enum class Op : std::uint16_t {
   bar_abort,
   bar_reset,
   bar_state,
+  // user types
+  u_call = 120,
 };
 
 /// How a request ended (the first byte of a reply).
@@ -237,6 +240,7 @@ class ProxyCore {
  private:
   std::shared_ptr<Session> session() const;
   friend void encode_proxy(Writer& w, const std::shared_ptr<ProxyCore>& core);
+  friend std::shared_ptr<ProxyCore> adopt_result(const ProxyCore& from, std::uint64_t id, std::uint64_t type);
   mutable std::mutex mu_;  // guards session_ while a forked child rebinds it
   mutable std::shared_ptr<Session> session_;
   Endpoint ep_;
@@ -251,6 +255,10 @@ using CorePtr = std::shared_ptr<ProxyCore>;
 void encode_proxy(Writer& w, const CorePtr& core);
 /// Decodes a proxy, checking kind and type; takes a reference for this process.
 CorePtr decode_proxy(Reader& r, Kind kind, std::uint64_t type);
+
+/// The proxy state for object `id` that a call on `from` just made on the server
+/// (a method returning std::unique_ptr<U>): same session, a reference already taken.
+CorePtr adopt_result(const ProxyCore& from, std::uint64_t id, std::uint64_t type);
 
 /// Throws the error a non-ok status stands for (ManagerError, UsageError,
 /// RemoteError …), saying which call got it; for statuses the caller did not expect.
