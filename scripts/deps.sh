@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev libcereal-dev libfmt-dev
   python3 gnuplot-nox libtbb-dev
-  libssl-dev
+  libssl-dev redis-server libhiredis-dev
 )
 
 if ! command -v dpkg-query >/dev/null; then
