@@ -37,6 +37,7 @@ SUITES = [
     ("ipc", "ipc_bench", "Queue, Pipe, Lock and SharedArray between processes"),
     ("pool", "pool_bench", "Pool, executors and the C++ thread pool"),
     ("workloads", "workloads_bench", "the articles' workloads: serial, threads, processes"),
+    ("manager", "manager_bench", "Manager proxies beside Python's multiprocessing.Manager"),
 ]
 
 

@@ -50,12 +50,12 @@ inline Endpoint endpoint_flags(examples::Flags& flags) {
 /// The server's two queues, as a worker or the client sees them.
 struct Queues {
   mproc::Manager manager;
-  mproc::QueueProxy<Job> jobs;
+  mproc::JoinableQueueProxy<Job> jobs;  // joinable: the client waits until every job (pills too) is done
   mproc::QueueProxy<Result> results;
 };
 inline Queues connect(const Endpoint& e) {
   auto m = mproc::Manager::connect({e.host, e.port}, e.authkey);
-  auto jobs = m.lookup<mproc::QueueProxy<Job>>("jobs");
+  auto jobs = m.lookup<mproc::JoinableQueueProxy<Job>>("jobs");
   auto results = m.lookup<mproc::QueueProxy<Result>>("results");
   return Queues{std::move(m), std::move(jobs), std::move(results)};
 }

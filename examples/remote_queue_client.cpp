@@ -38,7 +38,11 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(r.smallest_factor));
     }
   }
-  if (stop) m.shutdown_server();
+  // Every job and pill taken and done: no worker talks to the server any more.
+  if (stop) {
+    jobs.join();
+    m.shutdown_server();
+  }
   bool ok = static_cast<int>(got.size()) == njobs && wrong == 0;
   std::printf("%s\n", ok ? "OK" : "MISMATCH");
   return ok ? 0 : 1;

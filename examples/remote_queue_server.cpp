@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   mproc::Manager m({.address = {e.host, e.port}, .authkey = e.authkey});
-  m.publish("jobs", m.Queue<remote_queue::Job>());
+  m.publish("jobs", m.JoinableQueue<remote_queue::Job>());
   m.publish("results", m.Queue<remote_queue::Result>());
   m.publish("count", m.Value<long long>(0));  // for the tests: apply() from another program is refused
   std::printf("listening on %s\n", m.address().str().c_str());

@@ -1,4 +1,4 @@
-// remote_queue_worker — connects to remote_queue_server, takes jobs until it gets
+// remote_queue_worker — connects to remote_queue_server, takes jobs (task_done() for each) until it gets
 // the poison pill, and puts a result for each. Run as many as you like, on any
 // machine that can reach the server.
 //
@@ -21,8 +21,12 @@ int main(int argc, char** argv) {
   int done = 0;
   for (;;) {
     remote_queue::Job job = jobs.get();
-    if (job.id < 0) break;
+    if (job.id < 0) {
+      jobs.task_done();  // the pill: after this the client may stop the server
+      break;
+    }
     results.put({job.id, job.n, remote_queue::smallest_factor(job.n), static_cast<std::int32_t>(::getpid())});
+    jobs.task_done();
     ++done;
   }
   std::printf("worker %d: %d jobs\n", static_cast<int>(::getpid()), done);
