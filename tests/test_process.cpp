@@ -1,8 +1,10 @@
 // Process, mirroring CPython's _TestProcess scenarios, under every start method.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <csignal>
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <map>
 #include <mproc/process.hpp>
+#include <mproc/shared_memory.hpp>
 #include <numeric>
 #include <thread>
 
@@ -134,6 +137,41 @@ void exit_with_children(std::string dir, std::uint8_t method) {
   }, dir + "/worker.done");
   worker.start();
   std::exit(0);
+}
+
+// ---- Python's semantics (issue 10, section 2) -----------------------------------------
+
+void report_self(std::string path) {
+  auto self = mproc::current_process();
+  auto code = self.exitcode();
+  publish_file(path, std::string(mproc::to_string(mproc::get_start_method())) + " " +
+                         (code ? std::to_string(*code) : std::string("none")) + " " +
+                         std::to_string(self.is_alive()));
+}
+
+std::string g_atexit_path;
+void atexit_writer() { publish_file(g_atexit_path, "ran"); }
+// Registers an atexit handler, then ends by returning (the normal end of a
+// target) or by calling std::exit itself.
+void register_atexit(std::string path, bool call_exit) {
+  g_atexit_path = path;
+  std::atexit(atexit_writer);
+  if (call_exit) std::exit(0);
+}
+
+// Exit code: how many of `fds` are open here on the file (dev, ino) (0: none
+// inherited; the number itself may be reused by the child's own fds), or 100 + n
+// when a std stream n is closed.
+void count_inherited(std::vector<int> fds, std::uint64_t dev, std::uint64_t ino) {
+  for (int n = 0; n < 3; ++n) {
+    if (::fcntl(n, F_GETFD) < 0) std::exit(100 + n);
+  }
+  int open = 0;
+  for (int fd : fds) {
+    struct stat st;
+    open += ::fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+  }
+  std::exit(open);
 }
 
 }  // namespace
@@ -384,6 +422,13 @@ TEST_P(ProcessTest, Misuse) {
   EXPECT_THROW(p.join(), mproc::UsageError);
   EXPECT_THROW((void)p.exitcode(), mproc::UsageError);
   EXPECT_THROW((void)p.pid(), mproc::UsageError);
+  EXPECT_THROW((void)p.is_alive(), mproc::UsageError);  // was false
+  EXPECT_THROW((void)p.exception(), mproc::UsageError);
+  EXPECT_THROW((void)p.sentinel(), mproc::UsageError);
+  EXPECT_THROW(p.kill(), mproc::UsageError);
+  EXPECT_EQ(p.start_method(), GetParam());  // what Python keeps readable: name, daemon
+  (void)p.name();
+  (void)p.daemon();
 
   Process running(opts(), pause_forever);
   running.start();
@@ -467,6 +512,30 @@ TEST_P(ProcessTest, ContextAndSentinel) {
   EXPECT_EQ(p.exitcode(), 3);
 }
 
+TEST_P(ProcessTest, ChildSeesItsOwnStartMethodAndAnEmptyExitcode) {
+  // Python: a child's get_start_method() is the method it was started with; its
+  // current_process().exitcode is None while it runs. Started through a context,
+  // so the parent's default (forkserver) differs for fork and spawn.
+  TempDir dir;
+  auto p = mproc::get_context(GetParam()).process(report_self, dir.file("self"));
+  p.start();
+  p.join();
+  ASSERT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(read_file(dir.file("self")), std::string(mproc::to_string(GetParam())) + " none 1\n");
+}
+
+TEST_P(ProcessTest, AtexitHandlersOfAChildRunOnlyIfItCallsExit) {
+  // As in Python, a child ends with _exit() once its target returns (after
+  // flushing stdio and joining its own children): handlers registered with
+  // std::atexit in the child do not run. A target that calls std::exit() itself
+  // runs them, as C++ does (docs/process.md, "How a child ends").
+  TempDir dir;
+  EXPECT_EQ(run(register_atexit, dir.file("returned"), false).exitcode(), 0);
+  EXPECT_EQ(read_file(dir.file("returned")), "");
+  EXPECT_EQ(run(register_atexit, dir.file("exited"), true).exitcode(), 0);
+  EXPECT_EQ(read_file(dir.file("exited")), "ran\n");
+}
+
 INSTANTIATE_TEST_SUITE_P(AllMethods, ProcessTest,
                          ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::spawn),
                          [](const auto& i) { return std::string(mproc::to_string(i.param)); });
@@ -487,6 +556,48 @@ TEST(StartMethods, SetGetAndContexts) {
   Process p(exit_with, 0);
   EXPECT_EQ(p.start_method(), StartMethod::fork);
   mproc::set_start_method(StartMethod::forkserver, true);
+}
+
+TEST(MainProcess, ExitcodeIsEmptyAndItIsAlive) {
+  // Python: current_process().exitcode is None in the main program (was 255).
+  auto self = mproc::current_process();
+  EXPECT_EQ(self.exitcode(), std::nullopt);
+  EXPECT_TRUE(self.is_alive());
+  EXPECT_EQ(self.exception(), std::nullopt);
+}
+
+// A descriptor the parent left inheritable (no FD_CLOEXEC) does not reach a
+// spawned child, nor a forkserver child (the server is spawned too): like Python,
+// such a child starts with the std streams and what mproc passes (its task's fds,
+// here a SharedArray's memfd) only. Under fork it is inherited, as in Python.
+TEST(StartMethods, SpawnedChildrenInheritOnlyWhatTheTaskCarries) {
+  TempDir dir;
+  int low = ::open(dir.file("inheritable").c_str(), O_RDWR | O_CREAT, 0600);  // lowest free number, no O_CLOEXEC
+  ASSERT_GE(low, 0);
+  struct stat st;
+  ASSERT_EQ(::fstat(low, &st), 0);
+  int high = ::fcntl(low, F_DUPFD, 200);  // F_DUPFD: not close-on-exec either
+  ASSERT_GE(high, 200);
+  ASSERT_EQ(::fcntl(low, F_GETFD) & FD_CLOEXEC, 0);
+  mproc::SharedArray<int> carried(4);  // a task fd: still delivered
+  for (StartMethod m : {StartMethod::spawn, StartMethod::forkserver, StartMethod::fork}) {
+    // A server started before the fds were opened could not have them: start a new one.
+    if (m == StartMethod::forkserver) mproc::detail::forkserver_shutdown();
+    ProcessOptions o;
+    o.start_method = m;
+    Process p(o, count_inherited, std::vector<int>{low, high}, std::uint64_t{st.st_dev}, std::uint64_t{st.st_ino});
+    p.start();
+    p.join();
+    EXPECT_EQ(p.exitcode(), m == StartMethod::fork ? 2 : 0) << m;
+    Process q(o, [](mproc::SharedArray<int> a) { a[3] = 7; }, carried);
+    q.start();
+    q.join();
+    EXPECT_EQ(q.exitcode(), 0) << m;
+    EXPECT_EQ(carried[3], 7) << m;
+    carried[3] = 0;
+  }
+  ::close(low);
+  ::close(high);
 }
 
 TEST(CpuCount, ParsesCgroupQuota) {

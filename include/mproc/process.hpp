@@ -63,7 +63,8 @@ bool initialized() noexcept;
 /// unless force is true. Thread-safe.
 void set_start_method(StartMethod m, bool force = false);
 void set_start_method(std::string_view name, bool force = false);
-/// The current default start method (forkserver unless set otherwise). Thread-safe.
+/// The current default start method (forkserver unless set otherwise; in a child
+/// started by mproc, the method it was started with). Thread-safe.
 StartMethod get_start_method();
 
 /// Per-process settings. `name` empty means "Process-N"; `start_method` empty
@@ -154,10 +155,11 @@ class Process {
     return join_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
   }
 
-  /// Started and not yet ended. Non-blocking.
+  /// Started and not yet ended (true for current_process()). Non-blocking.
   bool is_alive() const;
-  /// Empty while not started or running; 0 on success; N after exit(N) (1 when
-  /// the target threw); -SIG when killed by signal SIG. Non-blocking.
+  /// Empty while not started or running (always for current_process()); 0 on
+  /// success; N after exit(N) (1 when the target threw); -SIG when killed by
+  /// signal SIG. Non-blocking.
   std::optional<int> exitcode() const;
   /// The exception that ended the target, with its dynamic type name and what();
   /// empty if the target returned, or the process has not ended yet.
@@ -170,7 +172,8 @@ class Process {
   void kill();
 
   /// Releases the process's resources (pidfd, pipes). Throws UsageError while it
-  /// is still running. Afterwards every other call throws UsageError.
+  /// is still running. Afterwards every other call throws UsageError, except
+  /// close() and name(), daemon(), start_method() (which Python keeps readable too).
   void close();
 
   /// Process id; 0 before start().

@@ -154,7 +154,8 @@ void ensure_server_locked(Client& c) {
   if (c.sock >= 0) return;
   int sv[2];
   if (sys().socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) throw_errno("socketpair");
-  std::string spec = "MPROC_FORKSERVER=" + std::to_string(sv[1]) + "," + std::to_string(::getpid());
+  // sv[1] is the server's passed_fd(0) (spawn_self renumbers what it keeps).
+  std::string spec = "MPROC_FORKSERVER=" + std::to_string(passed_fd(0)) + "," + std::to_string(::getpid());
   try {
     int keep[] = {sv[1]};
     c.server = spawn_self(child_environment({spec}), keep);

@@ -171,9 +171,12 @@ const std::vector<std::string>& saved_argv();
 /// Environment for a re-executed child: the current environ plus `extra`.
 std::vector<std::string> child_environment(std::initializer_list<std::string> extra);
 
-/// posix_spawn of /proc/self/exe with saved argv, environment `env`, inheriting
-/// exactly `keep_fds` (their close-on-exec is cleared in the child only).
+/// posix_spawn of /proc/self/exe with saved argv and environment `env`. The child has the
+/// std streams and keep_fds only, keep_fds[i] as fd passed_fd(i); every other
+/// descriptor is closed in it, inheritable or not.
 pid_t spawn_self(const std::vector<std::string>& env, std::span<const int> keep_fds);
+/// The number keep_fds[i] has in a child started by spawn_self.
+constexpr int passed_fd(std::size_t i) noexcept { return 3 + static_cast<int>(i); }
 
 /// Throws StartError if `m` needs init() and it has not run, or if this process
 /// is a spawned child still bootstrapping.

@@ -253,7 +253,9 @@ void become_child(const ChildMeta& meta, int parent_pidfd) {
   G.initialized = true;
   G.children.clear();
   G.self.reset();
-  G.default_method.reset();
+  // Like Python's spawn preparation (set_start_method(..., force=True)): the child's
+  // default is the method it was started with, already chosen.
+  G.default_method = static_cast<StartMethod>(meta.method);
 }
 
 }  // namespace detail
@@ -552,6 +554,7 @@ bool Process::is_alive() const {
   {
     std::lock_guard lock(s.mu);
     if (s.is_self) return true;
+    if (s.phase == Phase::closed) closed_error();
     if (s.phase != Phase::running) return false;
     ended = detail::try_reap(s);
   }
@@ -565,6 +568,7 @@ std::optional<int> Process::exitcode() const {
   std::optional<int> code;
   {
     std::lock_guard lock(s.mu);
+    if (s.is_self) return std::nullopt;  // running: Python's None (there is nothing to reap)
     if (s.phase == Phase::closed) closed_error();
     if (s.phase == Phase::running) ended = detail::try_reap(s);
     code = s.phase == Phase::ended ? s.exitcode : std::nullopt;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -145,9 +146,25 @@ pid_t spawn_self(const std::vector<std::string>& env, std::span<const int> keep_
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&fa);
   posix_spawnattr_init(&attr);
-  // dup2(fd, fd) in the child clears FD_CLOEXEC on just these fds (POSIX 2024,
-  // glibc >= 2.29); everything else of ours is close-on-exec and stays behind.
-  for (int fd : keep_fds) posix_spawn_file_actions_adddup2(&fa, fd, fd);
+  // The child gets the std streams and keep_fds[i] as passed_fd(i), nothing else:
+  // a descriptor the program left inheritable (no FD_CLOEXEC) stays behind, as in
+  // Python's spawn. Each kept fd is first copied to a temporary number (the
+  // smallest ones past the targets that are not kept fds), then down to its place
+  // (dup2 to another number clears FD_CLOEXEC there), so no copy overwrites a kept
+  // fd not yet copied; closefrom then closes the rest, temporaries included.
+  const std::size_t k = keep_fds.size();
+  std::vector<int> temp;
+  for (int n = passed_fd(k); temp.size() < k; ++n) {
+    if (std::find(keep_fds.begin(), keep_fds.end(), n) == keep_fds.end()) temp.push_back(n);
+  }
+  for (std::size_t i = 0; i < k; ++i) posix_spawn_file_actions_adddup2(&fa, keep_fds[i], temp[i]);
+  for (std::size_t i = 0; i < k; ++i) posix_spawn_file_actions_adddup2(&fa, temp[i], passed_fd(i));
+  // A kept fd that sat on a std stream's number (the parent had closed that
+  // stream) must not stay there as the child's stdin/stdout/stderr.
+  for (int fd : keep_fds) {
+    if (fd < passed_fd(0)) posix_spawn_file_actions_addclose(&fa, fd);
+  }
+  posix_spawn_file_actions_addclosefrom_np(&fa, passed_fd(k));
   // A fresh program starts with default signal handling and nothing blocked,
   // whatever the spawning thread had.
   sigset_t none, all;
@@ -197,10 +214,12 @@ int make_payload_memfd(std::span<const std::byte> payload) {
 
 Launched launch_spawn(std::span<const std::byte> payload, std::span<const int> fds, bool /*daemon*/) {
   int memfd = make_payload_memfd(payload);
-  std::string spec = "MPROC_SPAWN=" + std::to_string(memfd);
+  // The numbers the child will have them under (spawn_self renumbers).
+  std::string spec = "MPROC_SPAWN=" + std::to_string(passed_fd(0));
   std::vector<int> keep{memfd};
   for (int fd : fds) {
-    spec += "," + std::to_string(fd);
+    spec += ',';
+    spec += std::to_string(passed_fd(keep.size()));
     keep.push_back(fd);
   }
   pid_t pid;
