@@ -783,8 +783,29 @@ TEST_P(QueueAcross, GetAfterTheOnlyProducerExitedNormally) {
   EXPECT_EQ(q.get(), 0);
   EXPECT_EQ(q.get(), 1);
   EXPECT_THROW(q.get(), mproc::EOFError);
-  EXPECT_THROW(q.get(5s), mproc::EOFError);  // also with a timeout: it is not a timeout
   EXPECT_THROW(q.get_nowait(), mproc::Empty);  // non-blocking calls only report "empty"
+  // With a timeout, Python's Empty at the timeout: this process still holds the
+  // queue, and a thread of it may put meanwhile (it was an EOFError at once).
+  auto t0 = Clock::now();
+  EXPECT_THROW(q.get(300ms), mproc::Empty);
+  EXPECT_GE(elapsed_s(t0), 0.3);
+  EXPECT_TRUE(q.get_many(4, 100ms).empty());
+}
+
+TEST_P(QueueAcross, TimedGetWaitsForAThreadOfThisProcessAfterThePeersLeft) {
+  // docs/queue.md's advice for this pattern: use a timeout. The other process has
+  // held the queue and exited; a thread here puts later; the timed get waits for it.
+  Queue<int> q;
+  Process p(with(GetParam()), put_range, q, 0, 1);
+  p.start();
+  p.join();
+  EXPECT_EQ(q.get(10s), 0);
+  std::thread later([q]() mutable {
+    std::this_thread::sleep_for(300ms);  // the scenario: the put comes after the get began
+    q.put(1);
+  });
+  EXPECT_EQ(q.get(10s), 1);
+  later.join();
 }
 
 TEST_P(QueueAcross, ClosingPeerCountsAsGoneAtOnce) {

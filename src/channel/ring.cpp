@@ -247,7 +247,10 @@ bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone wh
     if (c.peers_gone(false)) {
       // Whatever a departed peer published before it went is visible now.
       if (ready() || gone_is_ready) return true;
-      throw_gone(c, what);
+      // A timed get on a queue waits out its timeout (Python's Empty): this process
+      // still holds the queue, and another of its threads may put meanwhile. Only a
+      // get that would wait forever reports that no other process can put.
+      if (!(what == Gone::recv && deadline && c.h->kind == ChannelKind::queue)) throw_gone(c, what);
     }
     w.waiters.fetch_add(1, memory_order_seq_cst);
     // Cleared on registering too, not only when woken: a waker that skipped its
