@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -127,6 +128,27 @@ void wait_for_go(mproc::ConditionProxy cond, mproc::NamespaceProxy ns) {
   std::unique_lock g(cond);
   cond.wait_for([&] { return ns.get<int>("go") == 1; });
   ns.set("seen", 1);
+}
+
+mproc::Manager* g_manager = nullptr;  // reached by a fork child through its copy of memory
+
+void use_inherited_manager(mproc::DictProxy<int, int> out) {
+  // Sockets of the child's own take the lowest free fd numbers, among them the
+  // numbers of the parent's manager connections (closed at the fork). The
+  // manager must never write to them.
+  std::vector<std::array<int, 2>> mine(8);
+  for (auto& sp : mine) ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp.data());
+  auto d = g_manager->dict<int, int>();  // the child's own session, not the parent's fds
+  d.set(1, 11);
+  int stray = 0;
+  char b[64];
+  for (auto& sp : mine) {
+    for (int fd : sp) {
+      if (::recv(fd, b, sizeof b, MSG_DONTWAIT) > 0) ++stray;
+      ::close(fd);
+    }
+  }
+  out.set(0, stray == 0 ? d.at(1) : -stray);
 }
 
 void barrier_party(mproc::BarrierProxy b, mproc::ListProxy<int> out) { out.append(static_cast<int>(b.wait(30s))); }
@@ -770,4 +792,18 @@ TEST(Manager, RegisteredUserTypes) {
     EXPECT_EQ(p.exitcode(), 0);
   }
   EXPECT_EQ(c.call<&Counter::get>(), 315);
+}
+
+TEST(Manager, AManagerInheritedThroughForkConnectsAgain) {
+  mproc::Manager m;
+  g_manager = &m;
+  auto out = m.dict<int, int>();
+  mproc::Process p(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, use_inherited_manager, out);
+  p.start();
+  p.join();
+  g_manager = nullptr;
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(out.at(0), 11);
+  EXPECT_TRUE(m.running());  // the child's exit shut nothing down
+  EXPECT_EQ((m.dict<int, int>().size()), 0u);
 }

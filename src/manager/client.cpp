@@ -309,6 +309,12 @@ class Session {
   pid_t pid() const noexcept { return pid_; }
 
   Reply call(const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout) {
+    // A fork child's copy of its parent's session: its fds were closed at the
+    // fork and their numbers may name other files now. Never write to them.
+    if (::getpid() != pid_) {
+      throw UsageError("mproc: a manager session inherited through fork was used; proxies and Managers rebind "
+                       "by themselves, so this is a bug in mproc");
+    }
     if (t.server != server_) throw_restarted(t.server);
     Writer w;
     w.reserve(kHeaderSize + kRequestHeaderSize + args.size());
@@ -357,6 +363,7 @@ class Session {
 
   /// Best effort, never throws, never blocks on a busy session: a decref.
   void notify(const Token& t, Op op) noexcept {
+    if (::getpid() != pid_) return;
     int fd = -1;
     {
       std::lock_guard g(mu_);
@@ -488,6 +495,7 @@ Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte>
   return s.call(t, op, args, timeout);
 }
 const ServerId& session_server(const Session& s) noexcept { return s.server(); }
+pid_t session_pid(const Session& s) noexcept { return s.pid(); }
 
 // ---- proxies --------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 // Manager internals shared by server.cpp, client.cpp and manager.cpp. Not installed.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -22,6 +24,7 @@ int connect_to(const Address& a, std::chrono::milliseconds timeout);
 std::shared_ptr<Session> get_session(const Endpoint& ep, std::optional<ServerId> id, std::chrono::milliseconds timeout);
 Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout);
 const ServerId& session_server(const Session& s) noexcept;
+pid_t session_pid(const Session& s) noexcept;
 
 /// Serves clients on `listen_fd` (owned) until a shutdown request; returns then.
 /// Every connection must prove it knows `authkey`. A bad frame closes that

@@ -62,6 +62,16 @@ struct Manager::State {
   std::shared_ptr<Session> session;
   pid_t owner_pid = ::getpid();
   bool owner = false;
+
+  /// The session of this process: a Manager copied into a fork child (a global,
+  /// a captured object) connects again from there instead of using the parent's.
+  Session& sess() {
+    if (!session) throw ManagerError("mproc: the manager was shut down or disconnected");
+    if (session_pid(*session) != ::getpid()) {
+      session = get_session(ep, session_server(*session), std::chrono::seconds(10));
+    }
+    return *session;
+  }
 };
 
 Manager::Manager(std::unique_ptr<State> st) noexcept : st_(std::move(st)) {}
@@ -172,8 +182,8 @@ CorePtr Manager::create(Kind kind, std::uint64_t type, std::span<const std::byte
   dump(w, k);
   dump(w, type);
   if (!init.empty()) w.write(init.data(), init.size());
-  Token t = server_token(session_server(*st_->session));
-  Reply r = session_call(*st_->session, t, Op::create, w.bytes(), forever);
+  Token t = server_token(session_server(st_->sess()));
+  Reply r = session_call(st_->sess(), t, Op::create, w.bytes(), forever);
   if (r.status != Status::ok) throw_status(r, "create");
   t.id = from_reply<std::uint64_t>(r);
   t.kind = kind;
@@ -189,7 +199,7 @@ void Manager::publish_core(const std::string& name, const CorePtr& core) const {
   }
   Writer w;
   dump(w, name);
-  Reply r = session_call(*st_->session, core->token(), Op::publish, w.bytes(), forever);
+  Reply r = session_call(st_->sess(), core->token(), Op::publish, w.bytes(), forever);
   if (r.status != Status::ok) throw_status(r, "publish");
 }
 
@@ -197,8 +207,8 @@ CorePtr Manager::lookup_core(const std::string& name, Kind kind, std::uint64_t t
   if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down or disconnected");
   Writer w;
   dump(w, name);
-  Token t = server_token(session_server(*st_->session));
-  Reply r = session_call(*st_->session, t, Op::lookup, w.bytes(), forever);
+  Token t = server_token(session_server(st_->sess()));
+  Reply r = session_call(st_->sess(), t, Op::lookup, w.bytes(), forever);
   if (r.status != Status::ok) throw_status(r, "lookup");
   Reader rd = r.reader();
   t.id = load<std::uint64_t>(rd);
@@ -223,7 +233,7 @@ void Manager::serve_forever() {
 void Manager::shutdown_server() const {
   if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down or disconnected");
   try {
-    session_call(*st_->session, server_token(session_server(*st_->session)), Op::shutdown, {}, forever);
+    session_call(st_->sess(), server_token(session_server(st_->sess())), Op::shutdown, {}, forever);
   } catch (const ManagerError&) {
     // already gone
   }
