@@ -47,7 +47,9 @@ else()
 endif()
 # cereal's headers are included by mproc's; name their directory unless the compiler
 # searches it anyway (Debian's libcereal-dev puts them in /usr/include).
-set(MPROC_PC_CFLAGS "-I\${includedir}")
+# -std=c++20: mproc's headers need it (g++ 12 defaults to C++17, where they stop with an
+# #error, mproc/detail/config.hpp). A program built as C++23 names its -std after these flags.
+set(MPROC_PC_CFLAGS "-std=c++20 -I\${includedir}")
 if(NOT MPROC_CEREAL_INCLUDE IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)
   string(APPEND MPROC_PC_CFLAGS " -I${MPROC_CEREAL_INCLUDE}")
 endif()

@@ -6,6 +6,8 @@
 // to do about it.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstddef>
 #include <stdexcept>
 #include <string>

@@ -16,6 +16,8 @@
 // any callable and its exception comes back as itself (docs/executor.md).
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>

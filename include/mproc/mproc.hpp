@@ -1,6 +1,8 @@
 // mproc/mproc.hpp — everything in one include.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include "mproc/background_error.hpp"
 #include "mproc/error.hpp"
 #include "mproc/executor.hpp"

@@ -25,6 +25,8 @@
 // millisecond of sending, and before any wait). Details: docs/queue.md.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -15,6 +15,8 @@
 //   * argument and result types are checked at compile time.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <unistd.h>
 
 #include <array>

@@ -21,6 +21,8 @@
 // forkserver and spawn need mproc::init(argc, argv) at the top of main().
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <sys/types.h>
 
 #include <chrono>

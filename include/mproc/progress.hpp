@@ -13,6 +13,8 @@
 // call that owns the bar returns (docs/pool.md, "Progress bars").
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>

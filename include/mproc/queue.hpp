@@ -24,6 +24,8 @@
 // Details, capacity semantics and the design: docs/queue.md.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -27,6 +27,8 @@
 // binary on the same machine (processes of one program), never storage.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <algorithm>
 #include <array>
 #include <chrono>

@@ -19,6 +19,8 @@
 //     Nobody else ever unlinks a segment behind its owner's back.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstddef>
 #include <memory>
 #include <initializer_list>

@@ -29,6 +29,8 @@
 // says, a non-positive timeout means "try once".
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -14,6 +14,8 @@
 // not a pointer), then serialized; each must be mproc::Serializable.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstdint>
 #include <tuple>
 #include <type_traits>

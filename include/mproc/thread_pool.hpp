@@ -18,6 +18,8 @@
 //   * terminate() cancels queued work and waits for running tasks to finish.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>

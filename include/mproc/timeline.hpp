@@ -11,6 +11,8 @@
 // it costs when on, what each field means and how the exports are drawn.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <array>
 #include <chrono>
 #include <cstdint>

@@ -21,6 +21,8 @@
 // shared memory.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cstddef>

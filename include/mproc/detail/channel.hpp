@@ -13,6 +13,8 @@
 // decode with mproc::load straight from the ring, through the callbacks below.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -8,6 +8,8 @@
 // serves all start methods (and, later, MPI ranks running the same binary).
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstdint>
 #include <string>
 

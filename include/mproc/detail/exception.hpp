@@ -1,6 +1,8 @@
 // mproc/detail/exception.hpp — an exception, flattened so it can cross a process boundary.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <string>
 
 #include "mproc/error.hpp"

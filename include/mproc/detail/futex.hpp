@@ -5,6 +5,8 @@
 // caller that loops on spurious wake-ups never stretches its timeout.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>

@@ -3,6 +3,8 @@
 // and decodes results; everything here works on bytes and is compiled once.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>

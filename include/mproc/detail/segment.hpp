@@ -8,6 +8,8 @@
 // so handing a 8 GiB array to a child costs the same as handing a 1 KiB one.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>

@@ -2,6 +2,8 @@
 // write task records (PoolOptions::timeline). Compiled in src/pool/timeline.cpp.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>

@@ -7,6 +7,8 @@
 // calling code it located by address.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <cstdint>
 #include <string_view>
 
