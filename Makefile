@@ -1,4 +1,5 @@
-# mproc — the two commands the README names:
+# mproc — the README's two commands are `./run demo` and `./run test` (./run installs
+# make and the rest through scripts/deps.sh first, for a bare Debian), which run:
 #
 #   make demo   install missing Debian packages, build (build/release), run the demo
 #   make test   install missing Debian packages, then run the whole test suite twice:

@@ -4,8 +4,12 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config
+  # build: make itself too (a minbase Debian has none; ./run installs it through here)
+  build-essential make cmake ninja-build ccache pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev libcereal-dev libfmt-dev
+  # fuzz targets (fuzz/): libFuzzer needs clang, its runtime is in libclang-rt-14-dev
+  clang libclang-rt-14-dev
+  # benchmarks
   python3 gnuplot-nox libtbb-dev
   libssl-dev redis-server libhiredis-dev
 )
