@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <mproc/detail/channel.hpp>
 #include <mproc/pipe.hpp>
 #include <mproc/process.hpp>
@@ -573,4 +574,43 @@ TEST(ChannelSpin, ASpinnerSparesTheWakeUpOrPassesTheRecordOn) {
   EXPECT_EQ(data.spin_end.load(), 0) << "the spinner's mark outlived its spin";
   sleeper.join();
   EXPECT_EQ(slept_got, "hello");
+}
+
+// A ring written by something else (found by fuzz/fuzz_channel): a pad record must fill
+// the ring exactly to its end, as senders write it. Any other size put the next header
+// off alignment, or across the ring's end (a read outside the mapping); the consumer now
+// reports a corrupt ring instead. Likewise a head that is not a multiple of 8.
+TEST(ChannelCorruption, APadThatDoesNotEndTheRingIsRefused) {
+  using namespace mproc::detail;
+  ChannelOptions o;
+  o.capacity = kMinCapacity;
+  auto ch = ChannelEnd::create_queue(o);
+  RingView view(ch);
+  std::byte* ring = view.seg.data() + view.ring->offset;
+  // A well-formed inline record where a bad pad (or head) leads: the old code took it.
+  auto plant_record = [&](std::size_t at) {
+    RecordHeader rec{5, RecordKind::inline_};
+    std::memcpy(ring + at, &rec, sizeof rec);
+    std::memcpy(ring + at + sizeof rec, "bogus", 5);
+  };
+  auto expect_corrupt = [&](std::uint64_t head, const char* what) {
+    view.ring->head.store(pack(head, 0));
+    view.ring->tail.store(pack(head + 64, 1));
+    try {
+      ch.recv(std::chrono::steady_clock::now(), [](mproc::Reader&) {});
+      ADD_FAILURE() << what << ": received a message from a corrupt ring";
+    } catch (const mproc::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("channel ring corrupted"), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  for (std::uint32_t size : {34u, 40u, static_cast<std::uint32_t>(kMinCapacity - 24)}) {
+    std::memset(ring, 0, kMinCapacity);
+    RecordHeader pad{size, RecordKind::pad};
+    std::memcpy(ring, &pad, sizeof pad);
+    plant_record(sizeof pad + size);
+    expect_corrupt(0, ("pad of " + std::to_string(size) + " bytes").c_str());
+  }
+  std::memset(ring, 0, kMinCapacity);
+  plant_record(4);
+  expect_corrupt(4, "head not a multiple of 8");
 }

@@ -355,8 +355,17 @@ struct FdList {
 const RecordHeader* record_at(const Channel& c, const RingState& r, std::uint64_t& head) {
   const std::byte* base = c.ring_bytes(r);
   auto at = [&] { return reinterpret_cast<const RecordHeader*>(base + (pos_of(head) & (r.capacity - 1))); };
+  auto corrupt = [] {
+    throw Error("mproc: channel ring corrupted (bad record header); was the shared memory written to by other code?");
+  };
+  // Records start at multiples of 8 (record_span), so a header never straddles the
+  // ring's end; a head that is not aligned was written by something else.
+  if (pos_of(head) % 8 != 0) corrupt();
   const RecordHeader* h = at();
   if (h->kind == RecordKind::pad) {
+    // A pad fills the ring to its end, exactly (place()): any other size would put
+    // the next header off alignment or past the end of the ring.
+    if (h->size != r.capacity - (pos_of(head) & (r.capacity - 1)) - sizeof(RecordHeader)) corrupt();
     head = pack(pos_of(head) + sizeof(RecordHeader) + h->size, count_of(head));
     h = at();
   }
@@ -364,7 +373,7 @@ const RecordHeader* record_at(const Channel& c, const RingState& r, std::uint64_
   if ((h->kind != RecordKind::inline_ && h->kind != RecordKind::sideband) ||
       h->size > r.capacity - off - sizeof(RecordHeader) ||
       (h->kind == RecordKind::sideband && h->size < sizeof(SidebandInfo))) {
-    throw Error("mproc: channel ring corrupted (bad record header); was the shared memory written to by other code?");
+    corrupt();
   }
   return h;
 }
