@@ -19,6 +19,8 @@
 // Details, the Python mapping and the security notes: docs/manager.md.
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <functional>

@@ -4,6 +4,8 @@
 // encoders over call(); everything that touches a socket is compiled (src/manager/).
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <array>
 #include <atomic>
 #include <chrono>
