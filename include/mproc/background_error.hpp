@@ -11,6 +11,8 @@
 // default, one line on stderr ("mproc: <where>: <what>").
 #pragma once
 
+#include "mproc/detail/config.hpp"
+
 #include <functional>
 #include <string_view>
 
