@@ -3,7 +3,9 @@
 #
 #   make demo   install missing Debian packages, build (build/release), run the demo
 #   make test   install missing Debian packages, then run the whole test suite twice:
-#               in build/release, and in build/asan with AddressSanitizer + UBSan
+#               in build/release, and in build/asan with AddressSanitizer + UBSan; then the
+#               fuzz targets' regression runs in build/fuzz (clang, fuzz/README.md): each
+#               over its checked-in corpus for a fixed number of inputs
 #
 # and one more, for benchmarks:
 #
@@ -37,6 +39,10 @@ test:
 	$(CONFIGURE) -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMPROC_SANITIZE=ON
 	cmake --build build/asan
 	cd build/asan && $(SANITIZER_ENV) $(CTEST)
+	$(CONFIGURE) -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMPROC_FUZZ=ON \
+	  -DMPROC_BUILD_TESTS=OFF -DMPROC_BUILD_EXAMPLES=OFF -DMPROC_BUILD_BENCH=OFF -DMPROC_INSTALL=OFF
+	cmake --build build/fuzz
+	cd build/fuzz && $(CTEST) -L fuzz
 
 # bench/run.py configures build/release the way the targets above do when it is not there yet.
 bench:

@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <optional>
 
 #include "internal.hpp"
 #include "mproc/detail/code_ref.hpp"
@@ -34,16 +35,12 @@
 namespace mproc::detail {
 namespace {
 
-constexpr std::uint32_t kMagic = 0x6d70666b;  // "mpfk"
+constexpr std::uint32_t kMagic = kForkRequestMagic;
 constexpr std::size_t kMaxFds = 64;
 // How long after a request the server waits before forking its spares (see Server).
 constexpr std::chrono::milliseconds kSpareDelay{2};
 
-struct Request {
-  std::uint32_t magic;
-  std::uint32_t daemon;
-  std::uint32_t nfds;
-};
+using Request = ForkRequest;
 
 struct Reply {
   std::int32_t pid;  // > 0, or -errno
@@ -60,6 +57,15 @@ struct ForkServerClient {
   pid_t server = 0;
   bool zygote = false;
 };
+
+std::optional<ForkRequest> decode_fork_request(std::span<const std::byte> msg, std::size_t nfds) noexcept {
+  ForkRequest req{};
+  if (msg.size() != sizeof req) return std::nullopt;
+  std::memcpy(&req, msg.data(), sizeof req);
+  // At least the payload memfd and the status pipe; the fds that came are the ones it names.
+  if (req.magic != kMagic || req.daemon > 1 || nfds < 2 || nfds != req.nfds) return std::nullopt;
+  return req;
+}
 
 namespace {
 
@@ -440,10 +446,10 @@ struct Server {
   // inherit one either.
   [[noreturn]] void spare_main(int assign) {
     (void)self_token();  // warm-up, see forkserver_main
-    Request req{};
+    std::byte msg[sizeof(Request)];
     std::vector<int> fds;
-    ssize_t n = recv_with_fds(assign, &req, sizeof req, fds);
-    if (n != sizeof req || req.magic != kMagic || fds.size() < 2 || fds.size() != req.nfds) ::_exit(0);
+    ssize_t n = recv_with_fds(assign, msg, sizeof msg, fds);
+    if (n <= 0 || !decode_fork_request(std::span(msg, static_cast<std::size_t>(n)), fds.size())) ::_exit(0);
     close_fd(assign);
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGPIPE, SIG_DFL);
@@ -546,20 +552,21 @@ struct Server {
       reap(pfds);
       if (!(pfds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
 
-      Request req{};
+      std::byte msg[sizeof(Request)];
       std::vector<int> fds;
-      ssize_t n = recv_with_fds(sock, &req, sizeof req, fds);
+      ssize_t n = recv_with_fds(sock, msg, sizeof msg, fds);
       if (n == 0) exit_server(0);  // client exited: daemon children follow via PDEATHSIG
       if (n < 0) {
         if (errno == EMSGSIZE) continue;
         exit_server(72);
       }
-      if (n != sizeof req || req.magic != kMagic || fds.size() < 2 || fds.size() != req.nfds) {
+      std::optional<Request> req = decode_fork_request(std::span(msg, static_cast<std::size_t>(n)), fds.size());
+      if (!req) {
         for (int fd : fds) close_fd(fd);
         reply(-EPROTO, -1);
         continue;
       }
-      launch(req, fds);
+      launch(*req, fds);
     }
   }
 };

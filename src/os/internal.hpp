@@ -98,6 +98,19 @@ struct ChildMeta {
   }
 };
 
+/// A start request as the forkserver receives it (forkserver.cpp, "Protocol"); its
+/// SCM_RIGHTS carry the payload memfd, the status pipe and the task's fds.
+inline constexpr std::uint32_t kForkRequestMagic = 0x6d70666b;  // "mpfk"
+struct ForkRequest {
+  std::uint32_t magic;
+  std::uint32_t daemon;  // 0 or 1
+  std::uint32_t nfds;    // fds attached, at least 2
+};
+/// The forkserver's (and a spare's) decoding of one received request: `msg` is what
+/// recvmsg returned, `nfds` how many fds came with it. nullopt for anything but a
+/// well-formed request (answered with EPROTO). Fuzzed by fuzz/fuzz_forkserver.cpp.
+std::optional<ForkRequest> decode_fork_request(std::span<const std::byte> msg, std::size_t nfds) noexcept;
+
 /// Records a child (or the forkserver) writes on its status pipe: u32 length, u8 tag, body.
 enum class StatusTag : std::uint8_t { exception = 1, exit = 2 };
 
