@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "mproc/background_error.hpp"
-#include "mproc/detail/futex.hpp"  // deadline_after
+#include "mproc/detail/timeout.hpp"  // OptionalTimeout, deadline_after
 #include "mproc/pool.hpp"
 #include "mproc/thread_pool.hpp"
 
@@ -49,7 +49,7 @@ struct ExecutorOptions {
   /// (its initializer runs again, its thread_locals start over). 0: never.
   long long max_tasks_per_child = 0;
   /// How worker processes start (Python's mp_context); ThreadPoolExecutor ignores it.
-  std::optional<StartMethod> start_method;
+  std::optional<StartMethod> start_method{};
   /// Record a TaskRecord per task (timeline(), docs/timeline.md).
   bool timeline = false;
 };
@@ -379,9 +379,7 @@ class AsCompletedSource {
     std::unique_lock lock(q.mu);
     if (taken_ == set_.futures().size()) return std::nullopt;
     auto present = [&] { return !q.order.empty(); };
-    if (!deadline) {
-      interruptible_wait(q.cv, lock, present);
-    } else if (!interruptible_wait_for(q.cv, lock, *deadline - std::chrono::steady_clock::now(), present)) {
+    if (!interruptible_wait_until(q.cv, lock, deadline, present)) {
       std::size_t total = set_.futures().size();
       throw TimeoutError("mproc: " + std::to_string(total - taken_) + " (of " + std::to_string(total) +
                          ") futures unfinished");
@@ -414,7 +412,7 @@ constexpr bool check_futures() {
 /// if the next one is not done within `timeout` of this call. Duplicates are
 /// yielded once. All futures must have the same T. Python's as_completed().
 template <std::ranges::input_range R>
-auto as_completed(R&& futures, std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
+auto as_completed(R&& futures, detail::OptionalTimeout timeout = std::nullopt) {
   detail::check_futures<R>();
   using F = detail::future_value_t<R>;
   using Src = detail::AsCompletedSource<typename detail::is_future<F>::value_type>;
@@ -440,10 +438,11 @@ struct DoneAndNotDone {
 
 /// Blocks until `return_when` holds for `futures` or `timeout` passes (then it
 /// returns what is done so far, no exception). Python's concurrent.futures.wait().
+/// `timeout`: any std::chrono::duration; zero or negative: what is done now.
+/// (mproc::wait over connections, queues and sentinels is in mproc/wait.hpp.)
 template <std::ranges::input_range R>
-auto wait(R&& futures, std::optional<std::chrono::nanoseconds> timeout = std::nullopt,
-          ReturnWhen return_when = ALL_COMPLETED) {
-  detail::check_futures<R>();
+  requires detail::is_future<detail::future_value_t<R>>::value
+auto wait(R&& futures, detail::OptionalTimeout timeout = std::nullopt, ReturnWhen return_when = ALL_COMPLETED) {
   using F = detail::future_value_t<R>;
   detail::WaitSet<typename detail::is_future<F>::value_type> set(
       std::forward<R>(futures));
@@ -462,11 +461,7 @@ auto wait(R&& futures, std::optional<std::chrono::nanoseconds> timeout = std::nu
       }
       return q.completed == n;
     };
-    if (!timeout) {
-      detail::interruptible_wait(q.cv, lock, met);
-    } else {
-      detail::interruptible_wait_for(q.cv, lock, *timeout, met);
-    }
+    detail::interruptible_wait_until(q.cv, lock, detail::deadline_after(timeout), met);
   }
   DoneAndNotDone<F> out;
   for (const auto& f : set.futures()) (f.done() ? out.done : out.not_done).push_back(f);
@@ -490,7 +485,7 @@ class BasicExecutor {
   /// its end, the calls no worker has started are cancelled; shutdown() runs all
   /// the calls of a map not iterated yet. Throws UsageError after shutdown().
   template <class F, std::ranges::input_range R>
-  auto map(F&& f, R&& input, std::optional<std::chrono::nanoseconds> timeout = std::nullopt, MapOptions options = {}) {
+  auto map(F&& f, R&& input, detail::OptionalTimeout timeout = std::nullopt, MapOptions options = {}) {
     check_open();
     return pool_->template stream<true>(std::forward<F>(f), std::forward<R>(input), std::move(options),
                                         deadline_after(timeout), true);
@@ -543,6 +538,8 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
   /// Starts the workers. Throws UsageError for invalid options, StartError /
   /// std::system_error if processes cannot be started.
   explicit ProcessPoolExecutor(ExecutorOptions options = {}) { start(options, {}); }
+  /// `max_workers` processes (0: cpu_count()), as Python's ProcessPoolExecutor(4).
+  explicit ProcessPoolExecutor(int max_workers) : ProcessPoolExecutor(ExecutorOptions{.max_workers = max_workers}) {}
   /// With an initializer run in each worker process before its first task
   /// (Python's initializer/initargs). If it keeps failing, pending futures fail
   /// with its error and submit() throws UsageError (Python: BrokenProcessPool).
@@ -580,6 +577,8 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
 class ThreadPoolExecutor : public detail::BasicExecutor<ThreadPool> {
  public:
   explicit ThreadPoolExecutor(ExecutorOptions options = {}) { start(options, nullptr); }
+  /// `max_workers` threads (0: min(32, cpu_count() + 4)), as Python's ThreadPoolExecutor(4).
+  explicit ThreadPoolExecutor(int max_workers) : ThreadPoolExecutor(ExecutorOptions{.max_workers = max_workers}) {}
   /// With an initializer run in each thread before its first task. If it throws,
   /// pending futures fail with its exception and submit() throws UsageError
   /// (Python: BrokenThreadPool).

@@ -60,12 +60,13 @@ struct PoolOptions {
   /// Worker processes; 0 means cpu_count(). Negative: UsageError.
   int processes = 0;
   /// Start method of the workers; empty means the global default (forkserver).
-  std::optional<StartMethod> start_method;
+  std::optional<StartMethod> start_method{};
   /// Replace a worker after this many chunks (Python's maxtasksperchild); 0 = never.
   long long maxtasksperchild = 0;
   /// Per-task time limit: a task still running after it is killed with its worker
-  /// and fails with TaskTimeoutError. Empty: no limit.
-  std::optional<std::chrono::nanoseconds> timeout;
+  /// and fails with TaskTimeoutError. Empty: no limit. Any std::chrono::duration
+  /// (rounded up to nanoseconds); zero or negative: UsageError.
+  detail::OptionalTimeout timeout{};
   /// Re-run a task whose worker died this many times before failing it.
   int retries = 0;
   /// Replace a worker whose resident memory passed this many MiB after a chunk
@@ -84,7 +85,7 @@ struct MapOptions {
   /// Draw a progress bar on stderr while the call runs (mproc/progress.hpp).
   bool progress = false;
   /// The progress bar's label.
-  std::string desc;
+  std::string desc{};
   MapOptions() = default;
   MapOptions(long long chunk) : chunksize(chunk) {}  // NOLINT: implicit, like Python's positional arg
   MapOptions(long long chunk, bool show_progress, std::string description = {})
@@ -121,11 +122,16 @@ void interruptible_wait(std::condition_variable& cv, std::unique_lock<std::mutex
   }
 }
 
-template <class Rep, class Period, class Pred>
-bool interruptible_wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
-                            std::chrono::duration<Rep, Period> timeout, Pred pred) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  if (!keyboard_interrupt_enabled()) return cv.wait_until(lock, deadline, pred);
+/// As interruptible_wait(), but only until `deadline` (empty: no limit, detail/timeout.hpp
+/// turns a user's timeout into one). Returns pred().
+template <class Pred>
+bool interruptible_wait_until(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, deadline_t deadline,
+                              Pred pred) {
+  if (!deadline) {
+    interruptible_wait(cv, lock, pred);
+    return true;
+  }
+  if (!keyboard_interrupt_enabled()) return cv.wait_until(lock, *deadline, pred);
   while (!pred()) {
     if (keyboard_interrupt_pending()) {
       lock.unlock();
@@ -133,8 +139,8 @@ bool interruptible_wait_for(std::condition_variable& cv, std::unique_lock<std::m
       lock.lock();
     }
     auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) return pred();
-    cv.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(20)));
+    if (now >= *deadline) return pred();
+    cv.wait_until(lock, std::min(*deadline, now + std::chrono::milliseconds(20)));
   }
   return true;
 }
@@ -255,9 +261,9 @@ class [[nodiscard]] AsyncResult {
   /// Waits at most `timeout` (negative: UsageError); true when ready.
   template <class Rep, class Period>
   bool wait(std::chrono::duration<Rep, Period> timeout) const {
-    if (timeout < timeout.zero()) throw UsageError("mproc: wait timeout must not be negative");
+    auto deadline = detail::timeout_deadline(timeout, "AsyncResult.wait()");
     std::unique_lock lock(core_->mu);
-    return detail::interruptible_wait_for(core_->cv, lock, timeout, [&] { return core_->ready; });
+    return detail::interruptible_wait_until(core_->cv, lock, deadline, [&] { return core_->ready; });
   }
   bool ready() const {
     std::lock_guard lock(core_->mu);
@@ -486,11 +492,7 @@ class OutcomeBuffer {
       lock.lock();
       if (!added()) break;
     }
-    if (!deadline) {
-      interruptible_wait(cv_, lock, present);
-    } else if (!interruptible_wait_for(cv_, lock, *deadline - clock::now(), present)) {
-      return std::nullopt;
-    }
+    if (!interruptible_wait_until(cv_, lock, deadline, present)) return std::nullopt;
     auto it = index ? buffered_.find(*index) : buffered_.begin();
     auto out = std::make_pair(it->first, std::move(it->second));
     buffered_.erase(it);
@@ -1067,12 +1069,18 @@ class Pool : public detail::MapMethods<Pool> {
   /// Starts the workers. Throws UsageError for invalid options, StartError /
   /// std::system_error if processes cannot be started.
   explicit Pool(PoolOptions options = {}) { start(options, {}); }
+  /// `processes` workers (0: cpu_count()), as Python's Pool(4).
+  explicit Pool(int processes) : Pool(PoolOptions{.processes = processes}) {}
   /// With a per-worker initializer, run once in each worker before any task
   /// (e.g. to set up a library that must be initialised inside the process).
   template <class F, class... Args>
   Pool(PoolOptions options, F&& initializer, Args&&... initargs) {
     start(options, detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...));
   }
+  /// Pool(processes, initializer, initargs...), Python's positional form.
+  template <class F, class... Args>
+  Pool(int processes, F&& initializer, Args&&... initargs)
+      : Pool(PoolOptions{.processes = processes}, std::forward<F>(initializer), std::forward<Args>(initargs)...) {}
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
   ~Pool();

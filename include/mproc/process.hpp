@@ -34,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mproc/detail/timeout.hpp"
 #include "mproc/error.hpp"
 #include "mproc/serial.hpp"
 #include "mproc/task.hpp"
@@ -72,9 +73,9 @@ StartMethod get_start_method();
 /// Per-process settings. `name` empty means "Process-N"; `start_method` empty
 /// means the context's or global default.
 struct ProcessOptions {
-  std::string name;
+  std::string name{};
   bool daemon = false;
-  std::optional<StartMethod> start_method;
+  std::optional<StartMethod> start_method{};
 };
 
 class Process;
@@ -89,7 +90,7 @@ class ParentProcess {
   /// Waits until the parent exits; returns false if the timeout expired first.
   template <class Rep, class Period>
   bool join(std::chrono::duration<Rep, Period> timeout) const {
-    return join_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return join_for(detail::checked_nanoseconds(timeout, "join").value_or(detail::kForeverTimeout));
   }
 
  private:
@@ -154,7 +155,7 @@ class Process {
   /// ended, false on timeout (Python's join(timeout) followed by exitcode check).
   template <class Rep, class Period>
   bool join(std::chrono::duration<Rep, Period> timeout) {
-    return join_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return join_for(detail::checked_nanoseconds(timeout, "join").value_or(detail::kForeverTimeout));
   }
 
   /// Started and not yet ended (true for current_process()). Non-blocking.

@@ -23,21 +23,23 @@
 #include <optional>
 #include <string>
 
+#include "mproc/detail/timeout.hpp"  // OptionalTimeout
+
 namespace mproc {
 
 /// How a ProgressBar draws. The defaults suit a program; tests set fd/terminal.
 struct ProgressOptions {
   /// Label before the counts ("desc: ..."); empty: none.
-  std::string desc;
+  std::string desc{};
   /// Items expected; empty when unknown (an unbounded imap): count and rate only.
   std::optional<std::uint64_t> total;
   /// Where to draw.
   int fd = 2;
   /// Redraw in place ('\r') or print lines; empty: isatty(fd).
-  std::optional<bool> terminal;
+  std::optional<bool> terminal{};
   /// Least time between two draws; empty: 0.1 s on a terminal, 1 s otherwise.
   /// Without a terminal a line is also printed at each 10 % of a known total.
-  std::optional<std::chrono::nanoseconds> interval;
+  detail::OptionalTimeout interval{};
 };
 
 /// A progress bar: done/total, percent, elapsed, ETA, rate and failed items.

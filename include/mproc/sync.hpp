@@ -41,6 +41,7 @@
 #include "mproc/detail/code_ref.hpp"
 #include "mproc/detail/futex.hpp"
 #include "mproc/detail/segment.hpp"
+#include "mproc/detail/timeout.hpp"
 #include "mproc/error.hpp"
 #include "mproc/serial.hpp"
 
@@ -107,25 +108,12 @@ void encode_sync_ref(Writer& w, const SyncRef& ref);
 SyncRef decode_sync_ref(Reader& r, SyncKind a, SyncKind b);
 inline SyncRef decode_sync_ref(Reader& r, SyncKind a) { return decode_sync_ref(r, a, a); }
 
-[[noreturn]] void throw_negative_timeout(const char* call);
-
-/// Absolute deadline `d` from now; empty (forever) for durations beyond a century,
-/// which would overflow the clock. Negative: UsageError naming `call`.
-template <class Rep, class Period>
-deadline_t deadline_for(std::chrono::duration<Rep, Period> d, const char* call) {
-  using namespace std::chrono;
-  if (d < d.zero()) throw_negative_timeout(call);
-  // Compared in double seconds: any integral duration type converts without overflow.
-  if (duration<double>(d) >= duration<double>(hours(24 * 365 * 100))) return std::nullopt;
-  return steady_clock::now() + ceil<nanoseconds>(d);
-}
-
 /// Deadline for a time point of any clock (measured once against that clock);
 /// a time point in the past means "now".
 template <class Clock, class Duration>
 deadline_t deadline_until(std::chrono::time_point<Clock, Duration> tp) {
   auto d = tp - Clock::now();
-  return deadline_for(d < d.zero() ? decltype(d)::zero() : d, "try_lock_until");
+  return timeout_deadline(d < d.zero() ? decltype(d)::zero() : d, "try_lock_until");
 }
 
 /// Python's acquire(block, timeout) family and the std Lockable/TimedLockable
@@ -142,7 +130,7 @@ class Acquirable {
   template <class Rep, class Period>
   bool acquire(bool block, std::chrono::duration<Rep, Period> timeout) {
     if (!block) return self().acquire_impl(std::nullopt, false);
-    return self().acquire_impl(deadline_for(timeout, "acquire"), true);
+    return self().acquire_impl(timeout_deadline(timeout, "acquire"), true);
   }
   template <class Rep, class Period>
   bool acquire_for(std::chrono::duration<Rep, Period> timeout) {
@@ -158,7 +146,7 @@ class Acquirable {
   template <class Rep, class Period>
   bool try_lock_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout <= timeout.zero()) return try_acquire();
-    return self().acquire_impl(deadline_for(timeout, "try_lock_for"), true);
+    return self().acquire_impl(timeout_deadline(timeout, "try_lock_for"), true);
   }
   template <class Clock, class Duration>
   bool try_lock_until(std::chrono::time_point<Clock, Duration> tp) {
@@ -188,7 +176,7 @@ class MutexBase : public Acquirable<MutexBase> {
   /// Timed lock_checked: timed_out (not held) when `timeout` runs out first.
   template <class Rep, class Period>
   LockStatus lock_checked_for(std::chrono::duration<Rep, Period> timeout) {
-    return lock_until(deadline_for(timeout, "lock_checked_for"), true).status;
+    return lock_until(timeout_deadline(timeout, "lock_checked_for"), true).status;
   }
 
   /// Whether the calling thread holds the lock. Non-blocking.
@@ -315,7 +303,7 @@ class Condition : public detail::MutexBase {
   /// Waits at most `timeout` (negative: UsageError). Returns false on timeout.
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) {
-    return wait_until(detail::deadline_for(timeout, "wait_for"));
+    return wait_until(detail::timeout_deadline(timeout, "wait_for"));
   }
   /// Waits until pred() is true (checked with the lock held).
   template <class Pred>
@@ -327,7 +315,7 @@ class Condition : public detail::MutexBase {
   template <class Rep, class Period, class Pred>
   requires std::is_invocable_r_v<bool, Pred&>
   bool wait_for(std::chrono::duration<Rep, Period> timeout, Pred pred) {
-    detail::deadline_t deadline = detail::deadline_for(timeout, "wait_for");
+    detail::deadline_t deadline = detail::timeout_deadline(timeout, "wait_for");
     while (!pred()) {
       if (!wait_until(deadline)) return pred();
     }
@@ -366,7 +354,7 @@ class Event {
   /// Waits at most `timeout` (negative: UsageError); returns the flag.
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) {
-    return wait_until(detail::deadline_for(timeout, "wait_for"));
+    return wait_until(detail::timeout_deadline(timeout, "wait_for"));
   }
 
  private:
@@ -408,7 +396,7 @@ class Barrier {
   /// and this throws BrokenBarrierError.
   template <class Rep, class Period>
   int wait_for(std::chrono::duration<Rep, Period> timeout) {
-    return wait_until(detail::deadline_for(timeout, "wait_for"));
+    return wait_until(detail::timeout_deadline(timeout, "wait_for"));
   }
 
   /// Puts the barrier into the broken state: current and future waiters get
@@ -428,9 +416,8 @@ class Barrier {
   Barrier(detail::SyncRef ref, void (*action)()) noexcept : ref_(std::move(ref)), action_(action) {}
   template <class Rep, class Period>
   static std::int64_t checked_timeout_ns(std::chrono::duration<Rep, Period> d) {
-    if (d < d.zero()) detail::throw_negative_timeout("Barrier");
-    if (std::chrono::duration<double>(d) >= std::chrono::hours(24 * 365 * 100)) return -1;
-    return std::chrono::ceil<std::chrono::nanoseconds>(d).count();
+    auto ns = detail::checked_nanoseconds(d, "Barrier");
+    return ns ? ns->count() : -1;
   }
   int wait_until(detail::deadline_t deadline);
 

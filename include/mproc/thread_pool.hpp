@@ -546,6 +546,8 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
   /// invalid options, including a `timeout` or `max_memory_mb` (a thread can be
   /// neither stopped nor recycled for memory: use Pool).
   explicit ThreadPool(PoolOptions options = {}) { start(options, nullptr); }
+  /// `processes` threads (0: cpu_count()), as Python's ThreadPool(4).
+  explicit ThreadPool(int processes) : ThreadPool(PoolOptions{.processes = processes}) {}
   /// With an initializer, run in each thread before its first task (and in each
   /// replacement thread under maxtasksperchild). Any callable; the arguments are
   /// copied once and passed to every call. If it throws, the pool breaks: queued
@@ -554,6 +556,10 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
   ThreadPool(PoolOptions options, F&& initializer, Args&&... initargs) {
     start(options, detail::bind_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...));
   }
+  /// ThreadPool(processes, initializer, initargs...), Python's positional form.
+  template <class F, class... Args>
+  ThreadPool(int processes, F&& initializer, Args&&... initargs)
+      : ThreadPool(PoolOptions{.processes = processes}, std::forward<F>(initializer), std::forward<Args>(initargs)...) {}
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
   ~ThreadPool();

@@ -180,8 +180,4 @@ SyncRef decode_sync_ref(Reader& r, SyncKind a, SyncKind b) {
   return ref;
 }
 
-void throw_negative_timeout(const char* call) {
-  throw UsageError(std::string("mproc: ") + call + ": negative timeout; pass zero to try without waiting");
-}
-
 }  // namespace mproc::detail

@@ -4,6 +4,9 @@
 #                      it with find_package(mproc), run it; then build and run main.cpp with
 #                      the flags from `pkg-config --cflags --libs mproc`.
 #   MODE=subdirectory  build project/ with add_subdirectory(SOURCE_DIR), run it.
+#   MODE=warnings      compile snippets/snippets.cpp (the README's and docs' snippets) with
+#                      -Wall -Wextra -Wpedantic -Werror and mproc's headers given with -I, as
+#                      pkg-config gives them: user code from the docs builds warning-free.
 #
 # Other inputs: SOURCE_DIR, BUILD_DIR (mproc's build tree), WORK_DIR (scratch, wiped first),
 # LIBDIR (CMAKE_INSTALL_LIBDIR), GENERATOR, MAKE_PROGRAM, CXX, LAUNCHER, BUILD_TYPE, and
@@ -68,6 +71,14 @@ elseif(MODE STREQUAL "subdirectory")
   run(${CMAKE_COMMAND} -S ${project_dir} -B ${consumer_build} ${configure_args} -DMPROC_SOURCE_DIR=${SOURCE_DIR})
   run(${CMAKE_COMMAND} --build ${consumer_build})
   run(${consumer_build}/consumer)
+elseif(MODE STREQUAL "warnings")
+  separate_arguments(extra UNIX_COMMAND "${EXTRA_FLAGS}")
+  set(compiler ${CXX})
+  if(LAUNCHER)
+    set(compiler ${LAUNCHER} ${CXX})
+  endif()
+  run(${compiler} -std=c++20 -Wall -Wextra -Wpedantic -Werror -O2 ${extra} -I${SOURCE_DIR}/include
+      -c ${CMAKE_CURRENT_LIST_DIR}/snippets/snippets.cpp -o ${WORK_DIR}/snippets.o)
 else()
-  message(FATAL_ERROR "MODE must be install or subdirectory, not '${MODE}'")
+  message(FATAL_ERROR "MODE must be install, subdirectory or warnings, not '${MODE}'")
 endif()

@@ -25,6 +25,7 @@
 #include <utility>
 
 #include "mproc/detail/futex.hpp"
+#include "mproc/detail/timeout.hpp"  // timeout_deadline
 #include "mproc/error.hpp"
 #include "mproc/serial.hpp"
 
@@ -208,16 +209,6 @@ class ChannelEnd {
   explicit ChannelEnd(std::shared_ptr<Channel> ch) : ch_(std::move(ch)) {}
   std::shared_ptr<Channel> ch_;
 };
-
-/// Deadline for a user's timeout: UsageError naming `call` if negative (as Python's
-/// ValueError); "forever" for durations too long to add to the clock.
-template <class Rep, class Period>
-deadline_t timeout_deadline(std::chrono::duration<Rep, Period> d, const char* call) {
-  using namespace std::chrono;
-  if (d < d.zero()) throw UsageError(std::string("mproc: ") + call + ": timeout must be non-negative");
-  if (duration<double>(d) >= duration<double>(hours(24 * 365 * 100))) return std::nullopt;
-  return steady_clock::now() + ceil<nanoseconds>(d);
-}
 
 /// A deadline that has already passed: "do not block".
 inline deadline_t no_wait() { return std::chrono::steady_clock::time_point{}; }

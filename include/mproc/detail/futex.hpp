@@ -21,11 +21,10 @@
 #include <type_traits>
 #include <utility>
 
+#include "mproc/detail/timeout.hpp"  // deadline_t
+
 namespace mproc::detail {
 
-using deadline_t = std::optional<std::chrono::steady_clock::time_point>;
-
-/// Deadline `timeout` from now; empty for "forever".
 /// The pause instruction of a spin-wait loop.
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -59,11 +58,6 @@ bool spin_until(Done done, std::int64_t ns) noexcept(noexcept(done())) {
 template <class F, class R, class... A>
 R erased_call(void* ctx, A... a) {
   return (*static_cast<std::remove_reference_t<F>*>(ctx))(std::forward<A>(a)...);
-}
-
-inline deadline_t deadline_after(std::optional<std::chrono::nanoseconds> timeout) {
-  if (!timeout) return std::nullopt;
-  return std::chrono::steady_clock::now() + *timeout;
 }
 
 enum class FutexWait { woken, timed_out, value_changed, interrupted };
