@@ -12,6 +12,7 @@ packages=(
   # benchmarks
   python3 gnuplot-nox libtbb-dev
   libssl-dev redis-server libhiredis-dev
+  chromium  # test_timeline renders timeline.html headless and checks the screenshot
 )
 
 if ! command -v dpkg-query >/dev/null; then

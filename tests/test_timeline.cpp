@@ -540,7 +540,8 @@ TEST(Timeline, SvgAndHtmlHaveOneBarPerTaskAndEscape) {
   EXPECT_EQ(markup_error(svg), "") << svg;
   EXPECT_EQ(count_of(svg, "class=\"t "), 21u);
   EXPECT_EQ(count_of(svg, "class=\"t raised\""), 1u);
-  EXPECT_EQ(count_of(svg, "<title>"), 21u + 1);  // every bar has a hover title, plus the chart's
+  // Every bar has a hover title, and so has each dense run's hover target, plus the chart.
+  EXPECT_EQ(count_of(svg, "<title>"), 21u + 1 + count_of(svg, "class=\"dense\""));
   EXPECT_EQ(count_of(svg, "class=\"legend\""), 5u);
   EXPECT_NE(svg.find("run &lt;1&gt; &amp; &quot;quoted&quot;"), std::string::npos);
   EXPECT_EQ(svg.find(title), std::string::npos);
@@ -577,6 +578,85 @@ TEST(Timeline, BigRunsAreMergedIntoFewBars) {
   EXPECT_EQ(count_of(svg, "merged\""), bars);
   EXPECT_LT(svg.size(), 300'000u);
   EXPECT_NE(svg.find("100 tasks merged: call 1"), std::string::npos);
+}
+
+// ---- timeline.html as a browser shows it --------------------------------------------
+
+// The demo's shape: 1 s of work on two workers, a dense burst of 300 tasks of 30 us on
+// worker 0, 2 ms tasks on worker 1, and one task whose worker was lost after 50 us,
+// at 600 ms: 0.05 px wide at the chart's scale.
+mproc::Timeline lost_worker_timeline() {
+  auto rec = std::make_shared<mproc::detail::TimelineRecorder>(2);
+  const std::int64_t t0 = rec->origin_ns();
+  rec->worker_started(0, 100, t0 + 1);
+  rec->worker_started(1, 200, t0 + 1);
+  rec->worker_started(1, 300, t0 + 600'100'000);  // the replacement
+  auto batch = [&](int worker, std::uint64_t call, std::uint64_t first, int n, std::int64_t start,
+                   std::int64_t each) {
+    std::vector<std::uint8_t> times, ok(static_cast<std::size_t>(n), 0), fresh(static_cast<std::size_t>(n), 1);
+    for (int k = 0; k < n; ++k) {
+      mproc::detail::ItemTimes::put(times, 0);
+      mproc::detail::ItemTimes::put(times, each);
+    }
+    mproc::detail::TimelineSource src{call, first, t0, start + n * each + 1000, worker};
+    rec->ran(src, first, static_cast<std::uint64_t>(n), ok.data(), fresh.data(), times, start, start + n * each);
+  };
+  batch(0, 1, 0, 300, t0 + 1'000'000, 30'000);         // the dense burst
+  batch(1, 1, 300, 200, t0 + 100'000'000, 2'000'000);  // 100..500 ms
+  rec->failed(mproc::detail::TimelineSource{1, 500, t0, t0 + 600'100'000, 1}, 500, TaskOutcome::worker_lost,
+              t0 + 600'000'000, t0 + 600'050'000);
+  batch(1, 1, 501, 100, t0 + 700'000'000, 3'000'000);  // the replacement: 700 ms..1 s
+  return mproc::Timeline(std::shared_ptr<const mproc::detail::TimelineRecorder>(rec));
+}
+
+TEST(TimelineHtml, FailuresAreMarkersAndDenseRunsAreHovered) {
+  auto t = lost_worker_timeline();
+  ASSERT_EQ(t.tasks().size(), 601u);
+  std::string svg = t.svg();
+  EXPECT_EQ(markup_error(svg), "") << svg;
+  // The lost worker: an outlined marker 7 px wide, full row height, drawn last.
+  auto at = svg.find("class=\"t worker_lost\"");
+  ASSERT_NE(at, std::string::npos);
+  std::string bar = svg.substr(at, svg.find('>', at) - at);
+  EXPECT_NE(bar.find("width=\"7.00\""), std::string::npos) << bar;
+  EXPECT_NE(bar.find("height=\"18.0\""), std::string::npos) << bar;
+  EXPECT_NE(bar.find("stroke="), std::string::npos) << bar;
+  EXPECT_GT(at, svg.rfind("class=\"t ok\""));
+  // The burst: one hover target naming its tasks.
+  EXPECT_GE(count_of(svg, "class=\"dense\""), 1u);
+  EXPECT_NE(svg.find("300 tasks from 1.000 ms to 10.000 ms:"), std::string::npos) << svg;
+  EXPECT_NE(svg.find("... and 288 more bars"), std::string::npos);
+  EXPECT_EQ(count_of(svg, "class=\"t "), 601u);  // still one bar per task
+  // The HTML page: one heading (the SVG's own is left out) and a chart as wide as the window.
+  std::string html = t.html("run");
+  EXPECT_EQ(markup_error(html), "");
+  EXPECT_EQ(count_of(html, "<h1>run</h1>"), 1u);
+  EXPECT_EQ(html.find("font-weight=\"bold\""), std::string::npos);  // the SVG's heading
+  EXPECT_NE(html.find("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"100%\""), std::string::npos);
+}
+
+// In headless Chromium: the lost worker's colour covers a marker of several pixels, and
+// the chart spans the window. Skipped only where chromium is not installed
+// (scripts/deps.sh installs it).
+TEST(TimelineHtml, ChromiumShowsTheLostWorker) {
+  if (std::system("command -v chromium >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "chromium is not installed (scripts/deps.sh installs it): timeline.html not rendered";
+  }
+  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 is not installed";
+  mproc_test::TempDir dir;
+  lost_worker_timeline().write_html(dir.file("t.html"));
+  // A temp profile, no GPU, no sandbox (containers), a bounded run.
+  std::string shot = dir.file("shot.png");
+  std::string cmd = "timeout 90 chromium --headless --disable-gpu --no-sandbox --hide-scrollbars "
+                    "--no-first-run --disable-extensions --user-data-dir=" + dir.file("profile") +
+                    " --window-size=1500,700 --screenshot=" + shot + " file://" + dir.file("t.html") +
+                    " >" + dir.file("chromium.log") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << mproc_test::read_file(dir.file("chromium.log"));
+  const std::string check = std::string("python3 ") + MPROC_TESTS_DIR + "/png_colour_check.py " + shot;
+  // Two regions of worker_lost purple at least 4x8 px: the legend's swatch and the marker.
+  EXPECT_EQ(std::system((check + " --marker 9c4fb0 --min-markers 2 --min-w 4 --min-h 8").c_str()), 0);
+  // The first row's stripe spans 80 % of the window (the plot is 91 % of the chart).
+  EXPECT_EQ(std::system((check + " --stripe fafafa --min-run-frac 0.8").c_str()), 0);
 }
 
 // ---- the recorder, directly: re-runs, malformed times, outcomes ------------------------

@@ -522,8 +522,42 @@ std::int64_t tick_step(std::int64_t span, int want) {
   return static_cast<std::int64_t>(10 * p);
 }
 
-std::string svg_chart(const std::vector<TaskRecord>& recs, int workers, std::string_view title) {
-  const double left = 90, plot_w = 1090, top = 40, row_h = 18, pitch = 24;
+bool is_failure(TaskOutcome o) {
+  return o == TaskOutcome::raised || o == TaskOutcome::worker_lost || o == TaskOutcome::timeout;
+}
+
+// Bar geometry, in chart pixels (the viewBox's; the HTML page scales the chart to the
+// window's width).
+constexpr double kMinBarPx = 0.5;      // an ok task: at least half a pixel
+constexpr double kFailMarkerPx = 7.0;  // a failed task: at least this wide, full row height, outlined
+constexpr double kNotRunPx = 3.0;      // a cancelled task that never ran (no duration)
+constexpr double kDensePx = 3.0;       // bars narrower than this that lie within
+constexpr double kDenseGapPx = 2.0;    //   this of each other form a dense run, hovered as one
+constexpr double kDenseMinPx = 6.0;    // a dense run's hover target is at least this wide
+constexpr std::size_t kDenseListed = 12;  // tasks named in a dense run's tooltip
+
+// What a bar is, for its hover title.
+std::string bar_text(const Bar& b) {
+  std::string what;
+  if (b.n == 1) {
+    what = "call " + std::to_string(b.call) + ", index " + std::to_string(b.first) + " (chunk " +
+           std::to_string(b.chunk) + "), " + duration_text(b.end - b.start) + ", " +
+           std::string(to_string(b.outcome));
+    if (b.pid) what += ", pid " + std::to_string(b.pid);
+  } else {
+    what = std::to_string(b.n) + " tasks merged: " +
+           (b.calls_mixed ? std::string("several calls") : "call " + std::to_string(b.call)) + ", indices " +
+           std::to_string(b.first) + "-" + std::to_string(b.last) + ", " + duration_text(b.end - b.start) +
+           ", " + std::string(to_string(b.outcome));
+  }
+  return what;
+}
+
+// `heading`: draw the title as text at the top (the standalone SVG; the HTML page has
+// its own heading). `fluid`: width 100% (the HTML page: the chart fits the window).
+std::string svg_chart(const std::vector<TaskRecord>& recs, int workers, std::string_view title, bool heading = true,
+                      bool fluid = false) {
+  const double left = 90, plot_w = 1090, top = heading ? 40 : 12, row_h = 18, pitch = 24;
   const double width = left + plot_w + 20;
   bool unstarted = std::any_of(recs.begin(), recs.end(), [](const TaskRecord& r) { return r.worker < 0; });
   int rows = std::max(workers, 0) + (unstarted ? 1 : 0);
@@ -594,14 +628,22 @@ std::string svg_chart(const std::vector<TaskRecord>& recs, int workers, std::str
   const double height = legend_y + 24;
   std::string s;
   s.reserve(4096 + bars.size() * 200);
-  appendf(
-      s,
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
-      "font-family=\"monospace\" font-size=\"11\">\n",
-      width, height, width, height);
+  if (fluid) {
+    appendf(s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"100%%\" viewBox=\"0 0 %.0f %.0f\" "
+            "font-family=\"monospace\" font-size=\"11\">\n",
+            width, height);
+  } else {
+    appendf(s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+            "font-family=\"monospace\" font-size=\"11\">\n",
+            width, height, width, height);
+  }
   s += "<title>" + xml_escape(title) + "</title>\n";
   appendf(s, "<rect x=\"0\" y=\"0\" width=\"%.0f\" height=\"%.0f\" fill=\"#ffffff\"/>\n", width, height);
-  s += "<text x=\"8\" y=\"22\" font-size=\"14\" font-weight=\"bold\">" + xml_escape(title) + "</text>\n";
+  if (heading) {
+    s += "<text x=\"8\" y=\"22\" font-size=\"14\" font-weight=\"bold\">" + xml_escape(title) + "</text>\n";
+  }
   for (int row = 0; row < rows; ++row) {
     double y = top + row * pitch;
     appendf(s, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", left, y, plot_w,
@@ -625,28 +667,91 @@ std::string svg_chart(const std::vector<TaskRecord>& recs, int workers, std::str
   }
   appendf(s, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">time since the pool started</text>\n",
           left + plot_w, axis_y + 31);
-  // Bars, with what they are in a hover title.
-  for (const auto& b : bars) {
-    // At least half a pixel; tasks that never ran (no duration) get a 3 px mark.
-    double w = std::max(b.outcome == TaskOutcome::cancelled ? 3.0 : 0.5,
-                        static_cast<double>((b.end - b.start).count()) * scale);
-    double x = std::min(px(b.start), left + plot_w - w);
-    std::string what;
-    if (b.n == 1) {
-      what = "call " + std::to_string(b.call) + ", index " + std::to_string(b.first) + " (chunk " +
-             std::to_string(b.chunk) + "), " + duration_text(b.end - b.start) + ", " +
-             std::string(to_string(b.outcome));
-      if (b.pid) what += ", pid " + std::to_string(b.pid);
-    } else {
-      what = std::to_string(b.n) + " tasks merged: " +
-             (b.calls_mixed ? std::string("several calls") : "call " + std::to_string(b.call)) +
-             ", indices " + std::to_string(b.first) + "-" + std::to_string(b.last) + ", " +
-             duration_text(b.end - b.start) + ", " + std::string(to_string(b.outcome));
+  // Bars, with what they are in a hover title: ok and cancelled ones first, then the
+  // hover targets of dense runs, then the failures on top of everything, each at least
+  // kFailMarkerPx wide, full height and outlined, so that a lost worker or a task that
+  // raised after microseconds in a run of seconds is still seen (and hovered).
+  struct Placed {
+    double x, w;
+  };
+  auto place = [&](const Bar& b) {
+    double min_w = is_failure(b.outcome) ? kFailMarkerPx : b.outcome == TaskOutcome::cancelled ? kNotRunPx : kMinBarPx;
+    double w = std::max(min_w, static_cast<double>((b.end - b.start).count()) * scale);
+    // A failure marker is centred on its task; every bar stays inside the plot.
+    double x = is_failure(b.outcome) && w == min_w ? px(b.start) - w / 2 : px(b.start);
+    x = std::clamp(x, left, std::max(left, left + plot_w - w));
+    return Placed{x, w};
+  };
+  auto draw = [&](const Bar& b, const Placed& p) {
+    bool fail = is_failure(b.outcome);
+    double y = top + b.row * pitch + (fail ? 0 : 2);
+    double h = fail ? row_h : row_h - 4;
+    appendf(s, "<rect class=\"t %s%s\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\"%s>",
+            std::string(to_string(b.outcome)).c_str(), b.n == 1 ? "" : " merged", p.x, y, p.w, h, colour(b.outcome),
+            fail ? " stroke=\"#222222\" stroke-width=\"1\"" : "");
+    s += "<title>" + xml_escape(bar_text(b)) + "</title></rect>\n";
+  };
+  std::vector<Placed> placed;
+  placed.reserve(bars.size());
+  for (const auto& b : bars) placed.push_back(place(b));
+  for (std::size_t i = 0; i < bars.size(); ++i) {
+    if (!is_failure(bars[i].outcome)) draw(bars[i], placed[i]);
+  }
+  // Dense runs: in each row, thin bars (under kDensePx) that start within kDenseGapPx
+  // of the previous one's end. Each run of two or more gets a transparent hover target
+  // over it whose tooltip names its tasks (the first kDenseListed of them).
+  {
+    std::vector<std::vector<std::size_t>> by_row(static_cast<std::size_t>(rows + 1));
+    for (std::size_t i = 0; i < bars.size(); ++i) {
+      if (placed[i].w < kDensePx) by_row[static_cast<std::size_t>(bars[i].row)].push_back(i);
     }
-    appendf(s, "<rect class=\"t %s%s\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\">",
-            std::string(to_string(b.outcome)).c_str(), b.n == 1 ? "" : " merged", x, top + b.row * pitch + 2,
-            w, row_h - 4, colour(b.outcome));
-    s += "<title>" + xml_escape(what) + "</title></rect>\n";
+    auto flush = [&](const std::vector<std::size_t>& run, double x0, double x1) {
+      std::uint64_t tasks = 0;
+      for (auto i : run) tasks += bars[i].n;
+      if (run.size() < 2) return;
+      const Bar& first = bars[run.front()];
+      ns from = first.start, to = first.end;
+      for (auto i : run) to = std::max(to, bars[i].end);
+      // Times since the pool started, as on the axis.
+      std::string what = std::to_string(tasks) + " tasks from " + duration_text(from) + " to " + duration_text(to) + ":";
+      // Appended piece by piece: `"literal" + std::string&&` trips g++ 12's -Wrestrict.
+      for (std::size_t k = 0; k < run.size() && k < kDenseListed; ++k) {
+        what += '\n';
+        what += bar_text(bars[run[k]]);
+      }
+      if (run.size() > kDenseListed) {
+        what += "\n... and ";
+        what += std::to_string(run.size() - kDenseListed);
+        what += " more bars";
+      }
+      double w = std::max(kDenseMinPx, x1 - x0);
+      double x = std::clamp(x0 - (w - (x1 - x0)) / 2, left, std::max(left, left + plot_w - w));
+      appendf(s,
+              "<rect class=\"dense\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"#000000\" "
+              "fill-opacity=\"0\"><title>",
+              x, top + first.row * pitch, w, row_h);
+      s += xml_escape(what) + "</title></rect>\n";
+    };
+    for (const auto& row : by_row) {
+      std::vector<std::size_t> run;
+      double x0 = 0, x1 = 0;
+      for (auto i : row) {  // in start order within the row
+        const Placed& p = placed[i];
+        if (!run.empty() && p.x <= x1 + kDenseGapPx) {
+          run.push_back(i);
+          x1 = std::max(x1, p.x + p.w);
+          continue;
+        }
+        if (!run.empty()) flush(run, x0, x1);
+        run.assign(1, i);
+        x0 = p.x;
+        x1 = p.x + p.w;
+      }
+      if (!run.empty()) flush(run, x0, x1);
+    }
+  }
+  for (std::size_t i = 0; i < bars.size(); ++i) {
+    if (is_failure(bars[i].outcome)) draw(bars[i], placed[i]);
   }
   // Legend.
   double x = left;
@@ -710,13 +815,15 @@ std::string Timeline::html(std::string_view title) const {
   std::string s;
   s += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>" + t + "</title>\n";
   s += "<style>body{font-family:sans-serif;margin:16px;color:#222222}pre{font-size:12px;line-height:1.3}"
-       "svg{max-width:100%;height:auto}</style>\n</head><body>\n";
+       "svg{display:block;width:100%;height:auto}</style>\n</head><body>\n";
   s += "<h1>" + t + "</h1>\n";
-  s += svg_chart(recs, workers(), title);
+  s += svg_chart(recs, workers(), title, /*heading=*/false, /*fluid=*/true);
   s += "<pre>" + xml_escape(summary_text(compute(recs, workers(), 10))) + "</pre>\n";
   s += "<p>One row per worker slot, one bar per task (tasks merged per chunk past " +
        std::to_string(kOneBarPerTask) +
-       " tasks); hover a bar for its call, index, duration and outcome.</p>\n";
+       " tasks); hover a bar for its call, index, duration and outcome, or a dense run of short tasks for the "
+       "tasks in it. Failed tasks (raised, worker_lost, timeout) are outlined markers at least " +
+       std::to_string(static_cast<int>(kFailMarkerPx)) + " px wide, drawn over everything else.</p>\n";
   s += "</body></html>\n";
   return s;
 }
