@@ -169,6 +169,14 @@ int risky(int crash, int runaway, int x) {
 
 int square(int x) { return x * x; }
 
+/// Waits at the barrier (with a deadline) and returns this worker's pid: a map of
+/// one such task per worker returns once every worker slot has a live process,
+/// so it waits for the replacements of the workers scene 4 lost.
+pid_t meet(mproc::Barrier everyone, int) {
+  everyone.wait_for(10s);  // BrokenBarrierError if a replacement never came
+  return ::getpid();
+}
+
 std::string pid_list(const std::vector<pid_t>& pids) {
   std::string s;
   for (pid_t p : pids) {
@@ -300,8 +308,17 @@ int main(int argc, char** argv) {
       timed_out += e.index() == static_cast<std::size_t>(runaway);
     }
   }
-  std::printf("  %d results, 1 crash, 1 timeout in %s; workers were pids %s, now %s\n", good,
-              human_time(sw.seconds()).c_str(), pid_list(before).c_str(), pid_list(risky_pool.worker_pids()).c_str());
+  std::printf("  %d results, 1 crash, 1 timeout in %s\n", good, human_time(sw.seconds()).c_str());
+  // The pool reports a lost task before its worker's replacement is up: wait for
+  // every slot to have a live worker (each of two tasks meets the other at a barrier),
+  // then list the pids.
+  std::vector<pid_t> met = risky_pool.map(mproc::bind(meet, mproc::Barrier(2)), std::views::iota(0, 2), 1);
+  std::vector<pid_t> after = risky_pool.worker_pids();
+  std::printf("  workers were pids %s, now %s\n", pid_list(before).c_str(), pid_list(after).c_str());
+  std::ranges::sort(before);
+  std::ranges::sort(met);
+  std::ranges::sort(after);
+  ok &= after.size() == 2 && met == after && after != before;
   auto squares = risky_pool.map(square, std::views::iota(0, 10));
   std::printf("  pool still usable: map(square, 0..9) = %s\n", examples::to_list(squares).c_str());
   ok &= good == items - 2 && lost == 1 && timed_out == 1 && squares[9] == 81;
