@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "pool_test_tasks.hpp"
+#include "task_error_check.hpp"
 #include "util.hpp"
 
 using namespace std::chrono_literals;
@@ -40,19 +41,8 @@ template <class E>
 class ExecutorTest : public ::testing::Test {
  protected:
   static constexpr bool kThreads = std::is_same_v<E, ThreadPoolExecutor>;
-  // What a task's std::invalid_argument becomes: itself (threads) or TaskError.
   static void expect_task_error(const std::exception_ptr& e, const char* what) {
-    ASSERT_TRUE(e);
-    try {
-      std::rethrow_exception(e);
-    } catch (const mproc::TaskError& te) {
-      EXPECT_FALSE(kThreads);
-      EXPECT_EQ(te.type_name(), "std::invalid_argument");
-      EXPECT_EQ(te.message(), what);
-    } catch (const std::invalid_argument& ia) {
-      EXPECT_TRUE(kThreads);
-      EXPECT_STREQ(ia.what(), what);
-    }
+    mproc_test::expect_invalid_argument(e, kThreads, what);
   }
 };
 

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "pool_test_tasks.hpp"
+#include "task_error_check.hpp"
 
 using namespace std::chrono_literals;
 using namespace pool_tasks;
@@ -125,23 +126,9 @@ template <class S>
 class MapContract : public ::testing::Test {
  protected:
   static constexpr bool kThreads = S::kThreads;
-  // An item's std::invalid_argument as each front end reports it: itself
-  // (threads), or TaskError with its type, message and index (processes).
+  // An item's std::invalid_argument as each front end reports it, with its index.
   static void expect_item_error(const std::exception_ptr& e, std::size_t index) {
-    ASSERT_TRUE(e);
-    try {
-      std::rethrow_exception(e);
-    } catch (const mproc::TaskError& te) {
-      EXPECT_FALSE(kThreads);
-      EXPECT_EQ(te.type_name(), "std::invalid_argument");
-      EXPECT_EQ(te.message(), "seven is not allowed");
-      EXPECT_EQ(te.index(), index);
-    } catch (const std::invalid_argument& ia) {
-      EXPECT_TRUE(kThreads);
-      EXPECT_STREQ(ia.what(), "seven is not allowed");
-    } catch (...) {
-      ADD_FAILURE() << "unexpected exception type";
-    }
+    mproc_test::expect_invalid_argument(e, kThreads, "seven is not allowed", index);
   }
 };
 
