@@ -16,6 +16,7 @@
 
 #include "../src/channel/internal.hpp"
 #include "../src/os/internal.hpp"
+#include "fuzz_manager_seeds.hpp"
 #include "mproc/shared_memory.hpp"
 #include "serial_types.hpp"
 
@@ -252,6 +253,12 @@ void forkserver_seeds() {
   write_seed("fuzz_forkserver", "payload", cat({std::byte{1}, std::byte{0}}, w.bytes()));
 }
 
+// ---- manager: client scripts (fuzz_manager_seeds.hpp) -----------------------------------
+
+void manager_seeds() {
+  for (auto& s : mproc::fuzz_manager::scenarios()) write_seed("fuzz_manager", s.name, s.bytes);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -264,5 +271,6 @@ int main(int argc, char** argv) {
   shm_seeds();
   channel_seeds();
   forkserver_seeds();
+  manager_seeds();
   return 0;
 }

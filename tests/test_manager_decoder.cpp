@@ -1,108 +1,27 @@
 // The server's frame and request decoding under garbage: valid request frames
 // (every operation, built the way clients build them) mutated deterministically
 // (bit flips, truncations, bad lengths, spliced frames) and fed to a socket-less
-// server (detail::mgr::fuzz_frames, also the libFuzzer entry). Passing means no
-// crash, no sanitizer report, no hang. Until fuzz/ (libFuzzer + a corpus) lands,
-// this is the regression run.
+// server (detail::mgr::fuzz_frames), and the multi-client scripts of the libFuzzer
+// target fuzz_manager (detail::mgr::fuzz_clients, seeds from fuzz/fuzz_manager_seeds.hpp)
+// run as they are and mutated. Passing means no crash, no sanitizer report, no
+// exception escaping the server's handling, no hang. The libFuzzer regression run
+// is fuzz.fuzz_manager (ctest -L fuzz in build/fuzz).
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "../src/manager/internal.hpp"
-#include "mproc/manager.hpp"
+#include "../fuzz/fuzz_manager_seeds.hpp"
 
 namespace mgr = mproc::detail::mgr;
+namespace seeds = mproc::fuzz_manager;
 
 namespace {
 
-std::vector<std::byte> frame(mgr::Op op, std::uint64_t object, const mproc::Writer& args,
-                             mgr::FrameType t = mgr::FrameType::request, std::int64_t timeout = mgr::forever) {
-  mproc::Writer w;
-  w.extend(mgr::kHeaderSize);
-  mgr::encode_request(w, mgr::RequestHeader{op, object, 7, timeout});
-  w.write(args.bytes().data(), args.size());
-  std::byte hdr[mgr::kHeaderSize];
-  mgr::encode_header(hdr, t, static_cast<std::uint32_t>(w.size() - mgr::kHeaderSize));
-  w.overwrite(0, hdr, mgr::kHeaderSize);
-  auto b = w.bytes();
-  return {b.begin(), b.end()};
-}
-
-template <class... T>
-mproc::Writer args(const T&... v) {
-  mproc::Writer w;
-  (mproc::dump(w, v), ...);
-  return w;
-}
-
-/// A session's worth of valid requests: objects 1..N are created in this order.
-std::vector<std::byte> corpus() {
-  using K = mgr::Kind;
-  using O = mgr::Op;
-  std::vector<std::vector<std::byte>> fs;
-  auto create = [&](K k, const mproc::Writer& init) {
-    mproc::Writer w;
-    mproc::dump(w, static_cast<std::uint16_t>(k));
-    mproc::dump(w, std::uint64_t{42});
-    w.write(init.bytes().data(), init.size());
-    fs.push_back(frame(O::create, 0, w));
-  };
-  std::string s1 = "k", s2 = "value";
-  create(K::dict, {});                                        // 1
-  create(K::list, args(std::uint64_t{1}, s2));                // 2
-  create(K::value, args(s2));                                 // 3
-  create(K::queue, args(std::uint64_t{1}));                   // 4
-  create(K::lock, {});                                        // 5
-  create(K::semaphore, args(std::uint32_t{1}, true));         // 6
-  create(K::event, {});                                       // 7
-  create(K::barrier, args(std::uint32_t{2}));                 // 8
-  create(K::condition, args(std::uint64_t{5}));               // 9
-  create(K::joinable_queue, args(std::uint64_t{0}));          // 10
-  create(K::ns, {});                                          // 11
-  create(K::array, args(std::uint64_t{2}, s1, s2));           // 12
-  fs.push_back(frame(O::d_set, 1, args(s1, s2)));
-  fs.push_back(frame(O::d_get, 1, args(s1)));
-  fs.push_back(frame(O::d_setdefault, 1, args(s2, s1)));
-  fs.push_back(frame(O::d_update, 1, args(std::uint64_t{1}, s1, s2)));
-  fs.push_back(frame(O::d_items, 1, {}));
-  fs.push_back(frame(O::d_pop, 1, args(s1)));
-  fs.push_back(frame(O::l_append, 2, args(s1)));
-  fs.push_back(frame(O::l_insert, 2, args(std::int64_t{-1}, s2)));
-  fs.push_back(frame(O::l_get, 2, args(std::int64_t{-2})));
-  fs.push_back(frame(O::l_index, 2, args(s2)));
-  fs.push_back(frame(O::l_reverse, 2, {}));
-  fs.push_back(frame(O::l_all, 2, {}));
-  fs.push_back(frame(O::v_set, 3, args(s1)));
-  fs.push_back(frame(O::v_get, 3, {}));
-  fs.push_back(frame(O::q_put, 4, args(s1)));
-  fs.push_back(frame(O::q_put, 4, args(s2), mgr::FrameType::request, 0));
-  fs.push_back(frame(O::q_get, 4, {}));
-  fs.push_back(frame(O::lk_acquire, 5, {}));
-  fs.push_back(frame(O::cond_notify, 9, args(std::uint64_t{1})));
-  fs.push_back(frame(O::lk_release, 5, {}));
-  fs.push_back(frame(O::lk_acquire, 6, {}, mgr::FrameType::request, 0));
-  fs.push_back(frame(O::lk_release, 6, args(std::uint32_t{1})));
-  fs.push_back(frame(O::ev_set, 7, {}));
-  fs.push_back(frame(O::ev_wait, 7, {}));
-  fs.push_back(frame(O::bar_state, 8, {}));
-  fs.push_back(frame(O::q_put, 10, args(s1)));
-  fs.push_back(frame(O::q_task_done, 10, {}));
-  fs.push_back(frame(O::ns_set, 11, args(s1, std::uint64_t{9}, s2)));
-  fs.push_back(frame(O::ns_get, 11, args(s1, std::uint64_t{9})));
-  fs.push_back(frame(O::l_set, 12, args(std::int64_t{0}, s2)));
-  fs.push_back(frame(O::apply, 3, args(std::string("not code"))));
-  fs.push_back(frame(O::publish, 4, args(s1)));
-  fs.push_back(frame(O::lookup, 0, args(s1)));
-  fs.push_back(frame(O::decref, 2, {}, mgr::FrameType::notify));
-  fs.push_back(frame(O::len, 1, {}));
-  fs.push_back(frame(O::bar_wait, 8, {}));  // parks: the last frame a connection may send
-  std::vector<std::byte> all;
-  for (auto& f : fs) all.insert(all.end(), f.begin(), f.end());
-  return all;
-}
+std::vector<std::byte> corpus() { return seeds::one_session(); }
 
 }  // namespace
 
@@ -147,3 +66,49 @@ TEST(ManagerDecoder, MutatedFramesNeverCrashTheServer) {
     mgr::fuzz_frames(b);
   }
 }
+
+TEST(ManagerDecoder, ClientScenariosRun) {
+  for (auto& sc : seeds::scenarios()) {
+    SCOPED_TRACE(sc.name);
+    mgr::fuzz_clients(sc.bytes);
+  }
+}
+
+TEST(ManagerDecoder, MutatedClientScriptsNeverCrashTheServer) {
+  const auto all = seeds::scenarios();
+  std::mt19937_64 rng(777);
+  for (int iter = 0; iter < 5000; ++iter) {
+    auto b = all[rng() % all.size()].bytes;
+    for (int k = 0; k < 1 + static_cast<int>(rng() % 4); ++k) {
+      std::size_t at = rng() % b.size();
+      if (rng() % 2) {
+        b[at] ^= static_cast<std::byte>(1u << (rng() % 8));
+      } else if (at + 8 <= b.size()) {
+        std::uint64_t v = rng() % 2 ? ~std::uint64_t{0} >> 1 : rng();
+        std::memcpy(b.data() + at, &v, 8);
+      }
+    }
+    mgr::fuzz_clients(b);
+  }
+}
+
+// A parked request's deadline is now + its timeout: a client's timeout near
+// INT64_MAX must neither overflow (UBSan: signed overflow, in the asan build) nor
+// wrap to a deadline in the past. Fails before the fix under -fsanitize=undefined.
+TEST(ManagerDecoder, HugeTimeoutsDoNotOverflowDeadlines) {
+  using O = mgr::Op;
+  using K = mgr::Kind;
+  for (std::int64_t t : {std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::max() - 1,
+                         std::int64_t{1} << 62}) {
+    seeds::Bytes b;
+    seeds::append(b, seeds::create(K::queue, seeds::args(std::uint64_t{1})));
+    seeds::append(b, seeds::frame(O::q_get, 1, {}, mgr::FrameType::request, t));
+    mgr::fuzz_clients(seeds::Script().feed(0, b).feed(1, seeds::frame(O::incref, 1, {})).bytes());
+  }
+}
+
+// A Condition wait whose condition is freed meanwhile (the session gave back its
+// last reference from another connection) and then times out: it is answered
+// ("timed out"), not left parked past its deadline (serve()'s loop spun on it).
+// Before the fix fuzz_clients aborted: "a timed wait was not answered".
+TEST(ManagerDecoder, TimedWaitOnAFreedConditionIsAnswered) { mgr::fuzz_clients(seeds::freed_condition_wait()); }

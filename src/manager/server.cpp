@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <deque>
+#include <limits>
 #include <list>
 #include <map>
 #include <memory>
@@ -443,7 +444,11 @@ class Server {
     c.wait_obj = h.object;
     c.wait_op = h.op;
     c.wait_tid = h.tid;
-    c.deadline = h.timeout < 0 ? -1 : now_ns() + h.timeout;
+    // Saturating: a client may send any timeout up to INT64_MAX nanoseconds.
+    std::int64_t now = now_ns();
+    c.deadline = h.timeout < 0 ? -1 : h.timeout > std::numeric_limits<std::int64_t>::max() - now
+                                          ? std::numeric_limits<std::int64_t>::max()
+                                          : now + h.timeout;
   }
   static void erase_id(std::deque<std::uint64_t>& q, std::uint64_t id) {
     for (auto it = q.begin(); it != q.end(); ++it) {
@@ -559,7 +564,12 @@ class Server {
   }
   void cond_timed_out(Conn& c) {
     auto it = objs_.find(c.wait_obj);
-    if (it == objs_.end() || it->second->kind != Kind::condition) return;
+    if (it == objs_.end() || it->second->kind != Kind::condition) {
+      // Its condition was freed meanwhile (the client gave back every reference
+      // while waiting): answer "timed out" rather than keep an expired wait.
+      unpark(c);
+      return reply_bool(c, Status::ok, false);
+    }
     erase_id(static_cast<CondObj&>(*it->second).waiters, c.id);
     cond_to_lock(c, false);
   }
@@ -1334,6 +1344,26 @@ void serve(int listen_fd, const std::string& authkey, const ServerId& server_id)
   ::close(listen_fd);
 }
 
+namespace {
+
+/// What serve()'s loop does after each round of events: forget closed connections.
+void reap(Server& s) {
+  for (auto id : s.dead_) s.conns_.erase(id);
+  s.dead_.clear();
+}
+
+/// What would end or wedge a real server (an exception escaping on_bytes,
+/// close_conn or expire ends serve()): for a fuzz target a crash, said as one.
+[[noreturn]] void fuzz_failure(const std::string& what) noexcept {
+  std::fprintf(stderr, "mproc manager fuzz: %s\n", what.c_str());
+  std::abort();
+}
+[[noreturn]] void escaped(const char* what) noexcept {
+  fuzz_failure(std::string("an exception escaped the server loop (the server would die): ") + what);
+}
+
+}  // namespace
+
 void fuzz_frames(std::span<const std::byte> bytes) noexcept {
   try {
     ServerId zero{};
@@ -1343,7 +1373,68 @@ void fuzz_frames(std::span<const std::byte> bytes) noexcept {
     c.in.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     s.on_bytes(c);
     s.close_conn(c);
+    reap(s);
+  } catch (const std::exception& e) {
+    escaped(e.what());
   } catch (...) {
+    escaped("(not a std::exception)");
+  }
+}
+
+void fuzz_clients(std::span<const std::byte> script) noexcept {
+  try {
+    ServerId zero{};
+    Server s("fuzz", zero, false);
+    std::uint64_t slot_conn[kFuzzSlots] = {};  // 0: no connection in that slot
+    auto conn = [&](std::size_t slot) -> Conn& {
+      auto it = slot_conn[slot] ? s.conns_.find(slot_conn[slot]) : s.conns_.end();
+      if (it != s.conns_.end() && !it->second->dead) return *it->second;
+      Conn& c = s.add_test_conn(1 + slot % 2);  // slots 0, 2: session 1; slots 1, 3: session 2
+      c.same_program = false;                   // fuzzed code references must never be called
+      slot_conn[slot] = c.id;
+      return c;
+    };
+    std::size_t pos = 0;
+    while (pos < script.size()) {
+      auto ctl = static_cast<std::uint8_t>(script[pos]);
+      std::size_t len = 0;
+      if (pos + 3 <= script.size()) {
+        len = static_cast<std::size_t>(script[pos + 1]) | static_cast<std::size_t>(script[pos + 2]) << 8;
+      }
+      pos = std::min(pos + 3, script.size());
+      len = std::min(len, script.size() - pos);
+      std::size_t slot = ctl % kFuzzSlots;
+      switch (static_cast<FuzzAction>((ctl >> 2) & 3)) {
+        case FuzzAction::close:
+          if (slot_conn[slot] && s.conns_.count(slot_conn[slot])) s.close_conn(*s.conns_.at(slot_conn[slot]));
+          slot_conn[slot] = 0;
+          break;
+        case FuzzAction::expire:
+          s.expire(std::numeric_limits<std::int64_t>::max());
+          // Every timed wait is answered once its deadline passed (a Condition
+          // wait then waits for its lock, without a deadline): a wait left parked
+          // past it would make serve()'s loop spin, and its client wait forever.
+          for (auto& [id, c] : s.conns_) {
+            if (!c->dead && c->waiting && c->deadline >= 0) fuzz_failure("a timed wait was not answered at its deadline");
+          }
+          break;
+        default: {
+          Conn& c = conn(slot);
+          c.in.append(reinterpret_cast<const char*>(script.data() + pos), len);
+          s.on_bytes(c);
+          break;
+        }
+      }
+      pos += len;
+      s.expire(now_ns());
+      reap(s);
+    }
+    for (auto& [id, c] : s.conns_) s.close_conn(*c);
+    reap(s);
+  } catch (const std::exception& e) {
+    escaped(e.what());
+  } catch (...) {
+    escaped("(not a std::exception)");
   }
 }
 
