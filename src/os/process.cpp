@@ -164,6 +164,27 @@ void forget_child(const ProcessState* s) {
 
 void at_exit() { library_exit(); }
 
+// The exit handler (library_exit: terminate daemon children, join the rest, stop
+// the forkserver) must run after every destructor that may still use a child:
+// a pool or executor held by a global or a static waits for its work in its
+// destructor (issue 11, bug 5). exit() runs atexit handlers and static
+// destructors in the reverse order of their registration, so the handler is
+// registered before any C++ object of the program can be constructed: by a
+// constructor of priority 101, the first priority a program may use, which
+// runs before every unprioritized static initializer of the executable (GNU ld
+// and lld sort .init_array by priority) and, in a shared libmproc, before the
+// executable's initializers (dependencies initialize first). Registered at the
+// first start instead, the handler ran before the destructors of every object
+// constructed earlier (a global std::unique_ptr<ProcessPoolExecutor> assigned
+// in main()), killing the workers under the tasks they were running. Every
+// object it touches is leaked on purpose (g(), client(), exit_hooks()), so it
+// may run after all static destructors.
+[[gnu::constructor(101)]] void register_exit_handler_early() {
+  Globals& G = g();
+  G.atexit_registered = true;
+  std::atexit(at_exit);
+}
+
 std::shared_ptr<ProcessState> self_state() {
   Globals& G = g();
   std::lock_guard lock(G.mu);
