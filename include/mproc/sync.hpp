@@ -181,6 +181,12 @@ class MutexBase : public Acquirable<MutexBase> {
 
   /// Whether the calling thread holds the lock. Non-blocking.
   bool is_owned() const noexcept;
+  /// Whether any thread of any process holds the lock now (Python's locked()).
+  /// A snapshot: it may change as soon as it is returned; exact for a caller
+  /// that has synchronized with the holder (e.g. the holder set an Event after
+  /// acquiring). True, too, while an owner that died holding it has not been
+  /// replaced (the next acquire reports OwnerDiedError). Non-blocking, never throws.
+  bool locked() const noexcept;
 
   /// Used by Acquirable: acquires (true) or times out (false); throws
   /// OwnerDiedError (lock released) when the previous owner died holding it.
@@ -221,6 +227,7 @@ class Lock : public detail::MutexBase {
  private:
   friend struct detail::SyncAccess;
   explicit Lock(detail::SyncRef ref) : MutexBase(std::move(ref)) {}
+  explicit Lock(const MutexBase& same) : MutexBase(same) {}  // shares its attachment
 };
 
 /// A recursive lock (multiprocessing.RLock): the owning thread may acquire it
@@ -232,6 +239,7 @@ class RLock : public detail::MutexBase {
  private:
   friend struct detail::SyncAccess;
   explicit RLock(detail::SyncRef ref) : MutexBase(std::move(ref)) {}
+  explicit RLock(const MutexBase& same) : MutexBase(same) {}  // shares its attachment
 };
 
 /// Options of a Semaphore.
@@ -430,6 +438,14 @@ namespace detail {
 /// Builds handles from received or embedded state (codecs and Value/Array).
 struct SyncAccess {
   static RLock rlock_at(SyncRef ref) { return RLock(std::move(ref)); }
+  /// A Lock or RLock, as their common base (Value/Array on a caller's lock).
+  static MutexBase mutex_at(SyncRef ref) { return MutexBase(std::move(ref)); }
+  /// `m` as the L (Lock or RLock) it is, sharing its attachment: a fresh
+  /// attachment of a lock this thread holds would pin its page when it goes.
+  template <class L>
+  static L as(const MutexBase& m) {
+    return L(m);
+  }
   static const SyncRef& ref(const MutexBase& m) noexcept { return m.att_->ref; }
   static const SyncRef& ref(const Semaphore& s) noexcept { return s.att_->ref; }
   static const SyncRef& ref(const Condition& c) noexcept { return c.ref_; }

@@ -9,8 +9,9 @@
 //   mproc::Array<double> a(1000);                 // Array('d', 1000): zero-filled
 //   { auto g = a.lock(); for (double& x : a.raw()) x *= 2; }
 //
-// Like Python, Value and Array carry a recursive lock (get_lock(), an RLock) and
-// their get()/set() take it; RawValue and RawArray have no lock. T must be
+// Like Python, Value and Array carry a recursive lock (get_lock(), an RLock), or
+// a Lock or RLock of the caller's (Value<int> v(0, my_lock)), and their get()/set()
+// take it; RawValue and RawArray have no lock. T must be
 // trivially copyable: the bytes are shared as they are. Python's type codes map to
 // C++ types through typecode_t<'i'> (table in docs/sync.md).
 //
@@ -208,25 +209,46 @@ class AtomicCell {
 #undef MPROC_NEEDS_LOCK_FREE
 #undef MPROC_NEEDS_ARITHMETIC
 
-/// A Cells with an RLock, embedded at the start of the same page (the usual
-/// case) or a lock the user supplied. The codec sends one fd when embedded.
+/// A Cells with a lock: an RLock embedded at the start of the same page (the
+/// usual case), or a Lock or RLock the user supplied (held as their common base;
+/// as<L>() gives it back as what it is). The codec sends one fd when embedded.
 template <class T>
 struct LockedCells {
   static constexpr std::size_t header = std::max(mutex_state_size, alignof(T));
 
   LockedCells(std::size_t n, const char* tag) : cells(n, header, tag), lock(embedded_lock(cells)) {}
-  LockedCells(std::size_t n, RLock l, const char* tag) : cells(n, 0, tag), lock(std::move(l)) {}
-  LockedCells(Cells<T> c, RLock l) : cells(std::move(c)), lock(std::move(l)) {}
+  LockedCells(std::size_t n, MutexBase l, const char* tag) : cells(n, 0, tag), lock(std::move(l)) {}
+  LockedCells(Cells<T> c, MutexBase l) : cells(std::move(c)), lock(std::move(l)) {}
 
-  static RLock embedded_lock(const Cells<T>& c) {
+  static MutexBase embedded_lock(const Cells<T>& c) {
     return SyncAccess::rlock_at(init_mutex_state(SyncRef{c.segment(), 0}, true));
+  }
+  /// The lock as L (RLock or Lock). UsageError if it is the other kind.
+  template <class L>
+  L as() const {
+    static_assert(std::is_same_v<L, RLock> || std::is_same_v<L, Lock>,
+                  "mproc: get_lock<L>(): L is mproc::RLock (the default) or mproc::Lock");
+    const SyncRef& ref = SyncAccess::ref(lock);
+    SyncKind k;
+    std::memcpy(&k, ref.at(), sizeof k);
+    if constexpr (std::is_same_v<L, RLock>) {
+      if (k != SyncKind::rlock) {
+        throw UsageError("mproc: get_lock(): this Value/Array was built on a mproc::Lock; call get_lock<mproc::Lock>()");
+      }
+      return SyncAccess::as<RLock>(lock);
+    } else {
+      if (k != SyncKind::lock) {
+        throw UsageError("mproc: get_lock<mproc::Lock>(): this Value/Array's lock is an RLock; call get_lock()");
+      }
+      return SyncAccess::as<Lock>(lock);
+    }
   }
   bool embedded() const noexcept { return SyncAccess::ref(lock).seg.fd() == cells.segment().fd(); }
 
   void encode(Writer& w) const {
     bool emb = embedded();
     dump(w, emb);
-    if (!emb) codec<RLock>::encode(w, lock);
+    if (!emb) encode_sync_ref(w, SyncAccess::ref(lock));
     cells.encode(w);
   }
   static LockedCells decode(Reader& r) {
@@ -243,12 +265,12 @@ struct LockedCells {
         throw SerializationError("mproc: a received shared Value/Array has a corrupt lock");
       return LockedCells(std::move(c), SyncAccess::rlock_at(std::move(ref)));
     }
-    RLock l = codec<RLock>::decode(r);
+    MutexBase l = SyncAccess::mutex_at(decode_sync_ref(r, SyncKind::lock, SyncKind::rlock));
     return LockedCells(Cells<T>::decode(r), std::move(l));
   }
 
   Cells<T> cells;
-  mutable RLock lock;
+  mutable MutexBase lock;
 };
 
 template <class R, class T>
@@ -287,8 +309,13 @@ class Value : public detail::AtomicCell<T> {
  public:
   /// A new shared T with its own RLock, in one page. Throws std::system_error.
   explicit Value(T init = T{}) : Value(detail::LockedCells<T>(1, "mproc-value")) { raw() = init; }
-  /// Guarded by an existing lock (several Values may share one, as in Python).
+  /// Guarded by an existing lock, an RLock or a Lock (Python's Value(typecode, v,
+  /// lock=my_lock)); several Values and Arrays may share one. With a Lock, get()
+  /// and set() must not be called while this thread holds it (they take it).
   Value(T init, RLock lock) : Value(detail::LockedCells<T>(1, std::move(lock), "mproc-value")) {
+    raw() = init;
+  }
+  Value(T init, Lock lock) : Value(detail::LockedCells<T>(1, std::move(lock), "mproc-value")) {
     raw() = init;
   }
 
@@ -303,11 +330,16 @@ class Value : public detail::AtomicCell<T> {
     std::lock_guard g(c_.lock);
     c_.cells.write(0, v);
   }
-  /// The lock (Python's get_lock()); a handle to the same lock.
-  RLock get_lock() const noexcept { return c_.lock; }
+  /// The lock (Python's get_lock()); a handle to the same lock. An RLock unless the
+  /// Value was built on a Lock: then get_lock<mproc::Lock>() (the other kind is a
+  /// UsageError).
+  template <class L = RLock>
+  L get_lock() const {
+    return c_.template as<L>();
+  }
   /// Holds the lock for the guard's lifetime: `auto g = v.lock(); v.raw() += 1;`.
   /// The Value must outlive the guard.
-  [[nodiscard]] std::unique_lock<RLock> lock() const { return std::unique_lock<RLock>(c_.lock); }
+  [[nodiscard]] std::unique_lock<detail::MutexBase> lock() const { return std::unique_lock<detail::MutexBase>(c_.lock); }
   /// The shared object itself, unsynchronized: hold lock() around compound use.
   T& raw() const noexcept { return *c_.cells.data(); }
 
@@ -385,8 +417,8 @@ class RawArray : public detail::ArrayOps<RawArray<T>, T> {
   detail::Cells<T> cells_;
 };
 
-/// A fixed-size array of T in shared memory with a recursive lock
-/// (multiprocessing.Array). get(i)/set(i, v)/to_vector() take the lock; for
+/// A fixed-size array of T in shared memory with a recursive lock, or a Lock or
+/// RLock of the caller's (multiprocessing.Array). get(i)/set(i, v)/to_vector() take the lock; for
 /// several steps hold lock() and work on raw().
 template <class T>
 class Array : public detail::ArrayOps<Array<T>, T> {
@@ -397,10 +429,28 @@ class Array : public detail::ArrayOps<Array<T>, T> {
   Array() : Array(std::size_t{0}) {}
   /// n zero-initialised elements (Array('i', n)). Throws std::system_error.
   explicit Array(std::size_t n) : c_(n, "mproc-array") {}
+  /// Guarded by an existing RLock or Lock (Python's Array(typecode, n, lock=my_lock)),
+  /// which several Values and Arrays may share. With a Lock, get()/set()/to_vector()
+  /// must not be called while this thread holds it (UsageError): use raw() there.
   Array(std::size_t n, RLock lock) : c_(n, std::move(lock), "mproc-array") {}
+  Array(std::size_t n, Lock lock) : c_(n, std::move(lock), "mproc-array") {}
   Array(std::initializer_list<T> init) : Array(init.size()) { std::ranges::copy(init, c_.cells.data()); }
+  Array(std::initializer_list<T> init, RLock lock) : Array(init.size(), std::move(lock)) {
+    std::ranges::copy(init, c_.cells.data());
+  }
+  Array(std::initializer_list<T> init, Lock lock) : Array(init.size(), std::move(lock)) {
+    std::ranges::copy(init, c_.cells.data());
+  }
   template <detail::range_of<T> R>
   explicit Array(const R& r) : Array(std::ranges::size(r)) {
+    std::ranges::copy(r, c_.cells.data());
+  }
+  template <detail::range_of<T> R>
+  Array(const R& r, RLock lock) : Array(std::ranges::size(r), std::move(lock)) {
+    std::ranges::copy(r, c_.cells.data());
+  }
+  template <detail::range_of<T> R>
+  Array(const R& r, Lock lock) : Array(std::ranges::size(r), std::move(lock)) {
     std::ranges::copy(r, c_.cells.data());
   }
 
@@ -422,9 +472,13 @@ class Array : public detail::ArrayOps<Array<T>, T> {
     auto s = this->raw();
     return std::vector<T>(s.begin(), s.end());
   }
-  RLock get_lock() const noexcept { return c_.lock; }
+  /// The lock, as Value::get_lock().
+  template <class L = RLock>
+  L get_lock() const {
+    return c_.template as<L>();
+  }
   /// Holds the lock for the guard's lifetime. The Array must outlive the guard.
-  [[nodiscard]] std::unique_lock<RLock> lock() const { return std::unique_lock<RLock>(c_.lock); }
+  [[nodiscard]] std::unique_lock<detail::MutexBase> lock() const { return std::unique_lock<detail::MutexBase>(c_.lock); }
 
  private:
   friend struct codec<Array<T>>;

@@ -87,8 +87,9 @@ struct MutexState {
   // The owner's ids, written by the owner right after acquiring and cleared
   // before releasing. Relaxed atomics: they are read without the mutex only to
   // ask "is it me?" (only the owner itself can find its own tid there, and it
-  // sees its own writes in program order) and, under the mutex, for the dead
-  // owner's pid, where the kernel's hand-over of the robust mutex orders them.
+  // sees its own writes in program order), by locked() for a snapshot, and,
+  // under the mutex, for the dead owner's pid, where the kernel's hand-over of
+  // the robust mutex orders them.
   std::atomic<std::int32_t> owner_pid;
   std::atomic<std::int32_t> owner_tid;
   // Recursion depth; touched only by the owner.

@@ -79,6 +79,16 @@ bool MutexBase::is_owned() const noexcept {
          st->owner_pid.load(std::memory_order_relaxed) == me.pid;
 }
 
+bool MutexBase::locked() const noexcept {
+  // The owner stores its pid right after acquiring and clears it before
+  // releasing (MutexState), so a nonzero pid is a held lock. Relaxed: a reader
+  // that learned of the acquisition through a release/acquire pair (an Event the
+  // holder set afterwards) sees the store by happens-before; any other reader
+  // gets a snapshot, which is all locked() promises. A dead owner's pid stays
+  // until the next owner takes the mutex over.
+  return mutex_state(state_)->owner_pid.load(std::memory_order_relaxed) != 0;
+}
+
 void MutexBase::release() {
   MutexState* st = mutex_state(state_);
   if (!is_owned() || st->depth == 0) {

@@ -1,0 +1,255 @@
+// Python API that users reach for (issue 10 §3): Lock::locked() (Python 3.14),
+// Value/Array on a caller's Lock or RLock.
+// Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
+// Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <mproc/process.hpp>
+#include <mproc/queue.hpp>
+#include <mproc/sync.hpp>
+#include <mproc/value.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "util.hpp"
+
+using namespace std::chrono_literals;
+using mproc::Event;
+using mproc::Lock;
+using mproc::Process;
+using mproc::Queue;
+using mproc::RLock;
+
+namespace {
+
+void nothing() {}
+
+/// Counts fds, /dev/shm entries and zombies before and after each test.
+class NoLeaks : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // Warm-ups that keep what they open for good: the forkserver, thread-local
+    // buffers, the channel registry.
+    Process p(nothing);
+    p.start();
+    p.join();
+    Queue<std::string> q;
+    q.put(std::string(100'000, 'w'));
+    (void)q.get();
+  }
+  void SetUp() override {
+    fds_ = mproc_test::fd_count();
+    shm_ = mproc_test::shm_entries();
+  }
+  void TearDown() override {
+    EXPECT_EQ(mproc_test::fd_count(), fds_);
+    EXPECT_EQ(mproc_test::shm_entries(), shm_);
+    EXPECT_EQ(mproc_test::zombie_children(), 0);
+  }
+
+ private:
+  int fds_ = 0;
+  int shm_ = 0;
+};
+
+// ---- Lock::locked() ---------------------------------------------------------------------
+
+using LockLocked = NoLeaks;
+
+template <class L>
+void hold_lock(L l, Event held, Event release) {
+  std::lock_guard g(l);
+  held.set();
+  (void)release.wait_for(60s);  // bounded: a parent that failed must not leave it behind
+}
+
+/// A child process that holds `l` from construction until release() or kill().
+template <class L>
+class HeldByAChild {
+ public:
+  explicit HeldByAChild(L l) : p_(hold_lock<L>, std::move(l), held_, release_) {
+    p_.start();
+    if (!held_.wait_for(30s)) ADD_FAILURE() << "the child never took the lock";
+  }
+  ~HeldByAChild() {
+    release_.set();
+    try {
+      p_.join();  // idempotent after release() or kill()
+    } catch (...) {
+    }
+  }
+  /// Lets the child release the lock and exit; its exit code (0 expected).
+  int release() {
+    release_.set();
+    p_.join();
+    return p_.exitcode().value_or(-1);
+  }
+  /// Kills the child while it holds the lock, and reaps it.
+  void kill() {
+    p_.kill();
+    p_.join();
+  }
+
+ private:
+  Event held_, release_;
+  Process p_;
+};
+
+TEST_F(LockLocked, SeesAHolderInThisThreadAnotherThreadAndAnotherProcess) {
+  Lock l;
+  EXPECT_FALSE(l.locked());
+  l.acquire();
+  EXPECT_TRUE(l.locked());
+  EXPECT_TRUE(l.is_owned());
+  l.release();
+  EXPECT_FALSE(l.locked());
+
+  Event held, release;
+  std::thread t(hold_lock<Lock>, l, held, release);
+  ASSERT_TRUE(held.wait_for(30s));
+  EXPECT_TRUE(l.locked());
+  EXPECT_FALSE(l.is_owned());  // locked, but not by this thread
+  release.set();
+  t.join();
+  EXPECT_FALSE(l.locked());
+
+  HeldByAChild child(l);
+  EXPECT_TRUE(l.locked());
+  EXPECT_FALSE(l.is_owned());
+  EXPECT_FALSE(l.try_acquire());
+  EXPECT_EQ(child.release(), 0);
+  EXPECT_FALSE(l.locked());
+}
+
+TEST_F(LockLocked, RLockStaysLockedUntilItsLastRelease) {
+  RLock r;
+  r.acquire();
+  r.acquire();
+  EXPECT_TRUE(r.locked());
+  r.release();
+  EXPECT_TRUE(r.locked());  // one level is still held
+  r.release();
+  EXPECT_FALSE(r.locked());
+
+  HeldByAChild child(r);
+  EXPECT_TRUE(r.locked());
+  EXPECT_EQ(child.release(), 0);
+  EXPECT_FALSE(r.locked());
+
+  mproc::Condition c;  // a Condition is its lock too
+  EXPECT_FALSE(c.locked());
+  {
+    std::lock_guard g(c);
+    EXPECT_TRUE(c.locked());
+  }
+  EXPECT_FALSE(c.locked());
+}
+
+TEST_F(LockLocked, AnOwnerThatDiedHoldingItKeepsItLockedUntilTheNextAcquire) {
+  Lock l;
+  HeldByAChild child(l);
+  child.kill();
+  EXPECT_TRUE(l.locked());  // nobody released it
+  EXPECT_THROW(l.acquire(), mproc::OwnerDiedError);  // reports the death, releases
+  EXPECT_FALSE(l.locked());
+  EXPECT_TRUE(l.try_acquire());
+  l.release();
+}
+
+// ---- Value/Array on a caller's Lock or RLock --------------------------------------------------
+
+using ValueOnLock = NoLeaks;
+
+void add_under(Lock l, mproc::Value<long> v, mproc::Array<int> a, int n) {
+  for (int i = 0; i < n; ++i) {
+    std::lock_guard g(l);
+    v.raw() += 1;
+    a.raw()[0] += 1;
+  }
+}
+
+TEST_F(ValueOnLock, ValueAndArraysShareTheCallersLock) {
+  Lock l;
+  mproc::Value<long> v(0, l);  // Python's Value('l', 0, lock=l)
+  mproc::Array<int> a(3, l);   // Array('i', 3, lock=l)
+  mproc::Array<int> b({1, 2, 3}, l);
+  EXPECT_EQ(b.to_vector(), (std::vector<int>{1, 2, 3}));
+  {
+    std::lock_guard g(l);
+    EXPECT_TRUE(v.get_lock<Lock>().is_owned());  // the same lock, held by this thread
+    EXPECT_TRUE(a.get_lock<Lock>().is_owned());
+    EXPECT_TRUE(b.get_lock<Lock>().is_owned());
+  }
+  {
+    auto g = v.lock();  // the guard holds the caller's lock
+    EXPECT_TRUE(l.is_owned());
+  }
+  EXPECT_FALSE(l.locked());
+  v.set(5);
+  EXPECT_EQ(v.get(), 5);
+  EXPECT_FALSE(l.locked());  // get()/set() released it
+  v.set(0);
+
+  // Across processes: the child's updates and ours are serialized by the one lock.
+  Process p(add_under, l, v, a, 500);
+  p.start();
+  add_under(l, v, a, 500);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(v.get(), 1000);
+  EXPECT_EQ(a.get(0), 1000);
+}
+
+TEST_F(ValueOnLock, GetLockGivesTheKindItWasBuiltOn) {
+  Lock l;
+  mproc::Value<int> v(1, l);
+  EXPECT_THROW((void)v.get_lock(), mproc::UsageError);  // an RLock it is not
+  EXPECT_NO_THROW((void)v.get_lock<Lock>());
+  mproc::Value<int> own(1);  // its own, embedded RLock
+  EXPECT_THROW((void)own.get_lock<Lock>(), mproc::UsageError);
+  EXPECT_NO_THROW((void)own.get_lock());
+  RLock r;
+  std::vector<int> src{1, 2, 3};
+  mproc::Array<int> from_range(src, l);  // any sized range, on a caller's Lock
+  EXPECT_EQ(from_range.to_vector(), src);
+  EXPECT_NO_THROW((void)from_range.get_lock<Lock>());
+  mproc::Array<int> a({4, 5}, r);  // on a caller's RLock
+  EXPECT_THROW((void)a.get_lock<Lock>(), mproc::UsageError);
+  {
+    std::lock_guard g(r);
+    EXPECT_TRUE(a.get_lock().is_owned());
+    EXPECT_EQ(a.get(1), 5);  // recursive: get() inside the caller's hold works
+  }
+}
+
+TEST_F(ValueOnLock, OnALockGetInsideTheCallersHoldIsAUsageError) {
+  // Python would deadlock; a Lock knows its owner, so it says so instead.
+  Lock l;
+  mproc::Value<int> v(7, l);
+  std::lock_guard g(l);
+  EXPECT_THROW((void)v.get(), mproc::UsageError);
+  EXPECT_EQ(v.raw(), 7);  // raw() is the way under the caller's hold
+}
+
+void read_through_received(mproc::Value<int> v, mproc::Array<int> a, Queue<int> out) {
+  // The received handles carry the caller's Lock: get_lock<Lock>() names it.
+  Lock l = v.get_lock<Lock>();
+  std::lock_guard g(l);
+  out.put(v.raw() + a.raw()[1] + (a.get_lock<Lock>().is_owned() ? 100 : 0));
+}
+
+TEST_F(ValueOnLock, AReceivedValueKeepsTheCallersLock) {
+  Lock l;
+  mproc::Value<int> v(1, l);
+  mproc::Array<int> a({0, 2}, l);
+  Queue<int> out;
+  Process p(read_through_received, v, a, out);
+  p.start();
+  EXPECT_EQ(out.get(30s), 103);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+}  // namespace
