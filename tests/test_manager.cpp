@@ -11,6 +11,8 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <map>
 #include <string>
 #include <thread>
@@ -410,6 +412,116 @@ TEST(Manager, ADeadServerIsAManagerErrorOnPendingAndNextCalls) {
   EXPECT_TRUE(threw);
   EXPECT_THROW(d.set(1, 1), mproc::ManagerError);
   EXPECT_THROW(d.get(1), mproc::ManagerError);
+}
+
+/// Sends `sig` to `pid` and waits until /proc says it is stopped (or running again).
+bool signal_and_wait_state(pid_t pid, int sig, bool stopped) {
+  if (::kill(pid, sig) != 0) return false;
+  return until([&] {
+    std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+    if (!f) return false;
+    char state = 0;
+    int rc = std::fscanf(f, "%*d (%*[^)]) %c", &state);
+    std::fclose(f);
+    return rc == 1 && ((state == 'T') == stopped);
+  });
+}
+
+template <class F>
+std::string manager_error_of(F f) {
+  try {
+    f();
+  } catch (const mproc::ManagerError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("another exception: ") + e.what();
+  }
+  return "no exception";
+}
+
+// A SIGSTOP'd server answers nothing, yet its kernel still accepts connections:
+// without call_timeout every call below waited forever. Each now fails with a
+// ManagerError saying what to do, and the session survives: once the server is
+// continued, the same proxies work again.
+TEST(Manager, AStoppedServerIsAManagerErrorNotAHang) {
+  mproc::Manager m({.call_timeout = 300ms});
+  auto d = m.dict<int, int>();
+  auto q = m.Queue<int>();
+  auto b = m.Barrier(2);
+  d.set(1, 1);
+  pid_t server = m.pid();
+  // A wait parked on the server before it stops: it fails once a ping goes unanswered.
+  std::promise<std::string> parked;
+  auto parked_result = parked.get_future();
+  std::thread waiter([&] { parked.set_value(manager_error_of([&] { b.wait(); })); });
+  ASSERT_TRUE(until([&] { return b.n_waiting() == 1; }));
+  ASSERT_TRUE(signal_and_wait_state(server, SIGSTOP, true));
+  bool answered = parked_result.wait_for(60s) == std::future_status::ready;
+  if (!answered) ::kill(server, SIGCONT);  // let the waiter go before failing
+  waiter.join();
+  ASSERT_TRUE(answered) << "a parked Barrier.wait() hung on a stopped server";
+  std::string e = parked_result.get();
+  EXPECT_NE(e.find("no answer from the server within 300 ms"), std::string::npos) << e;
+  EXPECT_NE(e.find("nor to a ping"), std::string::npos) << e;
+  EXPECT_NE(e.find("call_timeout"), std::string::npos) << e;
+  // Calls made while it is stopped: plain requests, blocking ones with and
+  // without their own timeout, a new object (each on a new connection, whose
+  // handshake gets no answer either).
+  for (auto& [what, call] : std::vector<std::pair<std::string, std::function<void()>>>{
+           {"d.set", [&] { d.set(2, 2); }},
+           {"d.get", [&] { (void)d.get(1); }},
+           {"q.get()", [&] { (void)q.get(); }},
+           {"q.get(100ms)", [&] { (void)q.get(100ms); }},
+           {"m.dict()", [&] { (void)m.dict<int, int>(); }},
+       }) {
+    std::string err = manager_error_of(call);
+    EXPECT_NE(err.find("SIGSTOP"), std::string::npos) << what << ": " << err;
+    EXPECT_NE(err.find("call_timeout"), std::string::npos) << what << ": " << err;
+  }
+  ASSERT_TRUE(signal_and_wait_state(server, SIGCONT, false));
+  // The session lived on (its lifeline stayed open): the objects are still there.
+  EXPECT_EQ(d.get(1), 1);
+  q.put(5);
+  EXPECT_EQ(q.get(), 5);
+  EXPECT_EQ(b.n_waiting(), 0u);
+}
+
+// call_timeout bounds the server's silence, not a blocking call's wait: a get()
+// on a live server waits well past it (pings answered) and returns the item.
+TEST(Manager, ABlockingCallOnALiveServerOutlastsCallTimeout) {
+  mproc::Manager m({.call_timeout = 50ms});
+  auto q = m.Queue<int>();
+  std::thread producer([&] {
+    // Long enough for several pings of the waiting get() (every 50 ms of silence).
+    std::this_thread::sleep_for(400ms);
+    q.put(7);
+  });
+  EXPECT_EQ(q.get(), 7);
+  producer.join();
+}
+
+// Shutting down a stopped server: the shutdown request goes unanswered
+// (call_timeout), the server is killed after its grace period; no hang.
+TEST(Manager, DestroyingAManagerWhoseServerIsStoppedReturns) {
+  pid_t server = 0;
+  {
+    mproc::Manager m({.call_timeout = 200ms});
+    auto d = m.dict<int, int>();
+    d.set(1, 1);
+    server = m.pid();
+    ASSERT_TRUE(signal_and_wait_state(server, SIGSTOP, true));
+  }
+  EXPECT_TRUE(wait_pid_gone(server, 30s));
+}
+
+TEST(Manager, CallTimeoutMustBePositive) {
+  EXPECT_THROW(mproc::Manager({.call_timeout = 0ms}), mproc::UsageError);
+  EXPECT_THROW(mproc::Manager({.call_timeout = -5ms}), mproc::UsageError);
+  mproc::Manager m({.call_timeout = std::chrono::milliseconds::max()});  // no limit
+  auto d = m.dict<int, int>();
+  d.set(1, 2);
+  EXPECT_EQ(d.get(1), 2);
+  EXPECT_THROW(mproc::Manager::connect(m.address(), m.authkey(), 10s, 0ms), mproc::UsageError);
 }
 
 TEST(Manager, TheServerDiesWithItsOwnerEvenOnKill9) {

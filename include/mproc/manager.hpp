@@ -51,6 +51,15 @@ struct ManagerOptions {
   std::optional<StartMethod> start_method;
   /// How long connecting and authenticating may take before ManagerError.
   std::chrono::milliseconds connect_timeout{10'000};
+  /// How long a call bears a silent server (stopped by SIGSTOP or a debugger,
+  /// hung, or overloaded) before it fails with ManagerError. A request that only
+  /// reads or writes must be answered within it; a blocking one (Queue.get(),
+  /// Lock.acquire(), Event/Condition/Barrier wait, JoinableQueue.join()) may wait
+  /// as long as it asks for, but every call_timeout of silence the client pings
+  /// the server on another connection, and fails when that ping is not answered
+  /// within call_timeout either. Proxies carry it into other processes.
+  /// std::chrono::milliseconds::max(): no limit (Python's behaviour: a hang).
+  std::chrono::milliseconds call_timeout = detail::mgr::default_call_timeout;
 };
 
 template <class K, class V>
@@ -1016,8 +1025,11 @@ class Manager {
   /// A manager connected to a server started elsewhere (Python's
   /// BaseManager(address, authkey).connect()). It does not own the server:
   /// its destructor and shutdown() only disconnect.
+  /// `timeout` bounds connecting and authenticating; `call_timeout` is
+  /// ManagerOptions::call_timeout for this manager's proxies.
   static Manager connect(Address address, std::string authkey,
-                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                         std::chrono::milliseconds call_timeout = detail::mgr::default_call_timeout);
 
   Manager(Manager&&) noexcept;
   Manager& operator=(Manager&&) noexcept;

@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -152,6 +153,83 @@ bool recv_all(int fd, void* out, std::size_t n) {
   return true;
 }
 
+// ---- bounded I/O for calls: a silent server is noticed ----------------------------
+
+enum class Io { ok, closed, silent };
+
+/// Waits until fd is ready for `events`, at most `limit_ms` (-1: forever).
+/// Io::closed on a poll error (the socket is unusable).
+Io await_fd(int fd, short events, std::int64_t limit_ms) {
+  auto deadline = std::chrono::steady_clock::now() + Ms(limit_ms < 0 ? 0 : limit_ms);
+  for (;;) {
+    int wait = -1;
+    if (limit_ms >= 0) {
+      auto left = std::chrono::duration_cast<Ms>(deadline - std::chrono::steady_clock::now()).count();
+      wait = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
+    }
+    pollfd p{fd, events, 0};
+    int rc = ::poll(&p, 1, wait);
+    if (rc > 0) return Io::ok;  // ready, or POLLHUP/POLLERR: the send/recv that follows says which
+    if (rc < 0 && errno != EINTR) return Io::closed;
+    if (rc == 0 && limit_ms >= 0 && std::chrono::steady_clock::now() >= deadline) return Io::silent;
+  }
+}
+
+/// send_all, with at most `limit_ms` of no progress (-1: no limit).
+Io send_within(int fd, const std::byte* p, std::size_t n, std::int64_t limit_ms) {
+  while (n > 0) {
+    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (Io io = await_fd(fd, POLLOUT, limit_ms); io != Io::ok) return io;
+      continue;
+    }
+    if (k <= 0) return Io::closed;
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return Io::ok;
+}
+
+/// recv_all, with at most `limit_ms` of no progress (-1: no limit). Io::closed on
+/// EOF or an error (errno 0 for EOF).
+Io recv_within(int fd, void* out, std::size_t n, std::int64_t limit_ms) {
+  auto* p = static_cast<char*>(out);
+  while (n > 0) {
+    if (Io io = await_fd(fd, POLLIN, limit_ms); io != Io::ok) return io;
+    ssize_t k = ::recv(fd, p, n, MSG_DONTWAIT);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (k == 0) errno = 0;
+    if (k <= 0) return Io::closed;
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return Io::ok;
+}
+
+/// Requests the server may park until something happens (a lock, an item, a
+/// notify…): their answer may legitimately take longer than call_timeout.
+bool may_wait(Op op) noexcept {
+  switch (op) {
+    case Op::lk_acquire:
+    case Op::ev_wait:
+    case Op::q_put:
+    case Op::q_get:
+    case Op::q_join:
+    case Op::cond_wait:
+    case Op::bar_wait: return true;
+    default: return false;
+  }
+}
+
+[[noreturn]] void fail_silent(const Address& a, std::int64_t limit_ms, bool pinged) {
+  fail(a, "no answer from the server within " + std::to_string(limit_ms) + " ms (its call_timeout)" +
+              (pinged ? ", nor to a ping on another connection" : "") +
+              ": it is stopped (SIGSTOP, a debugger), hung or overloaded. The call was abandoned and its "
+              "connection closed; if the server resumes, what it did for this call is not undone. If the "
+              "server is only slow, raise ManagerOptions::call_timeout (Manager::connect's call_timeout)");
+}
+
 void send_frame(int fd, FrameType t, std::span<const std::byte> payload, const Address& a) {
   std::vector<std::byte> buf(kHeaderSize);
   encode_header(buf.data(), t, static_cast<std::uint32_t>(payload.size()));
@@ -159,14 +237,19 @@ void send_frame(int fd, FrameType t, std::span<const std::byte> payload, const A
   if (!send_all(fd, buf.data(), buf.size())) fail(a, "the server closed the connection");
 }
 
-/// The rest of a frame whose header was read already.
+/// The rest of a frame whose header was read already, with at most limit_ms of
+/// silence (-1: none).
 FrameHeader read_rest(int fd, const std::byte* hdr, std::vector<std::byte>& payload, const Address& a,
-                      std::uint32_t limit = kMaxFrame) {
+                      std::int64_t limit_ms, std::uint32_t limit = kMaxFrame) {
   std::string why;
   auto h = decode_header(std::span<const std::byte, kHeaderSize>(hdr, kHeaderSize), limit, why);
   if (!h) fail(a, "the server sent a bad frame: " + why);
   payload.resize(h->length);
-  if (h->length && !recv_all(fd, payload.data(), h->length)) fail(a, "the server closed the connection mid-frame");
+  if (h->length) {
+    Io io = recv_within(fd, payload.data(), h->length, limit_ms);
+    if (io == Io::silent) fail_silent(a, limit_ms, false);
+    if (io == Io::closed) fail(a, "the server closed the connection mid-frame");
+  }
   return *h;
 }
 
@@ -174,12 +257,16 @@ FrameHeader read_rest(int fd, const std::byte* hdr, std::vector<std::byte>& payl
 FrameHeader read_frame(int fd, std::vector<std::byte>& payload, const Address& a, std::uint32_t limit,
                        std::chrono::steady_clock::time_point deadline) {
   std::byte hdr[kHeaderSize];
-  if (!wait_fd(fd, POLLIN, deadline)) fail(a, "no answer from the server in time");
+  if (!wait_fd(fd, POLLIN, deadline)) {
+    fail(a, "no answer to the handshake in time (the connect timeout, or call_timeout if shorter): the server is "
+            "stopped (SIGSTOP, a debugger), hung, overloaded, or not an mproc manager; if it is only slow, raise "
+            "ManagerOptions::connect_timeout / call_timeout");
+  }
   if (!recv_all(fd, hdr, kHeaderSize)) {
     fail(a, errno ? std::string("connection lost: ") + std::strerror(errno)
                   : std::string("the server closed the connection (it exited, was killed, or refused this client)"));
   }
-  return read_rest(fd, hdr, payload, a, limit);
+  return read_rest(fd, hdr, payload, a, std::chrono::duration_cast<Ms>(deadline - std::chrono::steady_clock::now()).count() + 1, limit);
 }
 
 std::string key_of(const Endpoint& ep, const ServerId& id) {
@@ -295,20 +382,27 @@ class Session {
     random_bytes(&sid_, sizeof sid_);
     if (expect) server_ = *expect;
     have_server_ = expect.has_value();
-    idle_.push_back(open_conn());
+    // The lifeline carries no calls, only pings: a call abandoned for a silent
+    // server closes its own connection, never the session's last one (the
+    // server would end the session: its references and locks would go).
+    lifeline_ = open_conn();
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
   ~Session() {
     if (::getpid() != pid_) return;  // a fork child's copy: the fds are not ours (closed at fork)
     for (int fd : idle_) untrack_close(fd);
+    if (lifeline_ >= 0) untrack_close(lifeline_);
   }
 
   const ServerId& server() const noexcept { return server_; }
   const Endpoint& endpoint() const noexcept { return ep_; }
   pid_t pid() const noexcept { return pid_; }
 
-  Reply call(const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout) {
+  /// One request and its reply. `timeout`: the server-side wait of a blocking
+  /// request (forever: -1). `limit_ms`: the endpoint's call_timeout (-1: none):
+  /// how long the server may stay silent (see ManagerOptions::call_timeout).
+  Reply call(const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout, std::int64_t limit_ms) {
     // A fork child's copy of its parent's session: its fds were closed at the
     // fork and their numbers may name other files now. Never write to them.
     if (::getpid() != pid_) {
@@ -332,10 +426,18 @@ class Session {
     Reply r;
     for (int attempt = 0;; ++attempt) {
       bool fresh = false;
-      int fd = take(fresh);
+      int fd = take(fresh, limit_ms);
       try {
         std::byte hdr[kHeaderSize];
-        if (!send_all(fd, w.bytes().data(), w.size()) || !recv_all(fd, hdr, kHeaderSize)) {
+        Io io = send_within(fd, w.bytes().data(), w.size(), limit_ms);
+        if (io == Io::ok) io = await_reply(fd, op, limit_ms);
+        if (io == Io::ok) io = recv_within(fd, hdr, kHeaderSize, limit_ms);
+        if (io == Io::silent) {
+          untrack_close(fd);  // a reply may still come: the connection is out of step now
+          fd = -1;
+          fail_silent(ep_.address, limit_ms, may_wait(op));
+        }
+        if (io == Io::closed) {
           // A pooled connection can have gone stale (the server died or restarted
           // since it was last used). Nothing can have run on a live server then
           // (a server closes a connection only with the server, or for a bad
@@ -347,7 +449,7 @@ class Session {
           fail(ep_.address, "the server is gone (connection closed): it exited, was killed or shut down");
         }
         std::vector<std::byte> payload;
-        FrameHeader h = read_rest(fd, hdr, payload, ep_.address);
+        FrameHeader h = read_rest(fd, hdr, payload, ep_.address, limit_ms);
         if (h.type != FrameType::reply || payload.empty()) fail(ep_.address, "the server sent an unexpected frame");
         r.status = static_cast<Status>(payload[0]);
         payload.erase(payload.begin());
@@ -377,11 +479,17 @@ class Session {
     std::byte hdr[kHeaderSize];
     encode_header(hdr, FrameType::notify, static_cast<std::uint32_t>(w.size() - kHeaderSize));
     w.overwrite(0, hdr, kHeaderSize);
-    if (!send_all(fd, w.bytes().data(), w.size())) {
-      untrack_close(fd);
-      return;
+    // Never blocks: a stopped server's full socket buffer must not hang a proxy's
+    // destructor. Not sent at all: the reference goes with the session instead.
+    ssize_t k;
+    do {
+      k = ::send(fd, w.bytes().data(), w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (k < 0 && errno == EINTR);
+    if (k == static_cast<ssize_t>(w.size()) || (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+      give(fd);
+    } else {
+      untrack_close(fd);  // broken, or half a frame sent: the connection is out of step
     }
-    give(fd);
   }
 
   [[noreturn]] void throw_restarted(const ServerId& wanted) const {
@@ -390,7 +498,7 @@ class Session {
   }
 
  private:
-  int take(bool& fresh) {
+  int take(bool& fresh, std::int64_t limit_ms = -1) {
     {
       std::lock_guard g(mu_);
       if (!idle_.empty()) {
@@ -401,16 +509,66 @@ class Session {
       }
     }
     fresh = true;
-    return open_conn();
+    // A new connection is bounded by the connect timeout, and by call_timeout:
+    // a stopped server's kernel still accepts it, but no hello ever comes.
+    return open_conn(limit_ms < 0 ? timeout_ : std::min(timeout_, Ms(limit_ms)));
+  }
+
+  /// Waits for the reply to `op` on fd. A blocking request may wait as long as
+  /// the server keeps it parked; every limit_ms of silence the server is pinged on
+  /// another connection, and Io::silent comes back when that ping is not answered.
+  Io await_reply(int fd, Op op, std::int64_t limit_ms) {
+    for (;;) {
+      Io io = await_fd(fd, POLLIN, limit_ms);
+      if (io != Io::silent || !may_wait(op)) return io;
+      if (!ping(limit_ms)) return Io::silent;
+    }
+  }
+
+  /// Whether the server answers a ping on the lifeline within limit_ms (the
+  /// caller's own connection waits on a parked request). A ping left unanswered
+  /// stays owed: its reply is skipped before the next ping.
+  bool ping(std::int64_t limit_ms) {
+    std::lock_guard g(ping_mu_);
+    if (lifeline_ < 0) return true;  // broken earlier: the waiting call sees the end of its own connection
+    constexpr std::size_t kPingReply = kHeaderSize + 1;  // header, status byte
+    std::byte in[kPingReply];
+    while (pings_owed_ > 0 && ::recv(lifeline_, in, kPingReply, MSG_PEEK | MSG_DONTWAIT) ==
+                                  static_cast<ssize_t>(kPingReply)) {
+      (void)::recv(lifeline_, in, kPingReply, MSG_DONTWAIT);
+      --pings_owed_;
+    }
+    Writer w;
+    w.extend(kHeaderSize);
+    encode_request(w, RequestHeader{Op::ping, 0, this_tid(), forever});
+    std::byte hdr[kHeaderSize];
+    encode_header(hdr, FrameType::request, static_cast<std::uint32_t>(w.size() - kHeaderSize));
+    w.overwrite(0, hdr, kHeaderSize);
+    Io io = send_within(lifeline_, w.bytes().data(), w.size(), limit_ms);
+    if (io == Io::ok) {
+      ++pings_owed_;
+      // Earlier pings are answered first, in order.
+      while (io == Io::ok && pings_owed_ > 0) {
+        io = recv_within(lifeline_, in, kPingReply, limit_ms);
+        if (io == Io::ok) --pings_owed_;
+      }
+    }
+    if (io == Io::closed) {
+      // The server is gone: the waiting call sees the end of its own connection next.
+      untrack_close(lifeline_);
+      lifeline_ = -1;
+    }
+    return io != Io::silent;
   }
   void give(int fd) {
     std::lock_guard g(mu_);
     idle_.push_back(fd);
   }
 
-  int open_conn() {
-    auto deadline = std::chrono::steady_clock::now() + timeout_;
-    int fd = connect_to(ep_.address, timeout_);
+  int open_conn() { return open_conn(timeout_); }
+  int open_conn(Ms timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    int fd = connect_to(ep_.address, timeout);
     track_fd(fd);
     try {
       std::vector<std::byte> payload;
@@ -466,6 +624,9 @@ class Session {
   bool have_server_ = false;
   std::mutex mu_;
   std::vector<int> idle_;
+  std::mutex ping_mu_;  // the lifeline: pings only
+  int lifeline_ = -1;
+  int pings_owed_ = 0;  // sent on the lifeline, reply not read yet
 };
 
 namespace {
@@ -491,8 +652,18 @@ std::shared_ptr<Session> get_session(const Endpoint& ep, std::optional<ServerId>
   return s;
 }
 
-Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout) {
-  return s.call(t, op, args, timeout);
+Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout,
+                   std::int64_t limit_ms) {
+  return s.call(t, op, args, timeout, limit_ms);
+}
+
+std::int64_t call_timeout_ms(std::chrono::milliseconds t, const char* where) {
+  if (t == std::chrono::milliseconds::max()) return -1;
+  if (t <= t.zero()) {
+    throw UsageError(std::string("mproc: ") + where + ": call_timeout must be positive (" + std::to_string(t.count()) +
+                     " ms given); std::chrono::milliseconds::max() means no limit");
+  }
+  return t.count();
 }
 const ServerId& session_server(const Session& s) noexcept { return s.server(); }
 pid_t session_pid(const Session& s) noexcept { return s.pid(); }
@@ -513,7 +684,7 @@ std::shared_ptr<Session> ProxyCore::session() const {
   std::lock_guard g(mu_);
   if (owner_pid_.load(std::memory_order_relaxed) != pid) {
     auto s = get_session(ep_, token_.server, Ms(10'000));
-    Reply r = s->call(token_, Op::incref, {}, forever);
+    Reply r = s->call(token_, Op::incref, {}, forever, ep_.call_timeout_ms);
     if (r.status != Status::ok) throw_status(r, "proxy (inherited through fork)");
     std::shared_ptr<Session> old = std::move(session_);
     session_ = std::move(s);
@@ -525,7 +696,7 @@ std::shared_ptr<Session> ProxyCore::session() const {
 }
 
 Reply ProxyCore::call(Op op, std::span<const std::byte> args, std::int64_t timeout) const {
-  return session()->call(token_, op, args, timeout);
+  return session()->call(token_, op, args, timeout, ep_.call_timeout_ms);
 }
 
 void encode_proxy(Writer& w, const CorePtr& core) {
@@ -546,7 +717,7 @@ CorePtr decode_proxy(Reader& r, Kind kind, std::uint64_t type) {
     throw SerializationError("mproc: a manager proxy was received as another proxy type than it was sent as");
   }
   auto s = get_session(ep, t.server, Ms(10'000));
-  Reply rep = s->call(t, Op::incref, {}, forever);
+  Reply rep = s->call(t, Op::incref, {}, forever, ep.call_timeout_ms);
   if (rep.status != Status::ok) throw_status(rep, "receiving a proxy");
   return std::make_shared<ProxyCore>(std::move(s), std::move(ep), t);
 }

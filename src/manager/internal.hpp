@@ -22,7 +22,9 @@ int connect_to(const Address& a, std::chrono::milliseconds timeout);
 /// This process's session with the server at ep (instance `id` if given: then an
 /// existing session is reused, and another instance answering is a ManagerError).
 std::shared_ptr<Session> get_session(const Endpoint& ep, std::optional<ServerId> id, std::chrono::milliseconds timeout);
-Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout);
+/// One request through s (see Session::call); `limit_ms`: the endpoint's call_timeout_ms.
+Reply session_call(Session& s, const Token& t, Op op, std::span<const std::byte> args, std::int64_t timeout,
+                   std::int64_t limit_ms);
 const ServerId& session_server(const Session& s) noexcept;
 pid_t session_pid(const Session& s) noexcept;
 

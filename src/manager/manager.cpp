@@ -85,6 +85,7 @@ Manager& Manager::operator=(Manager&& o) noexcept {
 }
 
 Manager::Manager(ManagerOptions o) : st_(std::make_unique<State>()) {
+  const std::int64_t limit = call_timeout_ms(o.call_timeout, "ManagerOptions::call_timeout");
   if (o.address.is_tcp() && o.authkey.empty()) {
     throw UsageError("mproc: a manager on a network address (" + o.address.str() +
                      ") needs an explicit authkey: anyone who can reach the port could otherwise try to "
@@ -116,7 +117,7 @@ Manager::Manager(ManagerOptions o) : st_(std::make_unique<State>()) {
     throw;
   }
   ::close(lfd);  // the server has its own copy now
-  st_->ep = Endpoint{a, o.authkey};
+  st_->ep = Endpoint{a, o.authkey, limit};
   st_->owner = true;
   try {
     st_->session = get_session(st_->ep, id, o.connect_timeout);
@@ -127,12 +128,13 @@ Manager::Manager(ManagerOptions o) : st_(std::make_unique<State>()) {
   }
 }
 
-Manager Manager::connect(Address address, std::string authkey, std::chrono::milliseconds timeout) {
+Manager Manager::connect(Address address, std::string authkey, std::chrono::milliseconds timeout,
+                         std::chrono::milliseconds call_timeout) {
   if (address.is_tcp() && authkey.empty()) {
     throw UsageError("mproc: Manager::connect(" + address.str() + "): a network address needs the server's authkey");
   }
   auto st = std::make_unique<State>();
-  st->ep = Endpoint{std::move(address), std::move(authkey)};
+  st->ep = Endpoint{std::move(address), std::move(authkey), call_timeout_ms(call_timeout, "Manager::connect()")};
   st->session = get_session(st->ep, std::nullopt, timeout);
   return Manager(std::move(st));
 }
@@ -183,7 +185,7 @@ CorePtr Manager::create(Kind kind, std::uint64_t type, std::span<const std::byte
   dump(w, type);
   if (!init.empty()) w.write(init.data(), init.size());
   Token t = server_token(session_server(st_->sess()));
-  Reply r = session_call(st_->sess(), t, Op::create, w.bytes(), forever);
+  Reply r = session_call(st_->sess(), t, Op::create, w.bytes(), forever, st_->ep.call_timeout_ms);
   if (r.status != Status::ok) throw_status(r, "create");
   t.id = from_reply<std::uint64_t>(r);
   t.kind = kind;
@@ -199,7 +201,7 @@ void Manager::publish_core(const std::string& name, const CorePtr& core) const {
   }
   Writer w;
   dump(w, name);
-  Reply r = session_call(st_->sess(), core->token(), Op::publish, w.bytes(), forever);
+  Reply r = session_call(st_->sess(), core->token(), Op::publish, w.bytes(), forever, st_->ep.call_timeout_ms);
   if (r.status != Status::ok) throw_status(r, "publish");
 }
 
@@ -208,7 +210,7 @@ CorePtr Manager::lookup_core(const std::string& name, Kind kind, std::uint64_t t
   Writer w;
   dump(w, name);
   Token t = server_token(session_server(st_->sess()));
-  Reply r = session_call(st_->sess(), t, Op::lookup, w.bytes(), forever);
+  Reply r = session_call(st_->sess(), t, Op::lookup, w.bytes(), forever, st_->ep.call_timeout_ms);
   if (r.status != Status::ok) throw_status(r, "lookup");
   Reader rd = r.reader();
   t.id = load<std::uint64_t>(rd);
@@ -233,7 +235,8 @@ void Manager::serve_forever() {
 void Manager::shutdown_server() const {
   if (!st_ || !st_->session) throw ManagerError("mproc: the manager was shut down or disconnected");
   try {
-    session_call(st_->sess(), server_token(session_server(st_->sess())), Op::shutdown, {}, forever);
+    session_call(st_->sess(), server_token(session_server(st_->sess())), Op::shutdown, {}, forever,
+                 st_->ep.call_timeout_ms);
   } catch (const ManagerError&) {
     // already gone
   }

@@ -186,16 +186,26 @@ struct Token {
   }
 };
 
-/// Where a server is and the key to talk to it.
+/// How long a call waits for a silent server by default (ManagerOptions::call_timeout).
+inline constexpr std::chrono::milliseconds default_call_timeout{30'000};
+
+/// Where a server is, the key to talk to it, and how long its silence is borne.
 struct Endpoint {
   Address address;
   std::string authkey;
+  /// ManagerOptions::call_timeout in milliseconds; -1: no limit. Travels with the
+  /// proxies, so a child calls with its parent's limit.
+  std::int64_t call_timeout_ms = default_call_timeout.count();
 
   template <class A>
   void serialize(A& ar) {
-    ar(address, authkey);
+    ar(address, authkey, call_timeout_ms);
   }
 };
+
+/// A call_timeout as Endpoint::call_timeout_ms (milliseconds::max(): no limit);
+/// zero or negative is a UsageError naming `where`.
+std::int64_t call_timeout_ms(std::chrono::milliseconds t, const char* where);
 
 class Session;
 
