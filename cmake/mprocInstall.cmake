@@ -55,3 +55,25 @@ if(NOT MPROC_CEREAL_INCLUDE IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)
 endif()
 configure_file(${CMAKE_CURRENT_LIST_DIR}/mproc.pc.in ${PROJECT_BINARY_DIR}/mproc.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/mproc.pc DESTINATION ${MPROC_INSTALL_PKGCONFIGDIR})
+
+# ---- mproc::mpi (when built): its own export set and pkg-config file, so that a machine
+# without MPI can still use mproc::mproc from the same install.
+if(TARGET mproc_mpi)
+  install(EXPORT mprocMpiTargets
+    NAMESPACE mproc::
+    FILE mprocMpiTargets.cmake
+    DESTINATION ${MPROC_INSTALL_CMAKEDIR})
+  # mproc-mpi.pc: mproc's flags (Requires) plus MPI's, as FindMPI found them here.
+  set(MPROC_MPI_PC_CFLAGS "-DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1")
+  foreach(_dir IN LISTS MPI_CXX_INCLUDE_DIRS)
+    if(NOT _dir IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)
+      string(APPEND MPROC_MPI_PC_CFLAGS " -I${_dir}")
+    endif()
+  endforeach()
+  set(MPROC_MPI_PC_LIBS "-L\${libdir} -lmproc_mpi")
+  foreach(_lib IN LISTS MPI_CXX_LIBRARIES)
+    string(APPEND MPROC_MPI_PC_LIBS " ${_lib}")
+  endforeach()
+  configure_file(${CMAKE_CURRENT_LIST_DIR}/mproc-mpi.pc.in ${PROJECT_BINARY_DIR}/mproc-mpi.pc @ONLY)
+  install(FILES ${PROJECT_BINARY_DIR}/mproc-mpi.pc DESTINATION ${MPROC_INSTALL_PKGCONFIGDIR})
+endif()

@@ -13,6 +13,7 @@ packages=(
   python3 gnuplot-nox libtbb-dev
   libssl-dev redis-server libhiredis-dev
   chromium  # test_timeline renders timeline.html headless and checks the screenshot
+  libopenmpi-dev openmpi-bin  # mproc::mpi and its multi-rank tests (docs/cluster.md)
 )
 
 if ! command -v dpkg-query >/dev/null; then

@@ -32,6 +32,9 @@ set(configure_args
   "-DCMAKE_CXX_FLAGS=${EXTRA_FLAGS}"
   "-DCMAKE_EXE_LINKER_FLAGS=${EXTRA_FLAGS}")
 set(consumer_build ${WORK_DIR}/consumer-build)
+if(WITH_MPI)
+  list(APPEND configure_args -DMPROC_CONSUMER_MPI=ON)
+endif()
 
 if(MODE STREQUAL "install")
   set(prefix ${WORK_DIR}/prefix)
@@ -67,6 +70,19 @@ if(MODE STREQUAL "install")
   separate_arguments(extra UNIX_COMMAND "${EXTRA_FLAGS}")
   run(${CXX} ${extra} ${project_dir}/main.cpp ${pc_flags} -o ${WORK_DIR}/consumer-pkgconfig)
   run(${WORK_DIR}/consumer-pkgconfig)
+  if(WITH_MPI)
+    # mproc-mpi.pc: the mproc::mpi consumer from its flags alone (Requires: mproc brings the rest).
+    if(NOT EXISTS ${prefix}/${LIBDIR}/pkgconfig/mproc-mpi.pc OR NOT EXISTS ${prefix}/${LIBDIR}/cmake/mproc/mprocMpiTargets.cmake)
+      message(FATAL_ERROR "mproc::mpi was built but mproc-mpi.pc or mprocMpiTargets.cmake is not installed")
+    endif()
+    execute_process(
+      COMMAND ${CMAKE_COMMAND} -E env PKG_CONFIG_PATH=${prefix}/${LIBDIR}/pkgconfig
+              ${PKG_CONFIG} --cflags --libs mproc-mpi
+      OUTPUT_VARIABLE pc_mpi_flags OUTPUT_STRIP_TRAILING_WHITESPACE COMMAND_ERROR_IS_FATAL ANY)
+    message(STATUS "pkg-config --cflags --libs mproc-mpi: ${pc_mpi_flags}")
+    separate_arguments(pc_mpi_flags UNIX_COMMAND "${pc_mpi_flags}")
+    run(${CXX} ${extra} ${project_dir}/mpi_main.cpp ${pc_mpi_flags} -o ${WORK_DIR}/consumer-mpi-pkgconfig)
+  endif()
 elseif(MODE STREQUAL "subdirectory")
   run(${CMAKE_COMMAND} -S ${project_dir} -B ${consumer_build} ${configure_args} -DMPROC_SOURCE_DIR=${SOURCE_DIR})
   run(${CMAKE_COMMAND} --build ${consumer_build})

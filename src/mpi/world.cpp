@@ -1,0 +1,127 @@
+// src/mpi/world.cpp — launch mode (a): mproc::mpi::init/finalize over
+// MPI_COMM_WORLD, and the typed Pool's out-of-line members.
+#include <cstdlib>
+#include <mutex>
+
+#include "internal.hpp"
+#include "link.hpp"
+#include "mproc/error.hpp"
+#include "mproc/mpi.hpp"
+#include "mproc/process.hpp"
+
+namespace mproc::mpi {
+namespace {
+
+struct World {
+  std::mutex mu;
+  bool initialized = false;
+  bool finalized = false;
+  MPI_Comm comm = MPI_COMM_NULL;  // a duplicate of MPI_COMM_WORLD: our messages never meet the program's
+  int rank = 0;
+  int size = 1;
+  std::shared_ptr<detail::Link> link;
+};
+World& world() {
+  static World* w = new World;  // never destroyed: finalize may run from atexit after statics
+  return *w;
+}
+
+void finalize_at_exit() {
+  try {
+    finalize();
+  } catch (...) {
+  }
+}
+
+}  // namespace
+
+void init(int argc, char** argv) {
+  // First: in the forkserver and in spawned children (re-executions of this
+  // program) this never returns, so they never initialize MPI themselves.
+  if (!mproc::initialized()) mproc::init(argc, argv);
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  if (w.initialized) throw UsageError("mproc::mpi::init() called twice");
+  int already = 0;
+  MPI_Initialized(&already);
+  if (already) {
+    throw UsageError("mproc::mpi::init(): MPI is already initialized; to use mproc in a program that runs MPI itself, "
+                     "build a mproc::mpi::CommPool over its communicator instead (launch mode b)");
+  }
+  int provided = 0;
+  detail::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+  if (provided < MPI_THREAD_SERIALIZED) {
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  detail::check(MPI_Comm_dup(MPI_COMM_WORLD, &w.comm), "MPI_Comm_dup");
+  MPI_Comm_rank(w.comm, &w.rank);
+  MPI_Comm_size(w.comm, &w.size);
+  w.initialized = true;
+  const int node_ranks = detail::node_ranks(w.comm);  // collective: before rank 0 leaves
+  if (w.rank != 0) {
+    int status = 0;
+    try {
+      detail::serve_loop(w.comm, 0, node_ranks);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mproc::mpi: serving rank %d: %s\n", w.rank, e.what());
+      status = 1;
+    }
+    MPI_Comm_free(&w.comm);
+    MPI_Finalize();
+    w.finalized = true;
+    std::exit(status);
+  }
+  std::atexit(finalize_at_exit);
+}
+
+void finalize() {
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  if (!w.initialized || w.finalized) return;
+  w.finalized = true;
+  if (w.link) {
+    w.link->shutdown();  // sends kShutdown from its thread, waits for it to leave
+    w.link.reset();
+  } else {
+    for (int r = 1; r < w.size; ++r) MPI_Send(nullptr, 0, MPI_BYTE, r, detail::kShutdown, w.comm);
+  }
+  MPI_Comm_free(&w.comm);
+  MPI_Finalize();
+}
+
+bool initialized() noexcept {
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  return w.initialized && !w.finalized;
+}
+
+int rank() {
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  if (!w.initialized) throw UsageError("mproc::mpi::rank() before mproc::mpi::init()");
+  return w.rank;
+}
+
+int size() {
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  if (!w.initialized) throw UsageError("mproc::mpi::size() before mproc::mpi::init()");
+  return w.size;
+}
+
+std::shared_ptr<detail::Link> detail::world_link() {
+  World& w = world();
+  std::lock_guard lock(w.mu);
+  if (!w.initialized || w.finalized) {
+    throw UsageError("mproc::mpi::Pool needs mproc::mpi::init(argc, argv) first (and not after finalize())");
+  }
+  if (!w.link) w.link = std::make_shared<Link>(w.comm, 0, false);
+  return w.link;
+}
+
+Pool::Pool(PoolOptions options) : Pool(options, std::vector<std::byte>{}) {}
+Pool::Pool(const PoolOptions& options, std::vector<std::byte> initializer)
+    : core_(std::make_unique<detail::RankBackend>(detail::world_link(), options, std::move(initializer))) {}
+Pool::~Pool() = default;
+
+}  // namespace mproc::mpi

@@ -1,0 +1,167 @@
+// tests/test_mpi.cpp — mproc::mpi::Pool across real MPI ranks. Run by CTest under
+// `mpirun -np 3` (tests/CMakeLists.txt, mproc_add_mpi_test), once over shared
+// memory (btl vader) and once over TCP: rank 0 runs these tests, ranks 1 and 2
+// serve their tasks, each in its own local worker processes.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mproc/mpi.hpp>
+#include <numeric>
+#include <ranges>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+int square(int x) { return x * x; }
+int add(int a, int b) { return a + b; }
+int raise_on_7(int x) {
+  if (x == 7) throw std::invalid_argument("seven is not allowed");
+  return x;
+}
+int crash_on_3(int x) {
+  if (x == 3) ::abort();
+  return x;
+}
+int hang(int x) {
+  if (x == 1) ::pause();
+  return x;
+}
+int hang_always(int) {
+  ::pause();
+  return 0;
+}
+// The MPI rank whose worker ran the task (the worker inherits its rank's environment).
+int my_rank(int) {
+  const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
+  return r ? std::atoi(r) : -1;
+}
+// Busy long enough (a few ms of CPU) that one rank cannot take every chunk.
+int spin_rank(int x) {
+  volatile std::uint64_t acc = 0;
+  for (std::uint64_t i = 0; i < 3'000'000; ++i) acc = acc + i * static_cast<std::uint64_t>(x);
+  return my_rank(x);
+}
+int t_init = 0;
+void init_worker(int v) { t_init = v; }
+int read_init(int) { return t_init; }
+
+TEST(MpiPool, RunsOnTheOtherRanks) {
+  mproc::mpi::Pool pool(1);
+  EXPECT_EQ(pool.ranks(), (std::vector<int>{1, 2}));
+  EXPECT_EQ(pool.processes(), 2);
+  std::set<int> seen;
+  for (int r : pool.map(spin_rank, std::views::iota(0, 40), {1})) seen.insert(r);
+  EXPECT_EQ(seen, (std::set<int>{1, 2})) << "every serving rank ran tasks, rank 0 none";
+}
+
+TEST(MpiPool, ApplyAndApplyAsync) {
+  mproc::mpi::Pool pool(2);
+  EXPECT_EQ(pool.processes(), 4);
+  EXPECT_EQ(pool.apply(square, 7), 49);
+  EXPECT_EQ(pool.apply(add, 2, 3), 5);
+  std::vector<mproc::AsyncResult<int>> rs;
+  for (int i = 0; i < 200; ++i) rs.push_back(pool.apply_async(square, i));
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(rs[i].get(), i * i);
+}
+
+TEST(MpiPool, MapStarmapInOrder) {
+  mproc::mpi::Pool pool(2);
+  std::vector<int> want(10'000);
+  for (int i = 0; i < 10'000; ++i) want[i] = i * i;
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 10'000)), want);
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 10'000), {1000}), want);
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 100), {1}), std::vector<int>(want.begin(), want.begin() + 100));
+  EXPECT_TRUE(pool.map(square, std::vector<int>{}).empty());
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  EXPECT_EQ(pool.starmap(add, pairs), (std::vector<int>{3, 7, 11}));
+  auto big = pool.map([](const std::string& s) { return s + "!"; }, std::vector<std::string>(50, std::string(100'000, 'x')));
+  ASSERT_EQ(big.size(), 50u);
+  EXPECT_EQ(big[49].size(), 100'001u);
+}
+
+TEST(MpiPool, TaskErrorsKeepTheirIndex) {
+  mproc::mpi::Pool pool(1);
+  try {
+    (void)pool.map(raise_on_7, std::views::iota(0, 20), {3});
+    FAIL() << "no error";
+  } catch (const mproc::TaskError& e) {
+    EXPECT_EQ(e.index(), 7u);
+    EXPECT_NE(std::string(e.what()).find("seven is not allowed"), std::string::npos);
+  }
+  EXPECT_EQ(pool.apply(square, 3), 9) << "the pool goes on";
+}
+
+TEST(MpiPool, ACrashOnARankIsThatTasksWorkerLostError) {
+  mproc::mpi::Pool pool(1);
+  try {
+    (void)pool.map(crash_on_3, std::views::iota(0, 10), {1});
+    FAIL() << "no error";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.index(), 3u);
+    EXPECT_EQ(e.exitcode(), -SIGABRT);
+  }
+  auto r = pool.apply_async(crash_on_3, 3);
+  EXPECT_THROW(r.get(), mproc::WorkerLostError);
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 100)).back(), 99 * 99) << "the rank replaced its worker";
+}
+
+TEST(MpiPool, TimeoutOnARank) {
+  mproc::mpi::Pool pool({.processes = 1, .timeout = 300ms});
+  try {
+    (void)pool.map(hang, std::views::iota(0, 4), {1});
+    FAIL() << "no error";
+  } catch (const mproc::TaskTimeoutError& e) {
+    EXPECT_EQ(e.index(), 1u);
+  }
+  EXPECT_EQ(pool.apply(square, 4), 16);
+}
+
+TEST(MpiPool, InitializerRunsInEveryRanksWorkers) {
+  mproc::mpi::Pool pool({.processes = 1}, init_worker, 42);
+  for (int v : pool.map(read_init, std::views::iota(0, 20), {1})) EXPECT_EQ(v, 42);
+}
+
+TEST(MpiPool, CloseJoinFinishesTheWork) {
+  mproc::mpi::Pool pool(1);
+  auto r = pool.map_async(square, std::views::iota(0, 1000), {10});
+  pool.close();
+  EXPECT_THROW((void)pool.apply_async(square, 1), mproc::UsageError);
+  pool.join();
+  EXPECT_EQ(r.get()[999], 999 * 999);
+}
+
+TEST(MpiPool, TerminateCancelsWhatIsPending) {
+  mproc::mpi::Pool pool(1);
+  std::vector<mproc::AsyncResult<int>> rs;
+  for (int i = 0; i < 10; ++i) rs.push_back(pool.apply_async(hang_always, i));
+  pool.terminate();
+  for (auto& r : rs) EXPECT_THROW(r.get(), mproc::CancelledError);
+  pool.join();
+}
+
+TEST(MpiPool, TwoPoolsAtOnce) {
+  mproc::mpi::Pool a(1), b(1);
+  auto ra = a.map_async(square, std::views::iota(0, 500), {7});
+  auto rb = b.map_async(square, std::views::iota(0, 500), {9});
+  EXPECT_EQ(ra.get(), rb.get());
+}
+
+TEST(MpiPool, RefusesWhatCannotCrossRanks) {
+  EXPECT_THROW(mproc::mpi::Pool({.processes = 1, .start_method = mproc::StartMethod::fork}), mproc::UsageError);
+  EXPECT_THROW(mproc::mpi::Pool({.processes = 1, .timeline = true}), mproc::UsageError);
+  EXPECT_THROW(mproc::mpi::Pool(-1), mproc::UsageError);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mproc::mpi::init(argc, argv);  // ranks 1.. serve here and exit
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
