@@ -170,7 +170,9 @@ class Pool {
   std::vector<pid_t> rank_pids() const { return core_->rank_pids(); }
 
  private:
+  friend class CommPool;
   Pool(const PoolOptions& options, std::vector<std::byte> initializer);
+  Pool(std::shared_ptr<detail::Link> link, const PoolOptions& options, std::vector<std::byte> initializer);
   std::uint64_t run_job(std::shared_ptr<mproc::detail::JobSink> sink, auto&& submit_all) {
     std::uint64_t id = core_->open_job(std::move(sink));
     try {
@@ -186,6 +188,44 @@ class Pool {
   auto gather(F&& f, R&& input, MapOptions options);
 
   std::unique_ptr<detail::RankBackend> core_;
+};
+
+// ---- launch mode (b): a pool over a communicator the program already has ------------------
+
+/// MPICommExecutor(comm, root)'s counterpart, for an MPI program that uses mproc in
+/// one phase: **collective** over `comm` (every rank of it constructs one, with the
+/// same root). On `root` it holds a Pool whose workers are the other ranks'
+/// worker processes (`*p`, `p->map(...)`). On every other rank the constructor
+/// serves the root's tasks until the root's CommPool is destroyed, then returns an
+/// empty CommPool (false), and the program goes on with its own MPI.
+///
+///   mproc::mpi::CommPool p(MPI_COMM_WORLD, 0);
+///   if (p) results = p->map(f, inputs);     // root only; the others served meanwhile
+///   MPI_Bcast(...);                         // everyone is back
+///
+/// Needs mproc::init(argc, argv) first in main() (before MPI_Init) and MPI
+/// initialized with at least MPI_THREAD_SERIALIZED on the root (the pool's MPI
+/// calls come from its own thread; with less than MPI_THREAD_MULTIPLE the root
+/// must make no MPI call of its own while the CommPool lives). Uses a duplicate of
+/// `comm`, so its messages never meet the program's. Throws UsageError for each
+/// of these, and where `comm` has no rank but the root.
+class CommPool {
+ public:
+  CommPool(MPI_Comm comm, int root = 0, PoolOptions options = {});
+  /// On the root: terminates the pool (close() and join() it first to let work
+  /// finish), then releases the serving ranks. Elsewhere: nothing.
+  ~CommPool();
+  CommPool(const CommPool&) = delete;
+  CommPool& operator=(const CommPool&) = delete;
+  /// True on the root.
+  explicit operator bool() const noexcept { return pool_ != nullptr; }
+  Pool& operator*() const noexcept { return *pool_; }
+  Pool* operator->() const noexcept { return pool_.get(); }
+  Pool* get() const noexcept { return pool_.get(); }
+
+ private:
+  std::shared_ptr<detail::Link> link_;
+  std::unique_ptr<Pool> pool_;
 };
 
 template <class F, class... Args>

@@ -122,6 +122,57 @@ std::shared_ptr<detail::Link> detail::world_link() {
 Pool::Pool(PoolOptions options) : Pool(options, std::vector<std::byte>{}) {}
 Pool::Pool(const PoolOptions& options, std::vector<std::byte> initializer)
     : core_(std::make_unique<detail::RankBackend>(detail::world_link(), options, std::move(initializer))) {}
+Pool::Pool(std::shared_ptr<detail::Link> link, const PoolOptions& options, std::vector<std::byte> initializer)
+    : core_(std::make_unique<detail::RankBackend>(std::move(link), options, std::move(initializer))) {}
 Pool::~Pool() = default;
+
+CommPool::CommPool(MPI_Comm comm, int root, PoolOptions options) {
+  if (!mproc::initialized()) {
+    throw UsageError("mproc::mpi::CommPool needs mproc::init(argc, argv) first in main(), before MPI_Init (the "
+                     "forkserver and spawned workers re-execute the program and must stop there, before MPI)");
+  }
+  int up = 0, down = 0;
+  MPI_Initialized(&up);
+  MPI_Finalized(&down);
+  if (!up || down) throw UsageError("mproc::mpi::CommPool needs MPI initialized (MPI_Init_thread) and not finalized");
+  int n = 0, me = 0;
+  MPI_Comm_size(comm, &n);
+  MPI_Comm_rank(comm, &me);
+  if (root < 0 || root >= n) {
+    throw UsageError("mproc::mpi::CommPool: root " + std::to_string(root) + " is not a rank of the communicator (size " +
+                     std::to_string(n) + ")");
+  }
+  MPI_Comm dup;
+  detail::check(MPI_Comm_dup(comm, &dup), "MPI_Comm_dup");  // collective
+  const int node_ranks = detail::node_ranks(dup);         // collective
+  if (me != root) {
+    try {
+      detail::serve_loop(dup, root, node_ranks);
+    } catch (...) {
+      MPI_Comm_free(&dup);
+      throw;
+    }
+    MPI_Comm_free(&dup);
+    return;
+  }
+  int level = 0;
+  MPI_Query_thread(&level);
+  link_ = std::make_shared<detail::Link>(dup, root, true);  // frees dup at shutdown
+  try {
+    if (level < MPI_THREAD_SERIALIZED) {
+      throw UsageError("mproc::mpi::CommPool needs MPI initialized with MPI_THREAD_SERIALIZED or more on the root "
+                       "(MPI_Init_thread): its MPI calls come from the pool's own thread");
+    }
+    pool_.reset(new Pool(link_, options, {}));
+  } catch (...) {
+    link_->shutdown();  // releases the serving ranks
+    throw;
+  }
+}
+
+CommPool::~CommPool() {
+  pool_.reset();
+  if (link_) link_->shutdown();
+}
 
 }  // namespace mproc::mpi
