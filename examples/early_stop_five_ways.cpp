@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -118,8 +119,12 @@ class Flag {
 
 void search(int method, int id, std::uint64_t n, std::uint64_t lo, std::uint64_t hi, std::uint64_t check_every,
             mproc::Event ev, mproc::RawValue<int> raw, mproc::ValueProxy<int> mv, std::string file,
-            std::string redis, mproc::RawArray<std::int64_t> work) {
+            std::string redis, mproc::RawArray<std::int64_t> work, mproc::Barrier start) {
   Flag flag(method, ev, raw, mv, file, redis);
+  // Every worker starts dividing at the same moment. Without this, a worker whose
+  // process came up late (a loaded machine, a sanitizer build) could find the other
+  // one already through its whole slice, and that run would show no early stop.
+  start.wait_for(std::chrono::seconds(60));
   std::uint64_t tried = 0;
   for (std::uint64_t d = lo | 1; d < hi; d += 2) {
     if (method != kNone && tried % check_every == 0 && flag.is_set()) break;
@@ -234,6 +239,7 @@ int main(int argc, char** argv) {
     }
     redis.clear_flag();
     mproc::RawArray<std::int64_t> work(static_cast<std::size_t>(workers));
+    mproc::Barrier start(workers);
 
     // What one look costs, measured in this process on the same kind of flag.
     double look = 0;
@@ -250,7 +256,7 @@ int main(int argc, char** argv) {
     for (int w = 0; w < workers; ++w) {
       std::uint64_t lo = 3 + (limit - 3) * static_cast<std::uint64_t>(w) / static_cast<std::uint64_t>(workers);
       std::uint64_t hi = 3 + (limit - 3) * static_cast<std::uint64_t>(w + 1) / static_cast<std::uint64_t>(workers);
-      procs.emplace_back(search, m, w, n, lo, hi, check_every, ev, raw, mv, file, redis.socket(), work);
+      procs.emplace_back(search, m, w, n, lo, hi, check_every, ev, raw, mv, file, redis.socket(), work, start);
       procs.back().start();
     }
     for (auto& pr : procs) pr.join();
