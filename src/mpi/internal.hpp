@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <list>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "mproc/serial.hpp"
@@ -130,22 +131,35 @@ bool try_recv(MPI_Comm comm, int source, MPI_Status& st, std::vector<std::byte>&
 /// Throws std::runtime_error naming `what` unless rc is MPI_SUCCESS.
 void check(int rc, const char* what);
 
-/// How an MPI loop waits when it found nothing to do: a short spin (polling
-/// MPI is cheap), then sleeps that grow to 1 ms on the loop's condition
-/// variable, which local events (new work, results of local workers) notify.
+/// How an MPI loop waits when it found nothing to do. For kSpin after its last
+/// activity it only yields the core between polls (polling MPI is cheap, and an
+/// MPI message does not wake a sleeper: a sleep on the receiving side is latency
+/// the sender cannot cut short); then it sleeps, 20 µs at first, growing to 1 ms,
+/// on the loop's condition variable, which local events (new work on the root, a
+/// local worker's results on a serving rank) notify at once.
 class Backoff {
  public:
-  void reset() noexcept { idle_ = 0; }
+  void reset() noexcept { idle_since_ = 0; }
   void wait(std::unique_lock<std::mutex>& lock, std::condition_variable& cv) {
-    ++idle_;
-    if (idle_ < kSpins) return;
-    auto us = std::chrono::microseconds(std::min<long>(1000, 10L << std::min<unsigned>(idle_ - kSpins, 7)));
+    auto now = std::chrono::steady_clock::now();
+    if (idle_since_ == 0) {
+      idle_since_ = now.time_since_epoch().count();
+      sleeps_ = 0;
+    }
+    if (now.time_since_epoch().count() - idle_since_ < kSpin.count()) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+      return;
+    }
+    auto us = std::chrono::microseconds(std::min<long>(1000, 20L << std::min(sleeps_++, 6u)));
     cv.wait_for(lock, us);
   }
 
  private:
-  static constexpr unsigned kSpins = 64;
-  unsigned idle_ = 0;
+  static constexpr std::chrono::nanoseconds kSpin{200'000};
+  std::int64_t idle_since_ = 0;  // steady_clock ticks (ns); 0: busy
+  unsigned sleeps_ = 0;
 };
 
 /// The serving loop (serve.cpp): serves pools for `root` on `comm` until it
