@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# mpi_rank_killed.sh MPIRUN BTL PROGRAM: runs PROGRAM (tests/test_mpi_rank_killed.cpp)
-# under `mpirun -np 3`; it kills a serving rank with SIGKILL. Passes when
+# mpi_rank_killed.sh MPIRUN BTL PROGRAM [ARG]: runs PROGRAM (tests/test_mpi_rank_killed.cpp)
+# under `mpirun -np 3`; it kills a serving rank with SIGKILL (with ARG "root": rank 0
+# aborts itself). Passes when
 #   1. mpirun ends by itself within 60 s (nothing hangs) with a failure status;
 #   2. within 10 s after, no process of the job is left: every process mpirun
 #      started carries MPROC_TEST_MARKER=<unique> in its environment (the ranks,
 #      their forkservers and their workers inherit it), and none may remain.
 set -u
-mpirun=$1 btl=$2 program=$3
+mpirun=$1 btl=$2 program=$3 arg=${4:-}
 marker="mpi-rank-killed-$$-$RANDOM"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 out=$(mktemp)
@@ -24,7 +25,7 @@ survivors() {
 
 start=$(date +%s%N)
 MPROC_TEST_MARKER=$marker timeout -k 5 60 "$mpirun" --oversubscribe -np 3 -x MPROC_TEST_MARKER \
-  --mca btl "self,$btl" --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo "$program" >"$out" 2>&1
+  --mca btl "self,$btl" --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo "$program" $arg >"$out" 2>&1
 rc=$?
 end=$(date +%s%N)
 cat "$out"

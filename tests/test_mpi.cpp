@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <mproc/mpi.hpp>
+#include <mproc/shared_memory.hpp>
 #include <numeric>
 #include <ranges>
 #include <set>
@@ -47,6 +48,7 @@ int spin_rank(int x) {
   for (std::uint64_t i = 0; i < 3'000'000; ++i) acc = acc + i * static_cast<std::uint64_t>(x);
   return my_rank(x);
 }
+int first_of(mproc::SharedArray<int> a) { return a[0]; }
 int t_init = 0;
 void init_worker(int v) { t_init = v; }
 int read_init(int) { return t_init; }
@@ -156,6 +158,15 @@ TEST(MpiPool, RefusesWhatCannotCrossRanks) {
   EXPECT_THROW(mproc::mpi::Pool({.processes = 1, .start_method = mproc::StartMethod::fork}), mproc::UsageError);
   EXPECT_THROW(mproc::mpi::Pool({.processes = 1, .timeline = true}), mproc::UsageError);
   EXPECT_THROW(mproc::mpi::Pool(-1), mproc::UsageError);
+  mproc::mpi::Pool pool(1);
+  mproc::SharedArray<int> a{7, 8, 9};  // travels as a file descriptor: not to another host
+  try {
+    (void)pool.apply_async(first_of, a);
+    FAIL() << "a descriptor went to another rank";
+  } catch (const mproc::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("file descriptor"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(pool.apply(square, 5), 25) << "the pool is still usable";
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string_view>
 #include <mproc/mpi.hpp>
 #include <ranges>
 
@@ -18,10 +20,16 @@ int hang(int) {
 }
 }  // namespace
 
+// With the argument "root", rank 0 itself dies (abort) instead.
 int main(int argc, char** argv) {
   mproc::mpi::init(argc, argv);
   mproc::mpi::Pool pool(2);
   auto r = pool.map_async(hang, std::views::iota(0, 8), {1});  // every rank's workers busy
+  if (argc > 1 && std::string_view(argv[1]) == "root") {
+    std::printf("rank 0: aborting\n");
+    std::fflush(stdout);
+    std::abort();
+  }
   pid_t victim = pool.rank_pids().back();
   std::printf("rank 0: killing serving rank %d (pid %d)\n", pool.ranks().back(), static_cast<int>(victim));
   std::fflush(stdout);
