@@ -13,9 +13,11 @@
 #include <filesystem>
 #include <functional>
 #include <future>
+#include <limits>
 #include <map>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include <mproc/manager.hpp>
@@ -734,6 +736,82 @@ TEST(Manager, ArrayAndListReverse) {
   auto l = m.list<int>({1, 2, 3});
   l.reverse();
   EXPECT_EQ(l.snapshot(), (std::vector<int>{3, 2, 1}));
+}
+
+TEST(Manager, DictPopitemAndCopy) {
+  mproc::Manager m;
+  auto d = m.dict<std::string, int>();
+  EXPECT_THROW(d.popitem(), mproc::KeyError);
+  d.set("a", 1);
+  d.set("b", 2);
+  d.set("c", 3);
+  d.set("a", 10);  // an update keeps its place: "c" is still the last inserted
+  EXPECT_EQ(d.popitem(), (std::pair<std::string, int>{"c", 3}));  // Python >= 3.7: LIFO
+  EXPECT_EQ(d.size(), 2u);
+  auto c = d.copy();  // a local snapshot, not a proxy
+  EXPECT_EQ(c, (std::map<std::string, int>{{"a", 10}, {"b", 2}}));
+  c["z"] = 26;
+  EXPECT_FALSE(d.contains("z"));
+  auto u = d.copy<std::unordered_map<std::string, int>>();
+  EXPECT_EQ(u.size(), 2u);
+  EXPECT_EQ(d.popitem().first, "b");
+  EXPECT_EQ(d.popitem().first, "a");
+  EXPECT_THROW(d.popitem(), mproc::KeyError);
+}
+
+TEST(Manager, ListSlicesAsInPython) {
+  mproc::Manager m;
+  auto l = m.list<int>({0, 1, 2, 3, 4, 5});
+  using V = std::vector<int>;
+  EXPECT_EQ(l.slice(1, 3), (V{1, 2}));           // l[1:3]
+  EXPECT_EQ(l.slice(-2), (V{4, 5}));             // l[-2:]
+  EXPECT_EQ(l.slice(0, -4), (V{0, 1}));          // l[:-4]
+  EXPECT_EQ(l.slice(4, 2), V{});                 // empty, as in Python
+  EXPECT_EQ(l.slice(-100, 100), l.snapshot());   // clamped, never IndexError
+  EXPECT_EQ(l.slice(std::numeric_limits<std::int64_t>::min(), 1), (V{0}));
+  l.set_slice(1, 3, {9});                        // l[1:3] = [9]: shrinks
+  EXPECT_EQ(l.snapshot(), (V{0, 9, 3, 4, 5}));
+  l.set_slice(5, 5, {6, 7});                     // l[5:5] = [6, 7]: appends
+  EXPECT_EQ(l.snapshot(), (V{0, 9, 3, 4, 5, 6, 7}));
+  l.erase(0, 2);                                 // del l[0:2]
+  EXPECT_EQ(l.snapshot(), (V{3, 4, 5, 6, 7}));
+  l.erase(-1);                                   // del l[-1]
+  EXPECT_EQ(l.snapshot(), (V{3, 4, 5, 6}));
+  EXPECT_THROW(l.erase(10), mproc::IndexError);
+  l += {8, 9};                                   // l += [8, 9]
+  EXPECT_EQ(l.snapshot(), (V{3, 4, 5, 6, 8, 9}));
+}
+
+void bump(int& v, int n) { v += n; }
+void refuse(int&) { throw std::runtime_error("no"); }
+
+void child_bumps_element(mproc::ArrayProxy<int> a, int n) {
+  for (int i = 0; i < n; ++i) a.apply(1, bump, 1);
+}
+
+TEST(Manager, ArrayAndListElementApplyIsAtomic) {
+  mproc::Manager m;
+  auto a = m.Array<int>({0, 0, 0});
+  std::vector<mproc::Process> ps;
+  for (int i = 0; i < 4; ++i) ps.emplace_back(child_bumps_element, a, 250);
+  for (auto& p : ps) p.start();
+  for (auto& p : ps) {
+    p.join();
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{0, 1000, 0}));
+  EXPECT_EQ(a.apply(-1, bump, 5), 5);
+  EXPECT_THROW(a.apply(3, bump, 1), mproc::IndexError);
+  EXPECT_THROW(a.apply(0, refuse), mproc::RemoteError);
+  EXPECT_EQ(a[0], 0);  // unchanged by the throwing f
+  // Array slices: reads, and assignments that keep the size.
+  EXPECT_EQ(a.slice(1), (std::vector<int>{1000, 5}));
+  a.set_slice(0, 2, {7, 8});
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{7, 8, 5}));
+  EXPECT_THROW(a.set_slice(0, 2, {1}), mproc::UsageError);
+  auto l = m.list<int>({1, 2});
+  EXPECT_EQ(l.apply(0, bump, 41), 42);
+  EXPECT_EQ(l.snapshot(), (std::vector<int>{42, 2}));
 }
 
 TEST(Manager, JoinableQueueJoinsWhenEveryItemIsDone) {

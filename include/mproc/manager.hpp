@@ -24,6 +24,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -335,6 +337,24 @@ class DictProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail:
   std::size_t size() const { return detail::mgr::from_reply<std::uint64_t>(this->call_ok(Op::len, "dict len")); }
   bool empty() const { return size() == 0; }
   void clear() const { this->call_ok(Op::clear, "dict clear"); }
+  /// Python's d.popitem(): the last inserted item, removed; KeyError when empty.
+  std::pair<K, V> popitem() const {
+    auto r = this->call(Op::d_popitem, Writer{});
+    if (r.status == Status::not_found) throw KeyError("mproc: manager dict popitem(): the dict is empty");
+    if (r.status != Status::ok) detail::mgr::throw_status(r, "dict popitem");
+    Reader rd = r.reader();
+    K k = load_item<K>(rd);
+    V v = load_item<V>(rd);
+    return {std::move(k), std::move(v)};
+  }
+  /// Python's d.copy() (a plain dict, not a proxy): a snapshot as a local map,
+  /// std::map<K, V> unless another is asked for (std::unordered_map<K, V>…).
+  template <class Map = std::map<K, V>>
+  Map copy() const {
+    Map out;
+    for (auto& [k, v] : items()) out.insert_or_assign(std::move(k), std::move(v));
+    return out;
+  }
 
   /// Atomic read-modify-write on the server: f(value&, args...) with the value for
   /// k (V{} inserted first if missing); returns the new value. f follows the task
@@ -368,6 +388,12 @@ class DictProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail:
 
 namespace detail::mgr {
 
+template <class T>
+void put_all(Writer& w, const std::vector<T>& vs) {
+  write_size(w, vs.size());
+  for (auto& v : vs) put(w, v);
+}
+
 /// What ListProxy and ArrayProxy share: indexed reads and writes, snapshots.
 template <Kind K, class T>
 class SeqProxy : public ProxyBase<K, types_hash<T>()> {
@@ -389,17 +415,39 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     if (r.status != Status::ok) throw_status(r, "set");
   }
   /// A snapshot of every item (Python's s[:]).
-  std::vector<T> snapshot() const {
-    auto r = this->call_ok(Op::l_all, "snapshot");
-    Reader rd = r.reader();
-    std::size_t n = read_size(rd, 1);
-    std::vector<T> out;
-    out.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) out.push_back(load_item(rd));
-    return out;
-  }
+  std::vector<T> snapshot() const { return load_items(this->call_ok(Op::l_all, "snapshot")); }
   std::size_t size() const { return from_reply<std::uint64_t>(this->call_ok(Op::len, "len")); }
   bool empty() const { return size() == 0; }
+  /// Python's s[start:stop] (step 1): negative indexes count from the end, both are
+  /// clamped to the size, as in Python (never IndexError). slice(start): s[start:].
+  std::vector<T> slice(std::int64_t start, std::int64_t stop = std::numeric_limits<std::int64_t>::max()) const {
+    Writer w;
+    dump(w, start);
+    dump(w, stop);
+    return load_items(this->call_ok(Op::l_slice, w, "slice"));
+  }
+  /// Python's s[start:stop] = values, atomically. A list grows or shrinks; an
+  /// Array takes exactly as many values as the slice holds (UsageError otherwise).
+  void set_slice(std::int64_t start, std::int64_t stop, const std::vector<T>& values) const {
+    Writer w;
+    dump(w, start);
+    dump(w, stop);
+    put_all(w, values);
+    this->call_ok(Op::l_set_slice, w, "slice assignment");
+  }
+  /// Atomic read-modify-write of item i on the server: f(item&, args...) (the
+  /// task rule, as DictProxy::apply); returns the new item. IndexError when out of
+  /// range; an exception from f comes back as RemoteError, the item unchanged.
+  template <class F, class... Args>
+  T apply(std::int64_t i, F&& f, Args&&... args) const {
+    Writer w;
+    dump(w, i);
+    encode_apply<T>(w, std::forward<F>(f), std::forward<Args>(args)...);
+    auto r = this->call(Op::l_apply, w);
+    if (r.status == Status::not_found) throw IndexError("mproc: manager apply(): index out of range");
+    if (r.status != Status::ok) throw_status(r, "apply");
+    return from_reply<T>(r);
+  }
   /// Sorts on the server with T's operator< (needs the same program as the server).
   void sort(bool reverse = false) const {
     Writer w;
@@ -414,6 +462,14 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
     return load<T>(ir);
   }
+  static std::vector<T> load_items(const Reply& r) {
+    Reader rd = r.reader();
+    std::size_t n = read_size(rd, 1);
+    std::vector<T> out;
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) out.push_back(load_item(rd));
+    return out;
+  }
   T indexed(Op op, std::int64_t i, const char* what) const {
     Writer w;
     dump(w, i);
@@ -423,12 +479,6 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     return from_reply<T>(r);
   }
 };
-
-template <class T>
-void put_all(Writer& w, const std::vector<T>& vs) {
-  write_size(w, vs.size());
-  for (auto& v : vs) put(w, v);
-}
 
 }  // namespace detail::mgr
 
@@ -478,6 +528,20 @@ class ListProxy : public detail::mgr::SeqProxy<detail::mgr::Kind::list, T> {
   void remove(const T& v) const { by_value(Op::l_remove, v, "remove"); }
   void reverse() const { this->call_ok(Op::l_reverse, "list reverse"); }
   void clear() const { this->call_ok(Op::clear, "list clear"); }
+  /// Python's `l += values` (extend).
+  const ListProxy& operator+=(const std::vector<T>& vs) const {
+    extend(vs);
+    return *this;
+  }
+  /// Python's `del l[i]`; IndexError when out of range.
+  void erase(std::int64_t i) const { (void)pop(i); }
+  /// Python's `del l[start:stop]` (clamped as slice()).
+  void erase(std::int64_t start, std::int64_t stop) const {
+    Writer w;
+    dump(w, start);
+    dump(w, stop);
+    this->call_ok(Op::l_del_slice, w, "list slice deletion");
+  }
 
  private:
   detail::mgr::Reply by_value(Op op, const T& v, const char* what) const {

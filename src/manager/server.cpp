@@ -901,6 +901,16 @@ class Server {
         for (auto& [k, v] : kv) put(std::move(k), std::move(v));
         return reply(c, Status::ok);
       }
+      case Op::d_popitem: {
+        if (d.items.empty()) return reply(c, Status::not_found);
+        auto last = std::prev(d.items.end());
+        Writer w;
+        dump(w, last->first);
+        dump(w, last->second);
+        d.index.erase(last->first);
+        d.items.erase(last);
+        return reply(c, Status::ok, w.bytes());
+      }
       case Op::d_keys:
       case Op::d_values:
       case Op::d_items: {
@@ -922,10 +932,25 @@ class Server {
     return static_cast<std::size_t>(i);
   }
 
+  /// Python's slice clamping for l[start:stop] (step 1): negative counts from the
+  /// end, both clamped to [0, n], an empty range when stop <= start.
+  static std::pair<std::size_t, std::size_t> slice_bounds(Reader& r, std::size_t n) {
+    auto start = load<std::int64_t>(r);
+    auto stop = load<std::int64_t>(r);
+    auto clamp = [n](std::int64_t i) -> std::size_t {
+      auto sn = static_cast<std::int64_t>(n);
+      if (i < 0) i = i < -sn ? 0 : i + sn;  // no overflow: i >= -sn first
+      return static_cast<std::size_t>(std::min(i, sn));
+    };
+    std::size_t a = clamp(start), b = clamp(stop);
+    return {a, std::max(a, b)};
+  }
+
   void list_op(Conn& c, const RequestHeader& h, Reader& r) {
     auto& l = find_as<ListObj>(h.object, {Kind::list, Kind::array});
     auto& v = l.items;
-    if (l.kind == Kind::array && h.op != Op::l_get && h.op != Op::l_set && h.op != Op::l_all) {
+    if (l.kind == Kind::array && h.op != Op::l_get && h.op != Op::l_set && h.op != Op::l_all && h.op != Op::l_apply &&
+        h.op != Op::l_slice && h.op != Op::l_set_slice) {
       throw Refused{Status::error, "an Array has a fixed size: this list operation does not apply"};
     }
     switch (h.op) {
@@ -990,6 +1015,42 @@ class Server {
         write_size(w, v.size());
         for (auto& s : v) dump(w, s);
         return reply(c, Status::ok, w.bytes());
+      }
+      case Op::l_apply: {
+        auto i = norm_index(load<std::int64_t>(r), v.size());
+        if (!i) return reply(c, Status::not_found);
+        std::string scratch = v[*i];
+        ApplyCtx actx{&scratch, true};
+        if (!run_code(c, r, &actx, "apply()")) return;  // f threw: the item is unchanged
+        v[*i] = scratch;
+        return reply_raw(c, scratch);
+      }
+      case Op::l_slice: {
+        auto [a, b] = slice_bounds(r, v.size());
+        Writer w;
+        write_size(w, b - a);
+        for (std::size_t k = a; k < b; ++k) dump(w, v[k]);
+        return reply(c, Status::ok, w.bytes());
+      }
+      case Op::l_set_slice: {
+        auto [a, b] = slice_bounds(r, v.size());
+        std::size_t n = read_size(r, 8);
+        std::vector<std::string> add;
+        add.reserve(n);
+        for (std::size_t k = 0; k < n; ++k) add.push_back(load<std::string>(r));
+        if (l.kind == Kind::array && add.size() != b - a) {
+          return reply_text(c, Status::usage, "mproc: manager Array slice assignment: " + std::to_string(add.size()) +
+                                                  " items for a slice of " + std::to_string(b - a) +
+                                                  " (an Array cannot change its size)");
+        }
+        auto at = v.erase(v.begin() + static_cast<std::ptrdiff_t>(a), v.begin() + static_cast<std::ptrdiff_t>(b));
+        v.insert(at, std::make_move_iterator(add.begin()), std::make_move_iterator(add.end()));
+        return reply(c, Status::ok);
+      }
+      case Op::l_del_slice: {
+        auto [a, b] = slice_bounds(r, v.size());
+        v.erase(v.begin() + static_cast<std::ptrdiff_t>(a), v.begin() + static_cast<std::ptrdiff_t>(b));
+        return reply(c, Status::ok);
       }
       default: throw Malformed("unknown list operation");
     }

@@ -111,6 +111,7 @@ enum class Op : std::uint16_t {
   d_values,
   d_items,
   d_update,
+  d_popitem,  // the last inserted item, removed (Python >= 3.7's LIFO order)
   // list
   l_append = 48,
   l_extend,
@@ -123,6 +124,10 @@ enum class Op : std::uint16_t {
   l_remove,
   l_all,
   l_reverse,
+  l_apply,      // index + code reference: f(item&, args...) on one item
+  l_slice,      // start, stop (Python's clamping) -> the items
+  l_set_slice,  // start, stop, items: l[a:b] = items (an Array: as many as it replaces)
+  l_del_slice,  // start, stop: del l[a:b]
   // value
   v_get = 64,
   v_set,
