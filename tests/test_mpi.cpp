@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
 #include <mproc/mpi.hpp>
 #include <mproc/shared_memory.hpp>
 #include <numeric>
@@ -52,6 +53,17 @@ int first_of(mproc::SharedArray<int> a) { return a[0]; }
 int t_init = 0;
 void init_worker(int v) { t_init = v; }
 int read_init(int) { return t_init; }
+
+// A pool that outlives main() (held by a global, destroyed after finalize() ran at
+// exit): its destructor must not wait for ranks that are gone. A hang here is
+// caught by the test's CTest TIMEOUT.
+std::unique_ptr<mproc::mpi::Pool> g_outlives_main;
+
+TEST(MpiPool, APoolThatOutlivesMainDoesNotHangTheExit) {
+  g_outlives_main = std::make_unique<mproc::mpi::Pool>(1);
+  EXPECT_EQ(g_outlives_main->apply(square, 6), 36);
+  (void)g_outlives_main->apply_async(hang_always, 0);  // still running at exit
+}
 
 TEST(MpiPool, RunsOnTheOtherRanks) {
   mproc::mpi::Pool pool(1);

@@ -41,7 +41,8 @@ namespace mproc::mpi {
 void init(int argc, char** argv);
 /// Ends the cluster, on rank 0: tells the serving ranks to stop (their pools
 /// are terminated) and finalizes MPI. Idempotent; run at exit by init's
-/// handler. Every mproc::mpi::Pool must be gone before it runs.
+/// handler. Let every mproc::mpi::Pool end before it: a pool destroyed after it
+/// (held by a global) fails its pending work with CancelledError and returns.
 void finalize();
 /// Whether init() has run (and finalize() has not) in this process.
 bool initialized() noexcept;

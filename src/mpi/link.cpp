@@ -110,6 +110,14 @@ void Link::shutdown() {
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
   if (owns_comm_) MPI_Comm_free(&comm_);
+  // A pool still registered (one held by a global, destroyed after finalize() ran
+  // at exit) will hear from no rank again: its ranks count as closed, so that its
+  // destructor's terminate() and join() return instead of waiting for ever.
+  std::lock_guard lock(mu_);
+  for (auto& [id, p] : pools_) {
+    for (auto& k : p->ranks) k.closed = true;
+    p->changed.notify_all();
+  }
 }
 
 void Link::post(int dest, int tag, std::vector<std::byte> bytes) {
