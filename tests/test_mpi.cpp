@@ -53,6 +53,7 @@ int first_of(mproc::SharedArray<int> a) { return a[0]; }
 int t_init = 0;
 void init_worker(int v) { t_init = v; }
 int read_init(int) { return t_init; }
+void failing_init(int) { throw std::runtime_error("no licence on this node"); }
 
 // A pool that outlives main() (held by a global, destroyed after finalize() ran at
 // exit): its destructor must not wait for ranks that are gone. A hang here is
@@ -139,6 +140,24 @@ TEST(MpiPool, TimeoutOnARank) {
 TEST(MpiPool, InitializerRunsInEveryRanksWorkers) {
   mproc::mpi::Pool pool({.processes = 1}, init_worker, 42);
   for (int v : pool.map(read_init, std::views::iota(0, 20), {1})) EXPECT_EQ(v, 42);
+}
+
+// Every worker's initializer throws: each rank's local pool breaks. The tasks fail
+// with the reason; the ranks (and the MPI job) go on.
+TEST(MpiPool, ABrokenPoolOnARankFailsItsTasksNotTheJob) {
+  {
+    mproc::mpi::Pool pool({.processes = 1}, failing_init, 0);
+    for (int round = 0; round < 3; ++round) {
+      try {
+        (void)pool.map(square, std::views::iota(0, 10), {1});
+        FAIL() << "the map succeeded although no worker can start";
+      } catch (const mproc::Error& e) {
+        SCOPED_TRACE(e.what());
+      }
+    }
+  }
+  mproc::mpi::Pool next(1);
+  EXPECT_EQ(next.apply(square, 8), 64) << "the serving ranks still serve";
 }
 
 TEST(MpiPool, CloseJoinFinishesTheWork) {

@@ -118,7 +118,9 @@ struct ServedPool {
 class Server {
  public:
   Server(MPI_Comm comm, int root, int node_ranks)
-      : comm_(comm), root_(root), sender_(comm), default_workers_(std::max(1, cpu_count() / std::max(1, node_ranks))) {}
+      : comm_(comm), root_(root), sender_(comm), default_workers_(std::max(1, cpu_count() / std::max(1, node_ranks))) {
+    MPI_Comm_rank(comm_, &rank_);
+  }
 
   void run() {
     MPI_Status st;
@@ -237,9 +239,20 @@ class Server {
     ServedPool& p = it->second;
     const std::uint64_t n = msg.items();
     auto sink = std::make_shared<RelaySink>(out_, p.muted, h.pool, h.job, n);
-    std::uint64_t local = p.core->open_job(sink);
+    std::uint64_t local = 0;
+    try {
+      local = p.core->open_job(sink);
+    } catch (...) {
+      // This rank's pool takes no more work (its workers' initializer keeps
+      // failing, say): the chunk's items fail with the reason, and the rank
+      // serves on. Letting it escape would end the rank, and with it the job.
+      ExceptionInfo info = mproc::detail::capture_current_exception();
+      info.message = "rank " + std::to_string(rank_) + " could not run the task: " + info.message;
+      for (std::uint64_t k = 0; k < n; ++k) sink->on_failure(h.first + k, Failure::raised, info, 0, ItemTiming{});
+      return;
+    }
     ++p.in_flight;
-    p.core->submit(local, h.first, std::move(msg));
+    p.core->submit(local, h.first, std::move(msg));  // never throws for an open job but on memory exhaustion
     p.core->seal_job(local);
   }
 
@@ -271,6 +284,7 @@ class Server {
 
   MPI_Comm comm_;
   int root_;
+  int rank_ = 0;
   Sender sender_;
   int default_workers_;
   Outbox out_;
