@@ -395,6 +395,39 @@ TEST(Manager, ADeadClientsSemaphoreUnitsComeBack) {
   EXPECT_TRUE(sem.acquire(true, 30s));
 }
 
+void take_signal_and_hold_lock(mproc::SemaphoreProxy sem, mproc::LockProxy lock, mproc::Connection<int> ready) {
+  sem.acquire();   // consumes the unit another process released: a signal, not a loan
+  lock.acquire();  // held at death: the parent learns from it that the server ended this session
+  ready.send(1);
+  ::pause();  // killed by the test
+}
+
+// Units a dead client took from a semaphore used as a signal (Semaphore(0),
+// released by another process) are not "given back": that made a phantom unit
+// (get_value() 1 after the consumer's death; seen failing before the fix).
+// Units come back only up to the initial value.
+TEST(Manager, ADeadClientNeverGivesBackUnitsItConsumedFromASignal) {
+  mproc::Manager m;
+  auto sem = m.Semaphore(0);
+  auto lock = m.Lock();
+  sem.release();
+  auto [rx, tx] = mproc::Pipe<int>(false);
+  mproc::Process p(mproc::ProcessOptions{.start_method = mproc::StartMethod::fork}, take_signal_and_hold_lock, sem,
+                   lock, tx);
+  p.start();
+  tx.close();
+  ASSERT_EQ(rx.recv(30s), 1);
+  EXPECT_EQ(sem.get_value(), 0u);
+  p.kill();
+  p.join();
+  // Granted with owner_died only once the server handled the session's end, in the
+  // same step that handles its semaphore units.
+  EXPECT_EQ(lock.lock_checked(), mproc::LockStatus::owner_died);
+  lock.release();
+  EXPECT_EQ(sem.get_value(), 0u);
+  EXPECT_FALSE(sem.acquire(false));
+}
+
 TEST(Manager, ADeadServerIsAManagerErrorOnPendingAndNextCalls) {
   mproc::Manager m;
   auto b = m.Barrier(2);

@@ -421,7 +421,11 @@ class Server {
         auto& L = static_cast<LockObj&>(*o);
         auto h = L.held.find(sid);
         if (h != L.held.end()) {
-          L.value += h->second;
+          // Given back only up to the initial value: a unit taken from a
+          // semaphore used as a signal (released by another process) was
+          // consumed, not borrowed, and must not come back as a phantom.
+          std::uint32_t room = L.initial > L.value ? L.initial - L.value : 0;
+          L.value += std::min(h->second, room);
           L.held.erase(h);
           to_wake.push_back(id);
         }
