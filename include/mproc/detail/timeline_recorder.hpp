@@ -1,5 +1,5 @@
 // mproc/detail/timeline_recorder.hpp — where a pool's collector and supervisor
-// write task records (PoolOptions::timeline). Compiled in src/pool/timeline.cpp.
+// write task records (PoolOptions::timeline). Compiled in src/timeline/timeline.cpp.
 #pragma once
 
 #include "mproc/detail/config.hpp"
