@@ -347,3 +347,12 @@ TEST(BackgroundErrors, GoToTheHandlerTheProgramSet) {
                      {"result callback", "result callback boom (thrown by the callback; ignored)"},
                      {"done callback", "done callback boom (thrown by the callback; ignored)"}}));
 }
+
+namespace thread_pool_header {
+int run_alone();  // thread_pool_header_alone.cpp: <mproc/thread_pool.hpp> alone, no cereal
+}
+
+// <mproc/thread_pool.hpp> compiles on its own, without the serializer or
+// cereal (a #error in thread_pool_header_alone.cpp says so otherwise), and
+// every kind of call works from that header alone.
+TEST(ThreadPoolHeader, CompilesAloneWithoutTheSerializer) { EXPECT_EQ(thread_pool_header::run_alone(), 16); }

@@ -36,6 +36,7 @@
 #include "mproc/background_error.hpp"
 #include "mproc/detail/timeout.hpp"  // OptionalTimeout, deadline_after
 #include "mproc/pool.hpp"
+#include "mproc/results.hpp"
 #include "mproc/thread_pool.hpp"
 
 namespace mproc {

@@ -33,8 +33,9 @@
 #include <utility>
 #include <vector>
 
-#include "mproc/pool.hpp"
+#include "mproc/pool_options.hpp"
 #include "mproc/progress.hpp"
+#include "mproc/results.hpp"
 #include "mproc/timeline.hpp"
 
 namespace mproc {

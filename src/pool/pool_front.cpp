@@ -93,19 +93,6 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer,
 
 Pool::~Pool() = default;  // PoolCore's destructor terminates
 
-std::uint64_t Pool::run_job(std::shared_ptr<detail::JobSink> sink,
-                            const std::function<void(std::uint64_t)>& submit_all) {
-  std::uint64_t id = core_->open_job(std::move(sink));
-  try {
-    submit_all(id);
-  } catch (...) {
-    core_->seal_job(id);
-    throw;
-  }
-  core_->seal_job(id);
-  return id;
-}
-
 void Pool::close() {
   feeds_->feed_all();  // lazy maps run every call, as in Python (issue 11, bug 4)
   core_->close();

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "mproc/detail/timeline_recorder.hpp"
+#include "mproc/process.hpp"  // cpu_count
 
 namespace mproc {
 namespace detail {
