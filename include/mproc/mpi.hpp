@@ -39,6 +39,21 @@ namespace mproc::mpi {
 /// Throws std::runtime_error if MPI cannot be initialized or provides less than
 /// MPI_THREAD_SERIALIZED; UsageError if called twice. Not thread-safe.
 void init(int argc, char** argv);
+
+/// What init() does when the program was started alone (`./app`, not under
+/// mpirun: a world of one rank).
+struct InitOptions {
+  /// Launch mode (c): start this many serving ranks with MPI_Comm_spawn (copies
+  /// of this program, with its arguments; they serve and exit, main() runs on
+  /// this process only). 0: none (a Pool then has no rank to serve it). Ignored
+  /// in a world of more than one rank.
+  int spawn = 0;
+};
+/// init(argc, argv) with options: `mproc::mpi::init(argc, argv, {.spawn = 3})`.
+/// Throws UsageError for a negative spawn count, std::runtime_error if
+/// MPI_Comm_spawn fails (Open MPI needs its runtime to start them: under a batch
+/// system, give the job slots for them).
+void init(int argc, char** argv, InitOptions options);
 /// Ends the cluster, on rank 0: tells the serving ranks to stop (their pools
 /// are terminated) and finalizes MPI. Idempotent; run at exit by init's
 /// handler. Let every mproc::mpi::Pool end before it: a pool destroyed after it

@@ -1,6 +1,10 @@
 // src/mpi/world.cpp — launch mode (a): mproc::mpi::init/finalize over
 // MPI_COMM_WORLD, and the typed Pool's out-of-line members.
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
 #include <mutex>
 
 #include "internal.hpp"
@@ -35,10 +39,13 @@ void finalize_at_exit() {
 
 }  // namespace
 
-void init(int argc, char** argv) {
+void init(int argc, char** argv) { init(argc, argv, InitOptions{}); }
+
+void init(int argc, char** argv, InitOptions options) {
   // First: in the forkserver and in spawned children (re-executions of this
   // program) this never returns, so they never initialize MPI themselves.
   if (!mproc::initialized()) mproc::init(argc, argv);
+  if (options.spawn < 0) throw UsageError("mproc::mpi::init: spawn must be >= 0, got " + std::to_string(options.spawn));
   World& w = world();
   std::lock_guard lock(w.mu);
   if (w.initialized) throw UsageError("mproc::mpi::init() called twice");
@@ -53,7 +60,31 @@ void init(int argc, char** argv) {
   if (provided < MPI_THREAD_SERIALIZED) {
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  detail::check(MPI_Comm_dup(MPI_COMM_WORLD, &w.comm), "MPI_Comm_dup");
+  MPI_Comm parent = MPI_COMM_NULL;
+  MPI_Comm_get_parent(&parent);
+  int world_size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  if (parent != MPI_COMM_NULL) {
+    // Launch mode (c), a spawned serving rank: one world with the parent, after it.
+    detail::check(MPI_Intercomm_merge(parent, 1, &w.comm), "MPI_Intercomm_merge");
+    MPI_Comm_free(&parent);
+  } else if (world_size == 1 && options.spawn > 0) {
+    // Launch mode (c), the parent: copies of this executable, with its arguments.
+    std::vector<char*> args;
+    for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
+    args.push_back(nullptr);
+    std::vector<int> errors(static_cast<std::size_t>(options.spawn));
+    MPI_Comm inter;
+    char exe[] = "/proc/self/exe";
+    std::string self = std::filesystem::read_symlink(exe).string();
+    detail::check(MPI_Comm_spawn(self.c_str(), args.data(), options.spawn, MPI_INFO_NULL, 0, MPI_COMM_SELF, &inter,
+                                 errors.data()),
+                  "MPI_Comm_spawn");
+    detail::check(MPI_Intercomm_merge(inter, 0, &w.comm), "MPI_Intercomm_merge");
+    MPI_Comm_free(&inter);
+  } else {
+    detail::check(MPI_Comm_dup(MPI_COMM_WORLD, &w.comm), "MPI_Comm_dup");
+  }
   MPI_Comm_rank(w.comm, &w.rank);
   MPI_Comm_size(w.comm, &w.size);
   w.initialized = true;
