@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mproc/mpi.hpp>
@@ -98,6 +99,30 @@ TEST(MpiPool, MapStarmapInOrder) {
   auto big = pool.map([](const std::string& s) { return s + "!"; }, std::vector<std::string>(50, std::string(100'000, 'x')));
   ASSERT_EQ(big.size(), 50u);
   EXPECT_EQ(big[49].size(), 100'001u);
+}
+
+// The progress bar of a map over ranks: drawn on rank 0 as results come back, it
+// ends at total/total (fd 2 is pointed at a temporary file meanwhile).
+TEST(MpiPool, MapProgressBarCountsEveryRanksResults) {
+  mproc::mpi::Pool pool(1);
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  std::fflush(stderr);
+  int saved = ::dup(2);
+  ::dup2(::fileno(file), 2);
+  auto got = pool.map(square, std::views::iota(0, 200), {5, true, "squares"});
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::string text;
+  std::rewind(file);
+  for (int c; (c = std::fgetc(file)) != EOF;) text.push_back(static_cast<char>(c));
+  std::fclose(file);
+  EXPECT_EQ(got.size(), 200u);
+  ASSERT_FALSE(text.empty()) << "no bar was drawn";
+  EXPECT_EQ(text.back(), '\n');
+  std::string last = text.substr(text.rfind('\n', text.size() - 2) + 1);
+  EXPECT_NE(last.find("squares"), std::string::npos) << last;
+  EXPECT_NE(last.find("200/200"), std::string::npos) << last;
 }
 
 TEST(MpiPool, TaskErrorsKeepTheirIndex) {
