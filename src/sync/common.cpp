@@ -12,6 +12,18 @@
 
 #include "internal.hpp"
 
+// ThreadSanitizer builds (MPROC_TSAN): see robust_lock.
+#if defined(__SANITIZE_THREAD__)
+#define MPROC_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MPROC_UNDER_TSAN 1
+#endif
+#endif
+#ifdef MPROC_UNDER_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace mproc::detail {
 namespace {
 
@@ -115,7 +127,18 @@ MutexResult robust_lock(pthread_mutex_t* m, deadline_t deadline, bool block) {
     // CLOCK_MONOTONIC, the clock of our deadlines: a wall-clock jump neither
     // stretches nor cuts the wait. A deadline already past still tries once.
     timespec ts = to_timespec(*deadline);
+#ifdef MPROC_UNDER_TSAN
+    // ThreadSanitizer intercepts pthread_mutex_lock, trylock, timedlock and unlock,
+    // but not clocklock (GCC 12's libtsan, clang 14's): it saw the unlock of a
+    // mutex it never saw taken ("unlock of an unlocked mutex") and missed the
+    // ordering the lock gives. Tell it, as its own interceptors do.
+    __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
     rc = ::pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    __tsan_mutex_post_lock(
+        m, __tsan_mutex_try_lock | (rc == 0 || rc == EOWNERDEAD ? 0u : __tsan_mutex_try_lock_failed), 0);
+#else
+    rc = ::pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+#endif
   }
   switch (rc) {
     case 0:
