@@ -239,9 +239,13 @@ class Server {
     ServedPool& p = it->second;
     const std::uint64_t n = msg.items();
     auto sink = std::make_shared<RelaySink>(out_, p.muted, h.pool, h.job, n);
-    std::uint64_t local = 0;
     try {
-      local = p.core->open_job(sink);
+      std::uint64_t local = p.core->open_job(sink);
+      // submit throws CancelledError when the pool broke between the two calls
+      // (its workers' initializer failed meanwhile): then nothing of this chunk
+      // was queued, and its items fail below like those open_job refused.
+      p.core->submit(local, h.first, std::move(msg));
+      p.core->seal_job(local);
     } catch (...) {
       // This rank's pool takes no more work (its workers' initializer keeps
       // failing, say): the chunk's items fail with the reason, and the rank
@@ -252,8 +256,6 @@ class Server {
       return;
     }
     ++p.in_flight;
-    p.core->submit(local, h.first, std::move(msg));  // never throws for an open job but on memory exhaustion
-    p.core->seal_job(local);
   }
 
   void finish_closing() {

@@ -90,13 +90,15 @@ void init(int argc, char** argv, InitOptions options) {
   w.initialized = true;
   const int node_ranks = detail::node_ranks(w.comm);  // collective: before rank 0 leaves
   if (w.rank != 0) {
-    int status = 0;
     try {
       detail::serve_loop(w.comm, 0, node_ranks);
     } catch (const std::exception& e) {
+      // Fail loud, never hang: MPI_Finalize would wait for the other ranks,
+      // which wait for this one. MPI_Abort ends the whole job now.
       std::fprintf(stderr, "mproc::mpi: serving rank %d: %s\n", w.rank, e.what());
-      status = 1;
+      MPI_Abort(w.comm, 1);
     }
+    const int status = 0;
     MPI_Comm_free(&w.comm);
     MPI_Finalize();
     w.finalized = true;
