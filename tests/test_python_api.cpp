@@ -1,10 +1,15 @@
 // Python API that users reach for (issue 10 §3): Lock::locked() (Python 3.14),
-// Value/Array on a caller's Lock or RLock.
+// Value/Array on a caller's Lock or RLock, Connection::recv_bytes_into() with
+// BufferTooShort.
 // Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
 // Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <mproc/pipe.hpp>
 #include <mproc/process.hpp>
 #include <mproc/queue.hpp>
 #include <mproc/sync.hpp>
@@ -16,6 +21,7 @@
 #include "util.hpp"
 
 using namespace std::chrono_literals;
+using mproc::Connection;
 using mproc::Event;
 using mproc::Lock;
 using mproc::Process;
@@ -250,6 +256,99 @@ TEST_F(ValueOnLock, AReceivedValueKeepsTheCallersLock) {
   EXPECT_EQ(out.get(30s), 103);
   p.join();
   EXPECT_EQ(p.exitcode(), 0);
+}
+
+// ---- Connection::recv_bytes_into --------------------------------------------------------
+
+using RecvBytesInto = NoLeaks;
+
+TEST_F(RecvBytesInto, FillsTheBufferAtAnOffsetAndReturnsTheLength) {
+  auto [a, b] = mproc::Pipe<int>();
+  a.send_bytes("hello", 5);
+  std::array<std::byte, 16> buf{};
+  EXPECT_EQ(b.recv_bytes_into(buf), 5u);
+  EXPECT_EQ(std::memcmp(buf.data(), "hello", 5), 0);
+  a.send_bytes("world", 5);
+  EXPECT_EQ(b.recv_bytes_into(buf, 5), 5u);
+  EXPECT_EQ(std::memcmp(buf.data(), "helloworld", 10), 0);
+  a.send_bytes("", 0);
+  EXPECT_EQ(b.recv_bytes_into(buf, 16), 0u);  // Python: offset == len(buf) is allowed
+  // Any contiguous range of trivially copyable elements; the offset is in bytes.
+  std::vector<char> v(8, '.');
+  a.send_bytes("ab", 2);
+  EXPECT_EQ(b.recv_bytes_into(v, 6), 2u);
+  EXPECT_EQ(std::string(v.begin(), v.end()), "......ab");
+  std::string s(4, '-');
+  a.send_bytes("xy", 2);
+  EXPECT_EQ(b.recv_bytes_into(s, 1), 2u);
+  EXPECT_EQ(s, "-xy-");
+  // What send() wrote, as bytes: the value's encoding.
+  a.send(42);
+  std::array<std::uint32_t, 4> words{};
+  EXPECT_EQ(b.recv_bytes_into(words), sizeof(int));
+  EXPECT_EQ(words[0], 42u);
+}
+
+TEST_F(RecvBytesInto, AnOffsetPastTheEndIsAUsageErrorAndReceivesNothing) {
+  auto [a, b] = mproc::Pipe<int>();
+  a.send_bytes("keep", 4);
+  std::array<std::byte, 4> buf{};
+  try {
+    (void)b.recv_bytes_into(buf, 5);
+    FAIL() << "no UsageError";
+  } catch (const mproc::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("offset 5 is past the end of a 4-byte buffer"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(b.recv_bytes_into(buf), 4u);  // the message is still there
+}
+
+TEST_F(RecvBytesInto, BufferTooShortCarriesTheMessageAndLeavesTheBuffer) {
+  auto [a, b] = mproc::Pipe<int>();
+  a.send_bytes("0123456789", 10);
+  a.send_bytes("next", 4);
+  std::array<char, 8> buf;
+  buf.fill('.');
+  try {
+    (void)b.recv_bytes_into(buf, 2);
+    FAIL() << "no BufferTooShort";
+  } catch (const mproc::BufferTooShort& e) {
+    ASSERT_EQ(e.message().size(), 10u);  // Python: e.args[0], the whole message
+    EXPECT_EQ(std::memcmp(e.message().data(), "0123456789", 10), 0);
+    EXPECT_NE(std::string(e.what()).find("10-byte message does not fit in the 6 bytes"), std::string::npos) << e.what();
+    const mproc::BufferTooShort copy = e;  // copies share the message
+    EXPECT_EQ(copy.message().size(), 10u);
+  }
+  EXPECT_EQ(std::string(buf.begin(), buf.end()), "........");  // untouched
+  // The message was consumed, as in Python; the next one comes next.
+  EXPECT_EQ(b.recv_bytes_into(buf), 4u);
+  EXPECT_EQ(std::string(buf.data(), 4), "next");
+}
+
+void send_bytes_of(Connection<int> c, std::string s) { c.send_bytes(s.data(), s.size()); }
+
+TEST_F(RecvBytesInto, AnOutOfBandMessageFromAnotherProcess) {
+  auto [a, b] = mproc::Pipe<int>();
+  std::string big(300'000, 'z');  // out of band: travels in a segment of its own
+  big[123'456] = '!';
+  Process p(send_bytes_of, a, big);
+  p.start();
+  std::vector<char> buf(big.size() + 10);
+  EXPECT_EQ(b.recv_bytes_into(buf, 10), big.size());
+  EXPECT_EQ(std::string(buf.begin() + 10, buf.end()), big);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+void close_it(Connection<int> c) { c.close(); }
+
+TEST_F(RecvBytesInto, EOFErrorOnceTheOtherEndIsClosedEverywhere) {
+  auto [a, b] = mproc::Pipe<int>();
+  Process p(close_it, a);
+  p.start();
+  a.close();  // our copy too
+  p.join();
+  std::array<std::byte, 4> buf{};
+  EXPECT_THROW((void)b.recv_bytes_into(buf), mproc::EOFError);
 }
 
 }  // namespace

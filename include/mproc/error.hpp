@@ -9,8 +9,10 @@
 #include "mproc/detail/config.hpp"
 
 #include <cstddef>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mproc {
 
@@ -45,6 +47,19 @@ class Empty : public TimeoutError {
 class Full : public TimeoutError {
  public:
   using TimeoutError::TimeoutError;
+};
+
+/// Connection::recv_bytes_into(): the message is longer than the room in the
+/// buffer (Python's multiprocessing.BufferTooShort). The message was received all
+/// the same: message() is it, whole (Python's e.args[0]); the buffer is unchanged.
+class BufferTooShort : public Error {
+ public:
+  BufferTooShort(const std::string& what, std::vector<std::byte> message)
+      : Error(what), message_(std::make_shared<const std::vector<std::byte>>(std::move(message))) {}
+  const std::vector<std::byte>& message() const noexcept { return *message_; }
+
+ private:
+  std::shared_ptr<const std::vector<std::byte>> message_;  // shared: copying an exception must not throw
 };
 
 /// Nothing is left to receive and nothing can arrive any more: the other end of

@@ -30,8 +30,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
+#include <ranges>
 #include <span>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -93,6 +97,46 @@ class Connection {
   template <class Rep, class Period>
   std::vector<std::byte> recv_bytes(std::chrono::duration<Rep, Period> timeout) {
     return recv_bytes_until(detail::timeout_deadline(timeout, "Connection.recv_bytes()"));
+  }
+  /// Receives one message into `buf` from byte `offset` on (Python's
+  /// recv_bytes_into) and returns its length. Blocks and throws like recv_bytes().
+  /// A message longer than buf.size() - offset is consumed all the same and thrown
+  /// as BufferTooShort, which carries it whole (buf is not written). UsageError if
+  /// `offset` is past the end of `buf` (nothing is received then).
+  std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0) {
+    if (offset > buf.size()) {
+      throw UsageError("mproc: Connection.recv_bytes_into(): offset " + std::to_string(offset) +
+                       " is past the end of a " + std::to_string(buf.size()) + "-byte buffer");
+    }
+    const std::size_t room = buf.size() - offset;
+    std::size_t n = 0;
+    std::vector<std::byte> whole;  // only when it does not fit
+    ch_.recv(std::nullopt, [&](Reader& r) {
+      n = r.remaining();
+      const std::byte* p = r.take(n);
+      if (n > room) {
+        whole.assign(p, p + n);
+      } else if (n) {
+        std::memcpy(buf.data() + offset, p, n);
+      }
+    });
+    if (n > room) {
+      throw BufferTooShort("mproc: Connection.recv_bytes_into(): a " + std::to_string(n) +
+                               "-byte message does not fit in the " + std::to_string(room) +
+                               " bytes left in the buffer; it is in BufferTooShort::message()",
+                           std::move(whole));
+    }
+    return n;
+  }
+  /// The same into any contiguous range of trivially copyable elements
+  /// (std::vector<char>, std::string, std::array<std::uint32_t, N>, ...); `offset`
+  /// is in bytes.
+  template <std::ranges::contiguous_range B>
+    requires std::ranges::sized_range<B> && std::is_trivially_copyable_v<std::ranges::range_value_t<B>> &&
+             (!std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<B>>>) &&
+             (!std::is_same_v<std::remove_cvref_t<B>, std::span<std::byte>>)
+  std::size_t recv_bytes_into(B&& buf, std::size_t offset = 0) {
+    return recv_bytes_into(std::as_writable_bytes(std::span(std::ranges::data(buf), std::ranges::size(buf))), offset);
   }
 
   /// Closes this end in this process (every copy here). The other end sees EOF once
