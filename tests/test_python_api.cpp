@@ -1,9 +1,11 @@
 // Python API that users reach for (issue 10 §3): Lock::locked() (Python 3.14),
 // Value/Array on a caller's Lock or RLock, Connection::recv_bytes_into() with
-// BufferTooShort.
+// BufferTooShort, mproc::wait() over connections, queues and process sentinels
+// (multiprocessing.connection.wait).
 // Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
 // Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -14,6 +16,7 @@
 #include <mproc/queue.hpp>
 #include <mproc/sync.hpp>
 #include <mproc/value.hpp>
+#include <mproc/wait.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -349,6 +352,107 @@ TEST_F(RecvBytesInto, EOFErrorOnceTheOtherEndIsClosedEverywhere) {
   p.join();
   std::array<std::byte, 4> buf{};
   EXPECT_THROW((void)b.recv_bytes_into(buf), mproc::EOFError);
+}
+
+// ---- mproc::wait -------------------------------------------------------------------------
+
+using Wait = NoLeaks;
+using Ready = std::vector<std::size_t>;
+
+void send_when(Connection<int> c, Event go, int v) {
+  (void)go.wait_for(60s);
+  c.send(v);
+}
+
+TEST_F(Wait, ReturnsTheIndicesOfTheReadyConnectionsInOrder) {
+  auto [a1, b1] = mproc::Pipe<int>();
+  auto [a2, b2] = mproc::Pipe<int>();
+  auto [a3, b3] = mproc::Pipe<int>();
+  EXPECT_TRUE(mproc::wait({a1, a2, a3}, 0s).empty());
+  EXPECT_TRUE(mproc::wait({a1, a2, a3}, 10ms).empty());  // nothing is sent: the timeout passes
+  Event go;
+  Process p(send_when, b2, go, 7);
+  p.start();
+  go.set();
+  EXPECT_EQ(mproc::wait({a1, a2, a3}, 30s), Ready{1});
+  EXPECT_EQ(mproc::wait({a1, a2, a3}, 0s), Ready{1});  // ready until it is read
+  EXPECT_EQ(a2.recv(), 7);
+  p.join();
+  b3.send(3);
+  b1.send(1);
+  std::vector<mproc::WaitObject> objs{a1, a2, a3};
+  EXPECT_EQ(mproc::wait(objs, std::chrono::duration<double>(5)), (Ready{0, 2}));
+  EXPECT_EQ(mproc::wait(objs, -1s), (Ready{0, 2}));  // negative: look once, as Python
+  EXPECT_EQ(a1.recv(), 1);
+  EXPECT_EQ(a3.recv(), 3);
+  EXPECT_TRUE(mproc::wait(objs, 0s).empty());
+}
+
+TEST_F(Wait, AConnectionWhoseOtherEndIsClosedIsReady) {
+  auto [a, b] = mproc::Pipe<int>();
+  auto [c, d] = mproc::Pipe<int>();
+  b.close();  // recv() on a throws EOFError at once
+  EXPECT_EQ(mproc::wait({a}, 30s), Ready{0});
+  EXPECT_EQ(mproc::wait({c, a}, 30s), Ready{1});
+  EXPECT_THROW((void)a.recv(), mproc::EOFError);
+}
+
+void exit_when(Event go) { (void)go.wait_for(60s); }
+void hold_queue(Queue<int>, Event go) { (void)go.wait_for(60s); }
+
+TEST_F(Wait, ProcessSentinels) {
+  Event go;
+  Process p(exit_when, go);
+  p.start();
+  auto [a, b] = mproc::Pipe<int>();
+  EXPECT_TRUE(mproc::wait({p.sentinel(), a}, 20ms).empty());
+  go.set();
+  EXPECT_EQ(mproc::wait({a, p.sentinel()}, 30s), Ready{1});
+  EXPECT_EQ(mproc::wait({p}, std::nullopt), Ready{0});  // a Process is its sentinel; no limit
+  p.join();
+  EXPECT_EQ(mproc::wait({a, p}, 0s), Ready{1});  // stays ready after join
+}
+
+TEST_F(Wait, AQueueIsReadyWhenGetWouldNotBlock) {
+  Queue<int> q;
+  auto [a, b] = mproc::Pipe<int>();
+  Event go;
+  Process holder(hold_queue, q, go);  // another process that could put
+  holder.start();
+  EXPECT_TRUE(mproc::wait({a, q}, 20ms).empty());
+  q.put(3);
+  EXPECT_EQ(mproc::wait({a, q}, 30s), Ready{1});
+  EXPECT_EQ(mproc::wait({q}, 30s), Ready{0});
+  EXPECT_EQ(q.get(), 3);
+  go.set();
+  holder.join();
+  // Nobody else can put any more: get() would throw EOFError at once.
+  EXPECT_EQ(mproc::wait({a, q}, 30s), Ready{1});
+  EXPECT_THROW((void)q.get(), mproc::EOFError);
+}
+
+TEST_F(Wait, OneChannelWaitsOnItsFutex) {
+  auto [a, b] = mproc::Pipe<int>();
+  std::thread t([b = b]() mutable { b.send(1); });
+  EXPECT_EQ(mproc::wait({a}, 30s), Ready{0});
+  t.join();
+  EXPECT_EQ(a.recv(), 1);
+}
+
+TEST_F(Wait, MisuseIsAUsageError) {
+  EXPECT_THROW((void)mproc::wait({-1}, 0s), mproc::UsageError);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  EXPECT_THROW((void)mproc::wait({fds[0]}, 0s), mproc::UsageError);  // not an open descriptor
+  auto [r, s] = mproc::Pipe<int>(false);  // one-way: r receives, s sends
+  EXPECT_THROW((void)mproc::wait({s}, 0s), mproc::UsageError);        // send-only
+  Connection<int> copy = r;
+  r.close();
+  EXPECT_THROW((void)mproc::wait({copy}, 0s), mproc::UsageError);  // closed in this process
+  Process not_started(nothing);
+  EXPECT_THROW((void)mproc::wait({not_started}, 0s), mproc::UsageError);
 }
 
 }  // namespace

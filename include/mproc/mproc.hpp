@@ -18,3 +18,4 @@
 #include "mproc/thread_pool.hpp"
 #include "mproc/timeline.hpp"
 #include "mproc/value.hpp"
+#include "mproc/wait.hpp"
