@@ -5,10 +5,13 @@
 //
 // Input: bytes 0-1: the published tail's record count (little-endian); bytes 2-3: its
 // byte position (modulo 2^16; the ring masks it); byte 4: flags (bit 0: receive with a
-// claim step); then up to 4 KiB of ring bytes (the rest zero). The head starts at 0.
+// claim step; bits 1-2: the header's shutdown word, 0 open, 1 shut, 2 drained, 3 a
+// value no shutdown() writes); then up to 4 KiB of ring bytes (the rest zero). The head
+// starts at 0.
 //
 // Oracle: every receive returns a message, or throws mproc::Error (a corrupt ring, a
-// side-band message missing), and never reads outside the ring. The consumer is alone,
+// side-band message missing, ShutDown once a shut ring is empty or at once when
+// drained), and never reads outside the ring. The consumer is alone,
 // so a missing side-band message is reported, not waited for.
 #include <cstdint>
 #include <cstdlib>
@@ -56,6 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint64_t count = data[0] | (data[1] << 8);
   const std::uint64_t pos = data[2] | (data[3] << 8);
   const bool with_claim = data[4] & 1;
+  const std::uint32_t shutdown = (data[4] >> 1) & 3;
   const std::size_t cap = f.ring->capacity;
   std::span<const std::uint8_t> body(data + 5, std::min(size - 5, cap));
 
@@ -68,6 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::memset(f.bytes, 0, cap);
   std::memcpy(f.bytes, body.data(), body.size());
   f.ring->tail.store(pack(pos, count));
+  f.h->shutdown.store(shutdown);
 
   auto take = [](mproc::Reader& r) { sink = r.remaining() ? static_cast<std::size_t>(*r.take(r.remaining())) : 0; };
   auto claim = [](mproc::Reader& prefix) { sink = prefix.remaining(); };

@@ -203,6 +203,7 @@ void channel_seeds() {
     send_text(q, "");
     write_seed("fuzz_channel", "inline-3", ring_seed(q, 0));
     write_seed("fuzz_channel", "inline-3-claim", ring_seed(q, 1));
+    write_seed("fuzz_channel", "inline-3-shutdown", ring_seed(q, 2));  // shut: drains, then ShutDown
   }
   {  // a side-band record: a message carrying an fd
     auto q = small_queue();

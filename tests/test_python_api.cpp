@@ -1,7 +1,8 @@
 // Python API that users reach for (issue 10 §3): Lock::locked() (Python 3.14),
 // Value/Array on a caller's Lock or RLock, Connection::recv_bytes_into() with
 // BufferTooShort, mproc::wait() over connections, queues and process sentinels
-// (multiprocessing.connection.wait).
+// (multiprocessing.connection.wait), Queue::shutdown() (Python 3.13's
+// queue.Queue.shutdown, here across processes).
 // Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
 // Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
 #include <gtest/gtest.h>
@@ -453,6 +454,185 @@ TEST_F(Wait, MisuseIsAUsageError) {
   EXPECT_THROW((void)mproc::wait({copy}, 0s), mproc::UsageError);  // closed in this process
   Process not_started(nothing);
   EXPECT_THROW((void)mproc::wait({not_started}, 0s), mproc::UsageError);
+}
+
+// ---- Queue::shutdown() ---------------------------------------------------------------------
+
+using QueueShutdown = NoLeaks;
+
+TEST_F(QueueShutdown, PutThrowsGetDrainsThenThrows) {
+  Queue<int> q;
+  q.put(1);
+  q.put(2);
+  q.put(3);
+  EXPECT_FALSE(q.is_shutdown());
+  q.shutdown();
+  EXPECT_TRUE(q.is_shutdown());
+  EXPECT_THROW(q.put(4), mproc::ShutDown);
+  EXPECT_THROW(q.put_nowait(4), mproc::ShutDown);
+  EXPECT_THROW(q.put_many(std::vector<int>{4, 5}), mproc::ShutDown);
+  EXPECT_EQ(q.get(), 1);  // what was put stays gettable
+  EXPECT_EQ(q.get_nowait(), 2);
+  EXPECT_EQ(q.get_many(10), std::vector<int>{3});
+  EXPECT_THROW((void)q.get(), mproc::ShutDown);  // empty: at once, instead of blocking
+  EXPECT_THROW((void)q.get_nowait(), mproc::ShutDown);  // not Empty
+  EXPECT_THROW((void)q.get(10s), mproc::ShutDown);     // at once, not after 10 s
+  EXPECT_THROW((void)q.get_many(10), mproc::ShutDown);
+  EXPECT_EQ(mproc::wait({q}, 0s), Ready{0});  // a get would not block
+  q.shutdown();  // idempotent
+  EXPECT_TRUE(q.is_shutdown());
+}
+
+TEST_F(QueueShutdown, ImmediateDropsTheItemsAndCountsThemDone) {
+  mproc::JoinableQueue<int> q;
+  for (int i = 0; i < 5; ++i) q.put(i);
+  EXPECT_EQ(q.get(), 0);
+  q.task_done();
+  EXPECT_EQ(q.get(), 1);  // taken, not yet done: shutdown does not count it
+  q.shutdown(true);
+  EXPECT_EQ(q.qsize(), 0u);
+  EXPECT_THROW((void)q.get(), mproc::ShutDown);
+  EXPECT_FALSE(q.join(0s));  // item 1 is still unfinished
+  q.task_done();
+  EXPECT_TRUE(q.join(0s));  // the three dropped ones counted as done
+  EXPECT_THROW(q.put(1), mproc::ShutDown);
+}
+
+TEST_F(QueueShutdown, ALaterImmediateShutdownStillDrains) {
+  Queue<std::string> q;
+  q.put(std::string(200'000, 'x'));  // out of band: its segment must be closed when dropped
+  q.put("small");
+  q.shutdown();
+  EXPECT_EQ(q.qsize(), 2u);
+  q.shutdown(true);
+  EXPECT_EQ(q.qsize(), 0u);
+  EXPECT_THROW((void)q.get_nowait(), mproc::ShutDown);
+}  // NoLeaks: no fd of the dropped out-of-band item is left
+
+void get_from(Queue<int> inner, Queue<std::string> out, Event started) {
+  started.set();
+  try {
+    (void)inner.get();
+    out.put("got");
+  } catch (const mproc::EOFError&) {
+    out.put("eof");
+  }
+}
+
+TEST_F(QueueShutdown, ImmediateReleasesTheHandlesInsideDroppedItems) {
+  // A queue handle inside a queued item counts as a holder of that queue until it is
+  // received. Dropped undecoded, it would keep the child's get() below waiting forever.
+  Queue<Queue<int>> carrier;
+  Queue<std::string> out;
+  Queue<int> inner;
+  Event started;
+  Process p(get_from, inner, out, started);
+  p.start();
+  ASSERT_TRUE(started.wait_for(30s));
+  carrier.put(inner);
+  carrier.shutdown(true);
+  inner.close();  // no other holder is left: the child's get() throws EOFError
+  std::string got;
+  try {
+    got = out.get(30s);
+  } catch (const mproc::Empty&) {
+    got = "nothing";
+    p.kill();
+  }
+  EXPECT_EQ(got, "eof");
+  p.join();
+}
+
+void blocked_get(Queue<int> q, Queue<std::string> out, Event started, bool timed) {
+  started.set();
+  try {
+    (void)(timed ? q.get(60s) : q.get());
+    out.put("got");
+  } catch (const mproc::ShutDown&) {
+    out.put("shutdown");
+  } catch (const mproc::Empty&) {
+    out.put("empty");
+  }
+}
+
+TEST_F(QueueShutdown, WakesBlockedGettersHereAndInOtherProcesses) {
+  Queue<int> q;
+  Queue<std::string> out;
+  Event started, started_timed, started_here;
+  Process p(blocked_get, q, out, started, false);
+  Process p_timed(blocked_get, q, out, started_timed, true);
+  p.start();
+  p_timed.start();
+  std::thread t(blocked_get, q, out, started_here, true);
+  ASSERT_TRUE(started.wait_for(30s));
+  ASSERT_TRUE(started_timed.wait_for(30s));
+  ASSERT_TRUE(started_here.wait_for(30s));
+  q.shutdown();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(out.get(30s), "shutdown");
+  t.join();
+  p.join();
+  p_timed.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_EQ(p_timed.exitcode(), 0);
+}
+
+void blocked_put(Queue<int> q, Queue<std::string> out, Event started) {
+  q.put(1);  // fills maxsize 1
+  started.set();
+  try {
+    q.put(2);
+    out.put("put");
+  } catch (const mproc::ShutDown&) {
+    out.put("shutdown");
+  }
+}
+
+TEST_F(QueueShutdown, WakesBlockedPutters) {
+  Queue<int> q(1);
+  Queue<std::string> out;
+  Event started;
+  Process p(blocked_put, q, out, started);
+  p.start();
+  ASSERT_TRUE(started.wait_for(30s));
+  q.shutdown();
+  EXPECT_EQ(out.get(30s), "shutdown");
+  p.join();
+  EXPECT_EQ(q.get(), 1);  // the item put before stays
+  EXPECT_THROW((void)q.get(), mproc::ShutDown);
+}
+
+void join_it(mproc::JoinableQueue<int> q, Queue<std::string> out, Event started) {
+  started.set();
+  q.join();
+  out.put("joined");
+}
+
+TEST_F(QueueShutdown, ImmediateReleasesJoinInAnotherProcess) {
+  mproc::JoinableQueue<int> q;
+  q.put(1);
+  q.put(2);
+  Queue<std::string> out;
+  Event started;
+  Process p(join_it, q, out, started);
+  p.start();
+  ASSERT_TRUE(started.wait_for(30s));
+  q.shutdown(true);
+  EXPECT_EQ(out.get(30s), "joined");
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+void shut_it(Queue<int> q) { q.shutdown(); }
+
+TEST_F(QueueShutdown, SeenByEveryProcess) {
+  Queue<int> q;
+  q.put(7);
+  Process p(shut_it, q);
+  p.start();
+  p.join();
+  EXPECT_TRUE(q.is_shutdown());
+  EXPECT_THROW(q.put(1), mproc::ShutDown);
+  EXPECT_EQ(q.get(), 7);
 }
 
 }  // namespace

@@ -49,6 +49,13 @@ class Full : public TimeoutError {
   using TimeoutError::TimeoutError;
 };
 
+/// The queue was shut down (Queue::shutdown(); Python 3.13's queue.ShutDown): put()
+/// throws it at once, get() once the queue is empty (after shutdown(true): at once).
+class ShutDown : public Error {
+ public:
+  using Error::Error;
+};
+
 /// Connection::recv_bytes_into(): the message is longer than the room in the
 /// buffer (Python's multiprocessing.BufferTooShort). The message was received all
 /// the same: message() is it, whole (Python's e.args[0]); the buffer is unchanged.

@@ -185,6 +185,20 @@ class Queue {
   /// The ring's size in bytes.
   std::size_t capacity() const { return ch_.capacity(); }
 
+  /// Python 3.13's Queue.shutdown(immediate), for every process that holds the
+  /// queue: put() (put_nowait, put_many) throws ShutDown from now on; get() returns
+  /// what is left, then throws ShutDown instead of blocking (get_nowait, get(timeout)
+  /// and get_many too, instead of Empty). `immediate`: the items left are dropped
+  /// (decoded and destroyed where they carry handles, so queues, pipe ends and
+  /// shared memory inside them are released; for a JoinableQueue each counts as
+  /// done, so join() returns) and get() throws ShutDown at once. Threads blocked in
+  /// put()/get(), here and in other processes, wake up and throw ShutDown.
+  /// Idempotent; a later shutdown(true) still drains. Unlike close(), which is this
+  /// process's, shutdown is the queue's. Blocks only for the queue's internal locks.
+  void shutdown(bool immediate = false) { ch_.shutdown(immediate, &drop_item); }
+  /// Whether shutdown() was called, by any process (Python's is_shutdown). Non-blocking.
+  bool is_shutdown() const { return ch_.is_shutdown(); }
+
   /// This process will use the queue no more (Python: will put no more): every
   /// copy of the handle in this process becomes closed, further put/get here throw
   /// UsageError, threads blocked on it here wake up with UsageError, and other
@@ -203,6 +217,13 @@ class Queue {
     detail::diagnose<T>();
   }
   explicit Queue(detail::ChannelEnd ch) : ch_(std::move(ch)) { detail::diagnose<T>(); }
+
+  /// shutdown(true)'s drop: an item that carries descriptors may hold handles
+  /// (a queue counts one in flight until it is decoded), so it is decoded and
+  /// destroyed as a received one would be; one without is only skipped.
+  static void drop_item(Reader& r) {
+    if (r.fd_count() > 0) (void)detail::load_message<T>(r);
+  }
 
   void put_until(const T& item, detail::deadline_t deadline, const char* call) {
     detail::with_encoded(item, [&](const Writer& w) { send_one(w, deadline, call); });

@@ -25,8 +25,8 @@ class Process;
 
 /// What mproc::wait() waits on: a Connection (ready when a message can be
 /// received, or its other end is closed everywhere, so recv() throws EOFError at
-/// once), a Queue, JoinableQueue or SimpleQueue (ready when get() would not block:
-/// an item is there, or no other process can put any more),
+/// once), a Queue or JoinableQueue (ready when get() would not block:
+/// an item is there, or no other process can put any more, or it was shut down),
 /// or a file descriptor (ready when readable: a Process's sentinel() once the
 /// process has ended, a socket, an eventfd). A handle: it shares the object, and
 /// the object must stay open while wait() runs.

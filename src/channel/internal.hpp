@@ -19,7 +19,8 @@ namespace mproc::detail {
 
 inline constexpr std::uint32_t kChannelMagic = 0x6d70'6368;  // "mpch"
 // 2: out-of-band records carry the message's first kClaimPrefixBytes bytes.
-inline constexpr std::uint32_t kChannelVersion = 2;
+// 3: the header's shutdown word (Queue.shutdown()).
+inline constexpr std::uint32_t kChannelVersion = 3;
 inline constexpr std::size_t kMinCapacity = std::size_t{4} << 10;
 inline constexpr std::size_t kMaxCapacity = std::size_t{64} << 20;
 /// Attachment slots: processes that hold the channel. Beyond this many at once,
@@ -159,12 +160,18 @@ struct ChannelHeader {
   std::atomic<std::uint32_t> multi;                       // a second process has attached
   std::atomic<std::int32_t> handles_in_flight;            // encoded, not yet decoded
   std::atomic<std::uint32_t> slot_overflow;               // more holders than slots
+  std::atomic<std::uint32_t> shutdown;                    // ShutdownState (Queue.shutdown())
 
   RingState rings[2];
   Slot slots[kSlots];
 };
 
 inline constexpr std::size_t kHeaderBytes = (sizeof(ChannelHeader) + 4095) & ~std::size_t{4095};
+
+/// ChannelHeader::shutdown. Only ever grows: open -> shut (a send throws ShutDown, a
+/// receive throws it once the ring is empty) -> drained (shutdown(immediate) has
+/// emptied the ring: a receive throws it at once). Any other value reads as shut.
+enum ShutdownState : std::uint32_t { kOpen = 0, kShut = 1, kDrained = 2 };
 
 // ---- the process-local object ---------------------------------------------------
 

@@ -217,6 +217,13 @@ enum class Gone { send, recv, join };
   std::abort();
 }
 
+std::uint32_t shutdown_state(const Channel& c) { return c.h->shutdown.load(memory_order_seq_cst); }
+
+[[noreturn]] void throw_shutdown(Gone what) {
+  if (what == Gone::send) throw ShutDown("mproc: Queue.put(): the queue was shut down (Queue.shutdown())");
+  throw ShutDown("mproc: Queue.get(): the queue was shut down (Queue.shutdown()) and is empty");
+}
+
 [[noreturn]] void throw_closed(const Channel& c) {
   throw UsageError(std::string("mproc: this ") + (c.role == EndRole::queue ? "Queue" : "Connection") +
                    " was closed in this process while a call was waiting on it");
@@ -232,10 +239,22 @@ enum class Gone { send, recv, join };
 /// wake-ups, so each sleeper must be woken.
 enum class Waiter { other, consumer };
 
+/// A queue that was shut down: a send throws ShutDown, so does a receive that is
+/// not ready (empty ring), and poll() is ready (a get would not block). False: not
+/// shut down, or join() (which shutdown does not end).
+template <class Ready>
+bool shut_ready(const Channel& c, Ready& ready, Gone what, bool gone_is_ready) {
+  if (what == Gone::join || shutdown_state(c) == kOpen) return false;
+  if (gone_is_ready || (what == Gone::recv && ready())) return true;
+  throw_shutdown(what);
+}
+
 template <class Ready>
 bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone what, bool gone_is_ready = false,
               Waiter who = Waiter::other) {
   if (ready()) return true;
+  // Before the deadline: a shut-down queue's get_nowait() throws ShutDown, not Empty.
+  if (shut_ready(c, ready, what, gone_is_ready)) return true;
   if (passed(deadline)) return false;
   if (std::int64_t spin = c.spin_ns.load(memory_order_relaxed); spin > 0) {
     std::optional<MarkedSpin> mark;
@@ -244,6 +263,7 @@ bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone wh
   }
   for (;;) {
     if (c.closed.load(memory_order_acquire)) throw_closed(c);
+    if (shut_ready(c, ready, what, gone_is_ready)) return true;
     if (c.peers_gone(false)) {
       // Whatever a departed peer published before it went is visible now.
       if (ready() || gone_is_ready) return true;
@@ -262,6 +282,13 @@ bool wait_for(Channel& c, WaitWord& w, deadline_t deadline, Ready ready, Gone wh
     if (ready()) {
       w.waiters.fetch_sub(1, memory_order_relaxed);
       return true;
+    }
+    // shutdown() stores its word, then bumps seq and wakes (wake_all). Had it done
+    // so between the check above and the seq load, this sleep would miss the wake:
+    // a shutdown seen here (seq_cst, after the seq load) goes round the loop instead.
+    if (what != Gone::join && shutdown_state(c) != kOpen) {
+      w.waiters.fetch_sub(1, memory_order_relaxed);
+      continue;
     }
     auto slice_end = Clock::now() + kSlice;
     futex_wait(&w.seq, s, deadline ? std::min(*deadline, slice_end) : slice_end);
@@ -480,9 +507,13 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
     ~Release() { l.fds.resize(own); }
   } release_borrowed{send_fds, own_fds};
 
+  if (shutdown_state(c) != kOpen) throw_shutdown(Gone::send);
   for (;;) {
     if (!lock(c, r.plock, deadline)) return false;
     Held held(r.plock);
+    // Checked under the producer lock: shutdown() takes it once after storing its
+    // word, so a send that saw "open" here has published before shutdown() returns.
+    if (shutdown_state(c) != kOpen) throw_shutdown(Gone::send);
     std::uint64_t tail = r.tail.load(memory_order_relaxed);
     if (has_room(r, tail, span, sideband)) {
       std::byte* p = place(c, r, tail, payload, sideband ? RecordKind::sideband : RecordKind::inline_);
@@ -535,6 +566,7 @@ std::size_t ChannelEnd::send_many(std::span<const std::byte> buf, std::span<cons
     {
       if (!lock(c, r.plock, deadline)) return i;
       Held held(r.plock);
+      if (shutdown_state(c) != kOpen) throw_shutdown(Gone::send);  // as in send()
       std::uint64_t tail = r.tail.load(memory_order_relaxed);
       while (i + sent < ends.size()) {
         auto m = msg(i + sent);
@@ -569,6 +601,7 @@ bool ChannelEnd::recv_erased(deadline_t deadline, RecvFn fn, void* ctx, RecvFn c
   for (;;) {
     if (!lock(c, r.clock, deadline)) return false;
     Held held(r.clock);
+    if (shutdown_state(c) == kDrained) throw_shutdown(Gone::recv);
     std::uint64_t head = r.head.load(memory_order_relaxed);
     if (count_of(head) != count_of(r.tail.load(memory_order_acquire))) {
       const RecordHeader* h = record_at(c, r, head);
@@ -663,6 +696,7 @@ std::size_t ChannelEnd::recv_many_erased(std::size_t max, deadline_t deadline, R
   for (;;) {
     if (!lock(c, r.clock, deadline)) return 0;
     Held held(r.clock);
+    if (shutdown_state(c) == kDrained) throw_shutdown(Gone::recv);
     std::uint64_t head = r.head.load(memory_order_relaxed);
     const std::uint64_t tail = r.tail.load(memory_order_acquire);
     if (count_of(head) == count_of(tail)) {
@@ -742,6 +776,51 @@ bool ChannelEnd::poll(deadline_t deadline) const {
   // Not marked as a spinning consumer: poll() promises no receive.
   return wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
          c.peers_gone(false);
+}
+
+void ChannelEnd::shutdown(bool immediate, void (*drop)(Reader&)) const {
+  Channel& c = ch();
+  c.enter();
+  if (c.h->kind != ChannelKind::queue) throw UsageError("mproc: shutdown() is a Queue's; a Connection has close()");
+  std::uint32_t open = kOpen;
+  c.h->shutdown.compare_exchange_strong(open, kShut, memory_order_seq_cst);
+  RingState& r = c.ring(0);
+  {
+    // A send that saw "open" under the producer lock publishes before releasing
+    // it (see send); taking it once here waits for such a send, and every later
+    // one sees "shut". Qualified: ADL would find std::lock.
+    (void)detail::lock(c, r.plock, std::nullopt);
+    Held held(r.plock);
+  }
+  if (immediate && shutdown_state(c) != kDrained) {
+    // Receive and drop what is there; the receive throws ShutDown once the ring is
+    // empty (other consumers may take items meanwhile: those are theirs).
+    std::size_t dropped = 0;
+    try {
+      for (;;) {
+        recv(std::nullopt, [&](Reader& rd) {
+          if (!drop) return;
+          try {
+            drop(rd);
+          } catch (...) {  // a dropped item that does not decode is dropped all the same
+          }
+        });
+        ++dropped;
+      }
+    } catch (const ShutDown&) {
+    }
+    if (r.joinable) {
+      for (std::size_t k = 0; k < dropped; ++k) task_done();
+    }
+    c.h->shutdown.store(kDrained, memory_order_seq_cst);
+  }
+  c.wake_all();  // blocked senders and receivers, in every process
+}
+
+bool ChannelEnd::is_shutdown() const {
+  Channel& c = ch();
+  c.enter();
+  return shutdown_state(c) != kOpen;
 }
 
 bool ChannelEnd::full() const {

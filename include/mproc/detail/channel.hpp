@@ -162,6 +162,19 @@ class ChannelEnd {
   bool readable() const;
   bool writable() const;
 
+  /// Queue.shutdown() (queues only, else UsageError): from now on, in every process,
+  /// sends throw ShutDown, and receives throw it once the ring is empty (instead of
+  /// waiting, or of a timeout's false); poll() is true. A send that had passed its
+  /// check has published when this returns. With `immediate` the items left are
+  /// received and dropped, `drop(Reader&)` (if given) called on each (its exceptions
+  /// ignored; fds and out-of-band segments are closed either way), each counted as
+  /// done for a JoinableQueue; then receives throw at once. Wakes every blocked
+  /// sender and receiver, here and in other processes. Idempotent; a later immediate
+  /// call still drains. Blocks only for the ring locks. Safe from any thread/process.
+  void shutdown(bool immediate, void (*drop)(Reader&) = nullptr) const;
+  /// Whether shutdown() was called on this queue (by any process). Non-blocking.
+  bool is_shutdown() const;
+
   /// JoinableQueue: one item processed; UsageError when called more often than
   /// items were put.
   void task_done() const;
