@@ -2,7 +2,8 @@
 // Value/Array on a caller's Lock or RLock, Connection::recv_bytes_into() with
 // BufferTooShort, mproc::wait() over connections, queues and process sentinels
 // (multiprocessing.connection.wait), Queue::shutdown() (Python 3.13's
-// queue.Queue.shutdown, here across processes).
+// queue.Queue.shutdown, here across processes), and WorkerLostError /
+// TaskTimeoutError what() naming the argument index.
 // Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
 // Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mproc/pipe.hpp>
+#include <mproc/pool.hpp>
 #include <mproc/process.hpp>
 #include <mproc/queue.hpp>
 #include <mproc/sync.hpp>
@@ -633,6 +635,49 @@ TEST_F(QueueShutdown, SeenByEveryProcess) {
   EXPECT_TRUE(q.is_shutdown());
   EXPECT_THROW(q.put(1), mproc::ShutDown);
   EXPECT_EQ(q.get(), 7);
+}
+
+// ---- WorkerLostError / TaskTimeoutError name the argument index -----------------------------
+
+using ItemErrors = NoLeaks;
+
+int exit_on_3(int x) {
+  if (x == 3) ::_exit(7);
+  return x;
+}
+
+int stall_on_2(int x) {
+  if (x == 2) {
+    Event never;
+    (void)never.wait_for(60s);  // the pool's timeout kills the worker long before
+  }
+  return x;
+}
+
+TEST_F(ItemErrors, WorkerLostErrorNamesTheArgumentIndex) {
+  mproc::Pool pool(2);
+  try {
+    (void)pool.map(exit_on_3, std::vector<int>{0, 1, 2, 3, 4}, 1);
+    FAIL() << "no WorkerLostError";
+  } catch (const mproc::WorkerLostError& e) {
+    EXPECT_EQ(e.index(), 3u);
+    EXPECT_EQ(e.exitcode(), 7);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("while running this task (argument index 3)"), std::string::npos) << what;
+    EXPECT_NE(what.find("(pid "), std::string::npos) << what;
+  }
+}
+
+TEST_F(ItemErrors, TaskTimeoutErrorNamesTheArgumentIndex) {
+  mproc::Pool pool({.processes = 2, .timeout = 200ms});
+  try {
+    (void)pool.map(stall_on_2, std::vector<int>{0, 1, 2, 3}, 1);
+    FAIL() << "no TaskTimeoutError";
+  } catch (const mproc::TaskTimeoutError& e) {
+    EXPECT_EQ(e.index(), 2u);
+    const std::string what = e.what();
+    EXPECT_NE(what.find("ran past the pool's timeout (argument index 2)"), std::string::npos) << what;
+  }
 }
 
 }  // namespace

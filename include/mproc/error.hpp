@@ -157,8 +157,10 @@ class TaskError : public RemoteError {
 /// goes on. exitcode() follows Process::exitcode(): -SIG for a signal, N for exit(N).
 class WorkerLostError : public Error {
  public:
+  /// `what` (the worker, its pid, how it ended) gets the argument index appended:
+  /// "... while running this task (argument index 3)".
   WorkerLostError(const std::string& what, int exitcode, std::size_t index)
-      : Error(what), exitcode_(exitcode), index_(index) {}
+      : Error(what + " (argument index " + std::to_string(index) + ")"), exitcode_(exitcode), index_(index) {}
   int exitcode() const noexcept { return exitcode_; }
   std::size_t index() const noexcept { return index_; }
 
@@ -171,7 +173,9 @@ class WorkerLostError : public Error {
 /// replaced.
 class TaskTimeoutError : public TimeoutError {
  public:
-  TaskTimeoutError(const std::string& what, std::size_t index) : TimeoutError(what), index_(index) {}
+  /// `what` gets the argument index appended, as WorkerLostError's.
+  TaskTimeoutError(const std::string& what, std::size_t index)
+      : TimeoutError(what + " (argument index " + std::to_string(index) + ")"), index_(index) {}
   std::size_t index() const noexcept { return index_; }
 
  private:
