@@ -1,6 +1,6 @@
-// The map-method contract, written once and run over the four front ends that
-// share it (TYPED_TEST): Pool, ThreadPool, ProcessPoolExecutor and
-// ThreadPoolExecutor. Each method is tested where the type has it: map and
+// The map-method contract, written once and run over the front ends that share
+// it (TYPED_TEST): Pool, ThreadPool, ProcessPoolExecutor, ThreadPoolExecutor,
+// and Pool on an in-process fake backend (the backend seam). Each method is tested where the type has it: map and
 // imap-like iteration everywhere (an executor's map is Pool's imap with a
 // timeout), imap_unordered and starmap on the pools. Covered: ordering under
 // every chunk size, empty input, an item's exception (with its index where the
@@ -32,6 +32,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fake_pool_backend.hpp"
 #include "pool_test_tasks.hpp"
 #include "task_error_check.hpp"
 
@@ -80,7 +81,7 @@ std::vector<typename std::remove_cvref_t<R>::value_type> collect(R&& results) {
   return out;
 }
 
-// ---- the four front ends, behind one adapter each --------------------------------------
+// ---- the front ends, behind one adapter each ----------------------------------------------
 //
 // make(n): n workers. map(): the blocking map as a vector. imap(): the ordered lazy
 // map (an executor's map). shutdown(): close()+join() / shutdown(true).
@@ -122,6 +123,16 @@ struct Executors {
   static void shutdown(E& e) { e.shutdown(true); }
 };
 
+// The typed Pool front end on an in-process backend (tests/fake_pool_backend.hpp):
+// the map methods need nothing of the local process engine (docs/design.md, "The
+// pool's backend seam").
+struct PoolOnFakeBackend : Pools<mproc::Pool> {
+  static constexpr bool kFake = true;
+  static std::unique_ptr<mproc::Pool> make(int n) {
+    return std::make_unique<mproc::Pool>(std::make_unique<mproc_test::FakePoolBackend>(n));
+  }
+};
+
 template <class S>
 class MapContract : public ::testing::Test {
  protected:
@@ -133,12 +144,13 @@ class MapContract : public ::testing::Test {
 };
 
 using Subjects = ::testing::Types<Pools<mproc::Pool>, Pools<mproc::ThreadPool>, Executors<mproc::ProcessPoolExecutor>,
-                                  Executors<mproc::ThreadPoolExecutor>>;
+                                  Executors<mproc::ThreadPoolExecutor>, PoolOnFakeBackend>;
 class SubjectNames {
  public:
   template <class S>
   static std::string GetName(int) {
     using T = typename S::type;
+    if constexpr (requires { S::kFake; }) return "PoolOnFakeBackend";
     if constexpr (std::is_same_v<T, mproc::Pool>) return "Pool";
     if constexpr (std::is_same_v<T, mproc::ThreadPool>) return "ThreadPool";
     if constexpr (std::is_same_v<T, mproc::ProcessPoolExecutor>) return "ProcessPoolExecutor";

@@ -84,12 +84,12 @@ class WaitSet;
 /// the pool runs a cancelled future's callbacks (they may use other futures).
 class PoolGate {
  public:
-  explicit PoolGate(PoolCore* core) : core_(core) {}
+  explicit PoolGate(PoolBackend* core) : core_(core) {}
   bool cancel(std::uint64_t job) {
-    return with_core([&](PoolCore& c) { return c.cancel_job(job); });
+    return with_core([&](PoolBackend& c) { return c.cancel_job(job); });
   }
   bool dispatched(std::uint64_t job) {
-    return with_core([&](PoolCore& c) { return c.job_dispatched(job); });
+    return with_core([&](PoolBackend& c) { return c.job_dispatched(job); });
   }
   /// Waits for calls in progress; later calls answer false.
   void detach() {
@@ -121,7 +121,7 @@ class PoolGate {
   std::mutex mu_;
   std::condition_variable idle_;
   std::size_t users_ = 0;
-  PoolCore* core_;
+  PoolBackend* core_;
 };
 
 /// The shared state of a Future: a ResultCore (so the pools fill it as they fill
@@ -497,7 +497,7 @@ class BasicExecutor {
   /// and the workers have exited. Safe to call more than once, from any thread.
   void shutdown(bool wait = true, bool cancel_futures = false) {
     shut_.store(true, std::memory_order_release);
-    if (cancel_futures) pool_->core_->cancel_queued_jobs();
+    if (cancel_futures) pool_->cancel_queued_jobs();
     pool_->close();
     if (wait) pool_->join();
   }
@@ -547,6 +547,14 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
   template <class F, class... Args>
   ProcessPoolExecutor(ExecutorOptions options, F&& initializer, Args&&... initargs) {
     start(options, detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...));
+  }
+  /// On another backend than the local worker processes (docs/design.md, "The
+  /// pool's backend seam"; e.g. the cluster's MPI ranks), owned from here on.
+  /// Future::cancel() works as far as the backend's cancel_job does (false from
+  /// a backend without cancellation). Throws UsageError if it is null.
+  explicit ProcessPoolExecutor(std::unique_ptr<detail::PoolBackend> backend) {
+    pool_.reset(new Pool(std::move(backend)));
+    gate_ = std::make_shared<detail::PoolGate>(pool_->backend_.get());
   }
   ProcessPoolExecutor(const ProcessPoolExecutor&) = delete;
   ProcessPoolExecutor& operator=(const ProcessPoolExecutor&) = delete;

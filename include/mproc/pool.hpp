@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "mproc/detail/chunk_encoder.hpp"
-#include "mproc/detail/pool_core.hpp"
+#include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/detail/pool_jobs.hpp"
 #include "mproc/detail/pool_stream.hpp"
@@ -51,7 +51,8 @@
 //   detail/pool_entry.hpp         the entry a worker runs for a chunk
 //   detail/pool_jobs.hpp          the typed sinks results are delivered to
 //   detail/pool_stream.hpp        imap's feeding side
-//   detail/pool_core.hpp          the engine's interface (PoolCore, JobSink, ItemSink)
+//   detail/pool_backend.hpp       the backend seam (PoolBackend, JobSink, ItemSink)
+//   detail/pool_core.hpp          the local process backend (PoolCore), made by start()
 
 namespace mproc {
 namespace detail {
@@ -88,6 +89,10 @@ class Pool : public detail::MapMethods<Pool> {
   template <class F, class... Args>
   Pool(int processes, F&& initializer, Args&&... initargs)
       : Pool(PoolOptions{.processes = processes}, std::forward<F>(initializer), std::forward<Args>(initargs)...) {}
+  /// On another backend than the local worker processes (docs/design.md, "The
+  /// pool's backend seam"; e.g. the cluster's MPI ranks): the Pool owns it from
+  /// here on. Throws UsageError if it is null.
+  explicit Pool(std::unique_ptr<detail::PoolBackend> backend);
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
   ~Pool();
@@ -133,18 +138,18 @@ class Pool : public detail::MapMethods<Pool> {
   }
   void start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued = 0);
   // Opens a job, submits its chunks (submit_all(id)), seals it; returns its id.
-  // A template, not a std::function: the typed side crosses into the engine
-  // through PoolCore's calls and the JobSink it registers, nothing else.
+  // A template, not a std::function: the typed side crosses into the backend
+  // through PoolBackend's calls and the JobSink it registers, nothing else.
   template <class SubmitAll>
   std::uint64_t run_job(std::shared_ptr<detail::JobSink> sink, SubmitAll&& submit_all) {
-    std::uint64_t id = core_->open_job(std::move(sink));
+    std::uint64_t id = backend_->open_job(std::move(sink));
     try {
       submit_all(id);
     } catch (...) {
-      core_->seal_job(id);
+      backend_->seal_job(id);
       throw;
     }
-    core_->seal_job(id);
+    backend_->seal_job(id);
     return id;
   }
 
@@ -158,12 +163,12 @@ class Pool : public detail::MapMethods<Pool> {
     using V = detail::stored_value_t<R>;
     check_types<Fn, Stored, R>();
     auto core = std::make_shared<Core<R>>();
-    core->spin_ns = core_->spin_ns();
+    core->spin_ns = backend_->spin_ns();
     auto job = std::make_shared<detail::GatherJob<V, true, Core<R>>>(1, core);
     detail::ChunkMessage chunk =
         detail::ChunkEncoder<Fn, Stored, true>::single(f, std::forward_as_tuple(std::forward<Args>(args)...));
     // Set before the job exists: no one waits on the core before this returns.
-    core->receiver = core_->receiver();
+    core->receiver = backend_->receiver();
     struct CloseUnsent {  // if the job could not be opened, the chunk's fds are still ours
       detail::ChunkMessage& chunk;
       ~CloseUnsent() {
@@ -172,7 +177,7 @@ class Pool : public detail::MapMethods<Pool> {
     } close_unsent{chunk};
     std::uint64_t id = run_job(job, [&](std::uint64_t i) {
       core->source_job = i;
-      core_->submit(i, 0, std::move(chunk));  // leaves chunk.fds empty: submit owns them
+      backend_->submit(i, 0, std::move(chunk));  // leaves chunk.fds empty: submit owns them
     });
     return std::make_pair(std::move(core), id);
   }
@@ -232,7 +237,7 @@ class Pool : public detail::MapMethods<Pool> {
     const std::size_t max_bytes = chunk == 0 ? detail::kAutoChunkBytes : SIZE_MAX;
     if (chunk == 0) chunk = detail::auto_chunksize(n, processes());
     auto core = std::make_shared<detail::ResultCore<std::vector<V>>>();
-    core->spin_ns = core_->spin_ns();
+    core->spin_ns = backend_->spin_ns();
     auto bar = detail::make_progress(options.progress, options.desc, n);
     if (n == 0) {
       core->finish(std::vector<V>{}, nullptr);
@@ -257,14 +262,14 @@ class Pool : public detail::MapMethods<Pool> {
           } else {
             enc.add_n(it, k);
           }
-          core_->submit(id, i, enc.finish());
+          backend_->submit(id, i, enc.finish());
         }
       } else {
         auto it = std::ranges::begin(input);
         for (std::size_t i = 0, k = 0; i < n; i = k) {
           enc.begin();
           for (k = i; k < std::min(n, i + chunk) && enc.item_bytes() < max_bytes; ++k, ++it) enc.add(*it);
-          core_->submit(id, i, enc.finish());
+          backend_->submit(id, i, enc.finish());
         }
       }
     });
@@ -277,7 +282,10 @@ class Pool : public detail::MapMethods<Pool> {
   auto stream(F&& f, R&& input, MapOptions options,
               std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt, bool per_call = false);
 
-  std::unique_ptr<detail::PoolCore> core_;
+  // Executor shutdown(cancel_futures): the queued jobs no worker has taken.
+  std::size_t cancel_queued_jobs() { return backend_->cancel_queued_jobs(); }
+
+  std::unique_ptr<detail::PoolBackend> backend_;
   int processes_ = 0;
   // The lazy maps close() feeds to their end (shared with them: a map may outlive its pool).
   std::shared_ptr<detail::LazyFeeds> feeds_ = std::make_shared<detail::LazyFeeds>();
@@ -293,9 +301,9 @@ auto Pool::stream(F&& f, R&& input, MapOptions options, std::optional<std::chron
   using V = detail::stored_value_t<Res>;
   check_types<Fn, Arg, Res>();
   std::size_t chunk = detail::checked_chunksize(options.chunksize);
-  if (!core_ || !core_->accepting()) throw UsageError("mproc: Pool is not running (closed or terminated)");
+  if (!backend_ || !backend_->accepting()) throw UsageError("mproc: Pool is not running (closed or terminated)");
   using Src = detail::StreamSource<Ordered, Fn, Arg, false, R>;
-  return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, core_.get(), feeds_, per_call, processes_, f,
+  return IMapResults<V, Src>(detail::with_deadline_t{}, deadline, backend_.get(), feeds_, per_call, processes_, f,
                              std::forward<R>(input), chunk,
                              detail::make_progress(options.progress, options.desc, detail::known_size(input)));
 }

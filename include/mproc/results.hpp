@@ -5,8 +5,9 @@
 // chunking and lazy-feeding rules of those methods. Nothing here serializes:
 // mproc/thread_pool.hpp includes this instead of mproc/pool.hpp, so ThreadPool
 // users compile neither the serializer nor cereal. The backend each front end
-// sits on (docs/design.md, "The pool's backend seam"): PoolCore for Pool and
-// ProcessPoolExecutor, ThreadPoolCore for ThreadPool and ThreadPoolExecutor.
+// sits on (docs/design.md, "The pool's backend seam"): a PoolBackend (PoolCore
+// locally) for Pool and ProcessPoolExecutor, ThreadPoolCore for ThreadPool and
+// ThreadPoolExecutor.
 #pragma once
 
 #include "mproc/detail/config.hpp"
@@ -244,7 +245,7 @@ class OutcomeBuffer {
     }
     cv_.notify_all();
   }
-  /// How long take() spins before it sleeps (PoolCore::spin_ns).
+  /// How long take() spins before it sleeps (PoolBackend::spin_ns).
   void set_spin(std::int64_t ns) { spin_ns_ = ns; }
   /// A process pool's: take() receives job `job`'s results itself while it spins.
   void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) {

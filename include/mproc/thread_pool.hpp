@@ -676,6 +676,9 @@ class ThreadPool : public detail::MapMethods<ThreadPool> {
                                std::make_shared<Fn>(std::forward<F>(f)), std::forward<R>(input), chunk, std::move(bar));
   }
 
+  // Executor shutdown(cancel_futures): the queued tasks no thread has started.
+  std::size_t cancel_queued_jobs() { return core_->cancel_queued_jobs(); }
+
   std::unique_ptr<detail::ThreadPoolCore> core_;
   int threads_ = 0;
   // The lazy maps close() feeds to their end (shared with them: a map may outlive its pool).

@@ -34,7 +34,7 @@ void ProcessPoolExecutor::start(const ExecutorOptions& options, std::vector<std:
   // a task stays cancellable in the task channel until a worker claims it (the
   // pool's tickets), so the channel can run far ahead: up to 1024 tasks.
   pool_.reset(new Pool(p, std::move(initializer), std::size_t{1024}));
-  gate_ = std::make_shared<detail::PoolGate>(pool_->core_.get());
+  gate_ = std::make_shared<detail::PoolGate>(pool_->backend_.get());
 }
 
 ProcessPoolExecutor::~ProcessPoolExecutor() {

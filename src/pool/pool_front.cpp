@@ -1,6 +1,7 @@
 // The typed front end's compiled parts (mproc/pool.hpp): Pool's non-template
 // members, the errors a failed item becomes, and the helpers of chunk encoding.
-// The engine under it is PoolCore (mproc/detail/pool_core.hpp, src/pool/pool.cpp).
+// The backend under it is a PoolBackend: PoolCore (mproc/detail/pool_core.hpp,
+// src/pool/) unless the Pool was given another.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <string>
 #include <system_error>
 
+#include "mproc/detail/pool_core.hpp"
 #include "mproc/detail/timeline_recorder.hpp"
 #include "mproc/pool.hpp"
 
@@ -88,22 +90,31 @@ void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer,
   if (options.timeline) cfg.timeline = std::make_shared<detail::TimelineRecorder>(cfg.processes);
   cfg.cancellable = max_queued > 0;  // ProcessPoolExecutor's pool
   processes_ = cfg.processes;
-  core_ = std::make_unique<detail::PoolCore>(std::move(cfg));
+  backend_ = std::make_unique<detail::PoolCore>(std::move(cfg));
 }
 
-Pool::~Pool() = default;  // PoolCore's destructor terminates
+Pool::Pool(std::unique_ptr<detail::PoolBackend> backend) : backend_(std::move(backend)) {
+  if (!backend_) throw UsageError("mproc: Pool(backend) needs a backend, got a null pointer");
+  processes_ = backend_->processes();
+  if (processes_ < 1) {
+    throw UsageError("mproc: Pool(backend): the backend reports " + std::to_string(processes_) +
+                     " workers; PoolBackend::processes() must be at least 1");
+  }
+}
+
+Pool::~Pool() = default;  // the backend's destructor terminates and joins
 
 void Pool::close() {
   feeds_->feed_all();  // lazy maps run every call, as in Python (issue 11, bug 4)
-  core_->close();
+  backend_->close();
 }
-void Pool::terminate() { core_->terminate(); }
-void Pool::join() { core_->join(); }
+void Pool::terminate() { backend_->terminate(); }
+void Pool::join() { backend_->join(); }
 int Pool::processes() const { return processes_; }
-std::vector<pid_t> Pool::worker_pids() const { return core_->worker_pids(); }
+std::vector<pid_t> Pool::worker_pids() const { return backend_->worker_pids(); }
 
 Timeline Pool::timeline() const {
-  auto rec = core_->timeline();
+  auto rec = backend_->timeline();
   if (!rec) {
     throw UsageError("mproc: this pool records no timeline; create it with PoolOptions::timeline = true");
   }

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "mproc/detail/pool_core.hpp"
+#include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/serial.hpp"
 #include "mproc/task.hpp"

@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "mproc/detail/pool_core.hpp"
+#include "mproc/detail/pool_backend.hpp"
 #include "mproc/results.hpp"
 #include "mproc/serial.hpp"
 #include "mproc/task.hpp"

@@ -1,6 +1,6 @@
 // mproc/detail/pool_jobs.hpp — the typed sinks of a Pool call: the JobSinks
-// through which the engine (PoolCore) delivers a job's results and failures on
-// its result thread, decoding them into a ResultCore (GatherJob: apply, map) or
+// through which the backend (PoolBackend; PoolCore locally) delivers a job's
+// results and failures on its delivery thread, decoding them into a ResultCore (GatherJob: apply, map) or
 // into an OutcomeBuffer for the iterating thread (StreamJob: imap).
 #pragma once
 
@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "mproc/detail/pool_core.hpp"
+#include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/progress.hpp"
 #include "mproc/results.hpp"
@@ -85,7 +85,7 @@ class GatherJob final : public JobSink {
           }
           continue;
         }
-        // A fresh item is delivered once (PoolCore tracks which were), so no
+        // A fresh item is delivered once (the backend tracks which were), so no
         // index is decoded into twice.
         if (fresh_at(fresh, k) && i < values_.size() && left_ > 0) {
           decode_into(payload, values_[i]);

@@ -20,7 +20,7 @@
 #include <variant>
 
 #include "mproc/detail/chunk_encoder.hpp"
-#include "mproc/detail/pool_core.hpp"
+#include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/detail/pool_jobs.hpp"
 #include "mproc/progress.hpp"
@@ -41,7 +41,7 @@ class StreamSource final : LazyFeed {
   using V = stored_value_t<Res>;
 
  public:
-  StreamSource(PoolCore* core, std::shared_ptr<LazyFeeds> feeds, bool per_call, int workers, const Fn& f, Range&& input,
+  StreamSource(PoolBackend* core, std::shared_ptr<LazyFeeds> feeds, bool per_call, int workers, const Fn& f, Range&& input,
                std::size_t chunk, std::shared_ptr<ProgressBar> bar = nullptr)
       : core_(core),
         feeds_(std::move(feeds)),
@@ -252,7 +252,7 @@ class StreamSource final : LazyFeed {
   }
   static constexpr std::size_t kMaxBytes = std::size_t{64} << 20;
 
-  PoolCore* core_;
+  PoolBackend* core_;
   std::shared_ptr<LazyFeeds> feeds_;
   const bool per_call_;
   int workers_;

@@ -1,7 +1,8 @@
 // mproc/detail/result_receiver.hpp — how a thread waiting on a process pool's
-// result receives it itself (part of the engine's interface, mproc/detail/
-// pool_core.hpp; apart so that the results header, mproc/results.hpp, needs
-// neither the engine nor the serializer).
+// result receives it itself (part of the backend seam, mproc/detail/
+// pool_backend.hpp; apart so that the results header, mproc/results.hpp, needs
+// neither the backend nor the serializer). The local process engine's
+// (PoolCore's); another backend's PoolBackend::receiver() may be null.
 #pragma once
 
 #include "mproc/detail/config.hpp"
