@@ -5,6 +5,7 @@
 // instead of hanging until the CTest timeout.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -124,6 +125,19 @@ void pool_then_child(mproc::SharedArray<pid_t> pids, mproc::Event ready, mproc::
   for (;;) ::pause();
 }
 
+// The daemon idiom: close every descriptor this code did not open, 3..1024.
+int close_descriptors_3_to_1024() {
+  for (int fd = 3; fd <= 1024; ++fd) ::close(fd);
+  return 1;
+}
+// Worse: every descriptor from 3 up, the worker's own included wherever they are.
+int close_every_descriptor() {
+  ::syscall(SYS_close_range, 3u, ~0u, 0u);
+  return 1;
+}
+// 1 MiB each way: out of band, over the channels' side-band sockets.
+std::string echo(std::string s) { return s; }
+
 void kill_workers(const Pool& pool) {
   for (pid_t p : pool.worker_pids()) ::kill(p, SIGKILL);
 }
@@ -178,6 +192,48 @@ TEST_P(PoolFaults, RetriesCountPerTaskNotPerChunk) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Retries, PoolFaults, ::testing::Values(0, 1));
+
+class PoolFdSweep : public ::testing::TestWithParam<mproc::StartMethod> {};
+
+TEST_P(PoolFdSweep, ATaskClosingDescriptors3To1024BreaksNoLaterTask) {
+  // Regression (issue 10 §1): such a task returned fine, and the NEXT task on its
+  // worker died ("sendmsg failed: Bad file descriptor"). The worker's own
+  // descriptors now live above 1024: it survives, and so does the next task.
+  Pool pool(PoolOptions{.processes = 1, .start_method = GetParam()});
+  const std::string big(1 << 20, 'x');
+  ASSERT_EQ(pool.apply_async(echo, big).get(30s), big);
+  const auto pids = pool.worker_pids();
+  EXPECT_EQ(pool.apply_async(close_descriptors_3_to_1024).get(30s), 1);
+  EXPECT_EQ(pool.apply_async(echo, big).get(30s), big);
+  EXPECT_EQ(pool.apply_async(square, 5).get(30s), 25);
+  EXPECT_EQ(pool.worker_pids(), pids) << "the worker did not survive its task's descriptor sweep";
+}
+
+TEST_P(PoolFdSweep, ATaskClosingTheWorkersOwnDescriptorsFailsItselfNotTheNext) {
+  // close_range(3, ~0) reaches the worker's descriptors wherever they are: that
+  // task fails, naming the descriptor, its worker is replaced, the next task runs.
+  Pool pool(PoolOptions{.processes = 1, .start_method = GetParam()});
+  try {
+    (void)pool.apply_async(close_every_descriptor).get(30s);
+    ADD_FAILURE() << "a task that closed its worker's descriptors succeeded";
+  } catch (const mproc::TaskError& e) {
+    EXPECT_NE(std::string(e.what()).find("closed file descriptor"), std::string::npos) << e.what();
+  }
+  const std::string big(1 << 20, 'y');
+  EXPECT_EQ(pool.apply_async(echo, big).get(30s), big);
+  // In a chunk: the items not yet reported when the sweep is found fail with it;
+  // the map fails, and the pool carries on.
+  EXPECT_THROW((void)pool.map_async([](int x) { return x == 3 ? close_every_descriptor() : x; },
+                                    std::views::iota(0, 8), 8)
+                   .get(30s),
+               mproc::TaskError);
+  EXPECT_EQ(pool.map(square, std::views::iota(0, 4)), (std::vector<int>{0, 1, 4, 9}));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, PoolFdSweep,
+                         ::testing::Values(mproc::StartMethod::fork, mproc::StartMethod::spawn,
+                                           mproc::StartMethod::forkserver),
+                         [](const auto& p) { return std::string(mproc::to_string(p.param)); });
 
 TEST(PoolFaultsStart, APoolThatCannotStartWorkersFailsItsWorkAndRecovers) {
   // Regression (issue 11, bug 3): a failed replacement left the pool with zero

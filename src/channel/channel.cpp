@@ -12,6 +12,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <utility>
 
 #include "../os/internal.hpp"
 #include "internal.hpp"
@@ -289,6 +290,36 @@ void Channel::close_here() noexcept {
   }
   h->membership_seq.fetch_add(1, std::memory_order_seq_cst);
   wake_all();  // threads of ours blocked on the channel wake up and see `closed`
+}
+
+std::vector<int> ChannelEnd::fds() const {
+  Channel& c = ch();
+  std::vector<int> out;
+  for (int fd : c.socks) {
+    if (fd >= 0) out.push_back(fd);
+  }
+  return out;
+}
+
+bool ChannelEnd::move_fds_above(int floor) const {
+  Channel& c = ch();
+  int moved[2] = {-1, -1};
+  for (int i = 0; i < 2; ++i) {
+    if (c.socks[i] < 0 || c.socks[i] >= floor) continue;
+    moved[i] = ::fcntl(c.socks[i], F_DUPFD_CLOEXEC, floor);
+    if (moved[i] < 0) {
+      close_fds(moved);
+      return false;
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (moved[i] < 0) continue;
+    int old = std::exchange(c.socks[i], moved[i]);
+    if (c.sock_tx == old) c.sock_tx = moved[i];
+    if (c.sock_rx == old) c.sock_rx = moved[i];
+    close_fd(old);
+  }
+  return true;
 }
 
 Channel::~Channel() {

@@ -5,7 +5,9 @@
 #include "worker.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +22,60 @@
 namespace mproc::detail {
 namespace {
 
+// The descriptors a worker cannot do without: its channels' side-band sockets
+// (every message that carries fds or goes out of band crosses them). A task
+// owns none of them, but may close them all the same: the daemon idiom "close
+// every descriptor 3..1024" returned fine and the worker's NEXT task died
+// ("sendmsg failed: Bad file descriptor", issue 10 §1). So they live above that
+// range (move_above_sweeps), and are checked after each chunk (lost): a task
+// that closed one anyway (close_range, closefrom) fails itself, and the worker
+// exits to be replaced before it takes another.
+class OwnFds {
+ public:
+  // Above the usual sweeps: 3..1024 (inclusive), FD_SETSIZE.
+  static constexpr int kFloor = 1025;
+
+  OwnFds(const ChannelEnd& tasks, const ChannelEnd& results) {
+    move_above_sweeps(tasks, results);
+    for (const ChannelEnd* c : {&tasks, &results}) {
+      for (int fd : c->fds()) p_.push_back(pollfd{fd, 0, 0});
+    }
+  }
+  /// One of them that is closed now, or -1. One poll(): POLLNVAL marks a
+  /// descriptor that is not open.
+  int lost() {
+    if (p_.empty()) return -1;
+    if (::poll(p_.data(), p_.size(), 0) <= 0) return -1;
+    for (const pollfd& p : p_) {
+      if (p.revents & POLLNVAL) return p.fd;
+    }
+    return -1;
+  }
+
+ private:
+  // A descriptor may be placed at or above the soft RLIMIT_NOFILE only while
+  // the limit allows it, but stays valid once the limit is lowered again. So the
+  // soft limit is raised just enough (never past the hard one) for the move and
+  // then restored: the task sees the limit it always had (and a sweep up to
+  // sysconf(_SC_OPEN_MAX) still misses ours). Where the hard limit is too low,
+  // nothing moves; lost() still catches a task that closes them.
+  static void move_above_sweeps(const ChannelEnd& tasks, const ChannelEnd& results) {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+    const rlim_t need = kFloor + 16;
+    const bool raise = lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < need;
+    if (raise) {
+      if (lim.rlim_max != RLIM_INFINITY && lim.rlim_max < need) return;
+      rlimit up{need, lim.rlim_max};
+      if (::setrlimit(RLIMIT_NOFILE, &up) != 0) return;
+    }
+    (void)tasks.move_fds_above(kFloor);
+    (void)results.move_fds_above(kFloor);
+    if (raise) (void)::setrlimit(RLIMIT_NOFILE, &lim);
+  }
+  std::vector<pollfd> p_;
+};
+
 
 // One per worker, kept from chunk to chunk: its buffers keep their memory (a
 // 48 KiB buffer freed after every chunk made malloc give the heap's top back to
@@ -27,8 +83,9 @@ namespace {
 // per chunk).
 class WorkerSink final : public ItemSink {
  public:
-  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, bool item_times, bool item_clock)
-      : results_(results), slot_(slot), id_(id), timed_(item_times), clock_(item_times || item_clock) {
+  WorkerSink(const ChannelEnd& results, WorkerSlot& slot, std::uint32_t id, bool item_times, bool item_clock,
+             OwnFds& own)
+      : results_(results), slot_(slot), id_(id), timed_(item_times), clock_(item_times || item_clock), own_(own) {
     running_ = &slot_.index;
     reset();
   }
@@ -89,9 +146,12 @@ class WorkerSink final : public ItemSink {
     if (payload_bytes() + run_size_ > kAutoChunkBytes || now_ns() - start_ > kBatchNs) flush();
   }
 
-  /// Sends what is batched (the end of a chunk).
+  /// Sends what is batched (the end of a chunk, or a full batch mid-chunk).
   void flush() {
     if (count_ == 0) return;
+    // Mid-chunk: the worker's descriptors are checked before each send (at the
+    // chunk's end, end_chunk() checked them already).
+    if (first_ + count_ < end_ && !broken()) check_fds();
     // A death while sending is charged to the batch's last item (the item in
     // hand); afterwards the worker is back at decoding the next one.
     const std::uint64_t sent_to = first_ + count_;
@@ -110,6 +170,17 @@ class WorkerSink final : public ItemSink {
     reset();
     if (sent_to < end_) next(sent_to);  // at the chunk's end: all sent, nothing in hand
   }
+  /// The chunk ran: checks the worker's own descriptors, then sends what is
+  /// batched. False when a task closed one of them: the items not sent yet
+  /// failed instead (they include the culprit), and the worker must exit (its
+  /// next receive or send could need the descriptor) to be replaced.
+  bool end_chunk() {
+    check_fds();
+    flush();
+    return !broken();
+  }
+  bool broken() const noexcept { return lost_fd_ >= 0; }
+
   /// Item `index` is done (its outcome batched): the next one is in hand, being
   /// decoded. The chunk's last item stays in hand until its batch is sent: a
   /// death before then is charged to it, as when it ran (a one-task chunk, an
@@ -125,6 +196,25 @@ class WorkerSink final : public ItemSink {
 
  private:
   static constexpr std::int64_t kBatchNs = 1'000'000;
+  // If a task closed one of the worker's descriptors, the batched outcomes
+  // become failures naming it: the culprit is among them, since every earlier
+  // batch went out after the same check. Sent inline (ring-sized batches), they
+  // need no socket.
+  void check_fds() {
+    if (broken()) return;
+    int fd = own_.lost();
+    if (fd < 0) return;
+    lost_fd_ = fd;
+    ExceptionInfo info{"mproc::UsageError",
+                       "mproc: a task closed file descriptor " + std::to_string(fd) +
+                           ", which its pool worker uses for the pool's channels (a task must not close "
+                           "descriptors it did not open, e.g. with close_range or closefrom); this task fails "
+                           "and the worker is replaced",
+                       {}};
+    const std::uint64_t first = first_, n = count_;
+    reset();
+    for (std::uint64_t i = 0; i < n; ++i) failed(first + i, info);
+  }
   std::size_t payload_bytes() const { return msg_.size() - sizeof(ResultHeader); }
   void reset() {
     msg_.clear();
@@ -180,6 +270,8 @@ class WorkerSink final : public ItemSink {
   Writer msg_;                        // a ResultHeader's room, then the items' results
   std::size_t run_at_ = 0;            // msg_'s size before the current run
   std::size_t run_size_ = 1;          // result size of the current run
+  OwnFds& own_;
+  int lost_fd_ = -1;  // a worker descriptor a task closed (check_fds), or -1
 };
 
 void send_init_failure(const ChannelEnd& results, std::uint32_t id, const ExceptionInfo& info) {
@@ -224,7 +316,8 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   }
   std::vector<std::byte> buf;
   std::vector<int> fds;
-  WorkerSink sink(results, *slot, id, item_times, item_clock);
+  OwnFds own(tasks, results);
+  WorkerSink sink(results, *slot, id, item_times, item_clock, own);
   for (long long done = 0; maxtasks <= 0 || done < maxtasks;) {
     ChunkHeader h{};
     bool cancelled = false;
@@ -275,6 +368,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
     if (h.job == 0) return;  // stop message: close() or a shrinking pool
     if (cancelled) continue;
     ++done;
+    bool intact = true;
     {
       Reader r(buf, fds);
       sink.begin(h.job, h.first + h.count);
@@ -287,10 +381,11 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
         ExceptionInfo info = capture_current_exception();
         for (std::uint64_t i = 0; i < h.count; ++i) sink.failed(h.first + i, info);
       }
-      sink.flush();
+      intact = sink.end_chunk();
     }
     for (int fd : fds) ::close(fd);
     slot->phase.store(static_cast<std::uint32_t>(SlotPhase::idle), std::memory_order_release);
+    if (!intact) return;  // a task closed a descriptor of ours: replaced, like maxtasksperchild
     // Recycled like maxtasksperchild: exit between chunks; the supervisor replaces us.
     if (max_memory_mb > 0 && rss_mib() > max_memory_mb) return;
   }

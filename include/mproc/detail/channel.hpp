@@ -198,6 +198,17 @@ class ChannelEnd {
   /// for that takeover). Returns how many locks it freed.
   std::size_t release_dead_holders() const;
 
+  /// The descriptors this end uses after it was set up (its side-band sockets),
+  /// for a process that checks they are still open (the pool's workers, after
+  /// each task). Non-blocking.
+  std::vector<int> fds() const;
+  /// Moves those descriptors to numbers >= floor (F_DUPFD_CLOEXEC, then the old
+  /// ones are closed), for every copy of this end in this process: the pool's
+  /// workers move their own out of the range a task's "close every descriptor
+  /// 3..1024" sweeps. Returns false, changing nothing, when the descriptor limit
+  /// refuses (raise RLIMIT_NOFILE first). Not while another thread uses this end.
+  bool move_fds_above(int floor) const;
+
   /// Identity of the shared channel (equal for every handle of it, in any process).
   std::uint64_t id() const;
   explicit operator bool() const noexcept { return ch_ != nullptr; }
