@@ -574,7 +574,7 @@ class ProcessPoolExecutor : public detail::BasicExecutor<Pool> {
   }
 
  private:
-  void start(const ExecutorOptions& options, std::vector<std::byte> initializer);
+  void start(const ExecutorOptions& options, detail::EncodedTask initializer);
 
   std::shared_ptr<detail::PoolGate> gate_;
 };

@@ -69,6 +69,10 @@ namespace detail {
 
 class Link;  // src/mpi/link.cpp: the root's MPI thread, shared by its pools
 
+/// An initializer's bytes for other ranks (other machines): it cannot carry file
+/// descriptors there (UsageError if its arguments do: a Value, Queue, Lock, SharedArray).
+std::vector<std::byte> bytes_for_ranks(const mproc::detail::EncodedTask& initializer);
+
 /// The pool backend over MPI ranks: the root's half. Chunks wait here until a
 /// serving rank has room (two chunks per local worker), go to it whole, and
 /// its workers' outcomes come back and are delivered to the job's sink on the
@@ -135,7 +139,8 @@ class Pool {
   explicit Pool(int processes_per_rank) : Pool(PoolOptions{.processes = processes_per_rank}) {}
   template <class F, class... Args>
   Pool(PoolOptions options, F&& initializer, Args&&... initargs)
-      : Pool(options, mproc::detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...)) {}
+      : Pool(options, detail::bytes_for_ranks(
+                          mproc::detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...))) {}
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
   /// Terminates (like mproc::Pool): close() and join() first to let work finish.

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "mproc/detail/chunk_encoder.hpp"
+#include "mproc/detail/encoded_task.hpp"
 #include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/detail/pool_jobs.hpp"
@@ -57,13 +58,13 @@
 namespace mproc {
 namespace detail {
 
-/// A pool initializer, encoded as a process task (run by each worker).
+/// A pool initializer, encoded as a process task (run by each worker), with
+/// the fds its arguments carry.
 template <class F, class... Args>
-std::vector<std::byte> encode_initializer(F&& initializer, Args&&... initargs) {
+EncodedTask encode_initializer(F&& initializer, Args&&... initargs) {
   Writer w;
   encode_process_task(w, std::forward<F>(initializer), std::forward<Args>(initargs)...);
-  auto b = w.bytes();
-  return std::vector<std::byte>(b.begin(), b.end());
+  return EncodedTask(w);
 }
 
 }  // namespace detail
@@ -133,10 +134,10 @@ class Pool : public detail::MapMethods<Pool> {
   friend class detail::BasicExecutor;
   // ProcessPoolExecutor's pool: an encoded initializer, and at most `max_queued`
   // chunks waiting in the task channel (the rest wait in the parent, cancellable).
-  Pool(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued) {
+  Pool(const PoolOptions& options, detail::EncodedTask initializer, std::size_t max_queued) {
     start(options, std::move(initializer), max_queued);
   }
-  void start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued = 0);
+  void start(const PoolOptions& options, detail::EncodedTask initializer, std::size_t max_queued = 0);
   // Opens a job, submits its chunks (submit_all(id)), seals it; returns its id.
   // A template, not a std::function: the typed side crosses into the backend
   // through PoolBackend's calls and the JobSink it registers, nothing else.

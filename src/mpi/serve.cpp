@@ -208,7 +208,7 @@ class Server {
       cfg.maxtasksperchild = h.maxtasksperchild;
       cfg.max_memory_mb = h.max_memory_mb;
       if (h.timeout_ns >= 0) cfg.timeout = std::chrono::nanoseconds(h.timeout_ns);
-      cfg.initializer = std::move(init);
+      cfg.initializer = mproc::detail::EncodedTask::received(init, {});  // bytes only across ranks
       ServedPool p;
       p.core = std::make_unique<PoolCore>(std::move(cfg));
       OpenedHead o{h.pool, p.core->processes(), static_cast<std::int32_t>(::getpid())};

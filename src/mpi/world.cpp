@@ -152,6 +152,16 @@ std::shared_ptr<detail::Link> detail::world_link() {
   return w.link;
 }
 
+namespace detail {
+std::vector<std::byte> bytes_for_ranks(const mproc::detail::EncodedTask& t) {
+  if (!t.fds().empty()) {
+    throw UsageError("mproc::mpi: the initializer's arguments carry file descriptors (a Value, Queue, Lock or "
+                     "SharedArray), which cannot reach other ranks; pass plain data and create such objects in it");
+  }
+  return std::vector<std::byte>(t.bytes().begin(), t.bytes().end());
+}
+}  // namespace detail
+
 Pool::Pool(PoolOptions options) : Pool(options, std::vector<std::byte>{}) {}
 Pool::Pool(const PoolOptions& options, std::vector<std::byte> initializer)
     : core_(std::make_unique<detail::RankBackend>(detail::world_link(), options, std::move(initializer))) {}

@@ -27,7 +27,7 @@ PoolOptions pool_options(const ExecutorOptions& o, int default_workers) {
 
 // ---- ProcessPoolExecutor --------------------------------------------------------------
 
-void ProcessPoolExecutor::start(const ExecutorOptions& options, std::vector<std::byte> initializer) {
+void ProcessPoolExecutor::start(const ExecutorOptions& options, detail::EncodedTask initializer) {
   PoolOptions p = pool_options(options, cpu_count());
   // Python keeps its call queue at max_workers + 1 calls, so that everything
   // behind it stays cancellable, and pays a thread hand-off per task for it. Here

@@ -65,7 +65,7 @@ std::size_t checked_chunksize(long long c) {
 
 // ---- Pool (non-template parts) -------------------------------------------------------
 
-void Pool::start(const PoolOptions& options, std::vector<std::byte> initializer, std::size_t max_queued) {
+void Pool::start(const PoolOptions& options, detail::EncodedTask initializer, std::size_t max_queued) {
   if (options.processes < 0) {
     throw UsageError("mproc: Pool needs processes >= 1 (or 0 for cpu_count()), got " + std::to_string(options.processes));
   }

@@ -295,7 +295,7 @@ long long rss_mib() {
 }  // namespace
 
 void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
-                      std::vector<std::byte> initializer, long long maxtasks, long long max_memory_mb,
+                      EncodedTask initializer, long long maxtasks, long long max_memory_mb,
                       std::int64_t spin_ns, bool item_times, bool item_clock) {
   tasks.set_spin(std::chrono::nanoseconds(spin_ns));
   // Ctrl-C at a terminal reaches the whole process group; the pool's owner
@@ -306,7 +306,8 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   TicketTable tickets(PoolTable::tickets(table));
   if (!initializer.empty()) {
     try {
-      Reader r(initializer);
+      // Its arguments' decoders take their own duplicates of its fds.
+      Reader r(initializer.bytes(), initializer.fds());
       Entry e = decode_entry(r);
       e(&r, nullptr);
     } catch (...) {

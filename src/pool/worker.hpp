@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mproc/detail/channel.hpp"
+#include "mproc/detail/encoded_task.hpp"
 #include "mproc/detail/segment.hpp"
 #include "mproc/serial.hpp"
 
@@ -27,7 +28,7 @@ namespace detail {
 /// limit) or more than `max_memory_mb` resident (0: no limit); results and
 /// failures go to `results`. `table` is the worker table (wire.hpp), `id` its slot.
 void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::uint32_t id,
-                      std::vector<std::byte> initializer, long long maxtasks, long long max_memory_mb,
+                      EncodedTask initializer, long long maxtasks, long long max_memory_mb,
                       std::int64_t spin_ns, bool item_times, bool item_clock);
 
 }  // namespace detail

@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "mproc/detail/encoded_task.hpp"
 #include "mproc/detail/pool_backend.hpp"
 #include "mproc/process.hpp"  // StartMethod
 
@@ -25,7 +26,7 @@ struct PoolConfig {
   std::optional<std::chrono::nanoseconds> timeout;
   int retries = 0;
   std::size_t max_memory_mb = 0;
-  std::vector<std::byte> initializer;  // an encoded process task, or empty
+  EncodedTask initializer;  // an encoded process task (with its fds), or empty
   // Most chunks waiting in the task channel at once; 0: only its bytes bound it.
   std::size_t max_queued = 0;
   // PoolOptions::timeline: where the collector and supervisor record each task,
