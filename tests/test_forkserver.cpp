@@ -178,6 +178,27 @@ TEST(Forkserver, SparesExitWhenTheServerIsKilled) {
   EXPECT_EQ(mproc_test::zombie_children(), 0);
 }
 
+TEST(Forkserver, AKilledServerIsReapedAtOnceNotAtTheNextStart) {
+  // Regression (issue 11): a dead forkserver stayed a zombie (and its socket
+  // looked usable) until the next start noticed. Nothing starts here.
+  mproc_test::OrphanReaper reaper;  // the orphaned spares come to us, and are reaped
+  ASSERT_EQ(wait_for_spares().size(), kSpares);
+  pid_t server = mproc::detail::forkserver_pid();
+  ASSERT_GT(server, 0);
+  ASSERT_EQ(::kill(server, SIGKILL), 0);
+  const std::string proc = "/proc/" + std::to_string(server);
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (::access(proc.c_str(), F_OK) == 0 && std::chrono::steady_clock::now() < deadline) ::usleep(2000);
+  EXPECT_NE(::access(proc.c_str(), F_OK), 0) << "the killed forkserver " << server << " was not reaped";
+  EXPECT_EQ(mproc::detail::forkserver_pid(), 0);
+  Process p(forkserver(), exit_with, 7);  // a new server
+  p.start();
+  p.join();
+  EXPECT_EQ(p.exitcode(), 7);
+  EXPECT_TRUE(reaper.reap(10s));
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+}
+
 TEST(Forkserver, ASpareThatDiedIdleIsReplaced) {
   std::set<pid_t> spares = wait_for_spares();
   ASSERT_EQ(spares.size(), kSpares);

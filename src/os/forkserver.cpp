@@ -27,6 +27,7 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <thread>
 
 #include "internal.hpp"
 #include "mproc/detail/code_ref.hpp"
@@ -56,6 +57,7 @@ struct ForkServerClient {
   int sock = -1;
   pid_t server = 0;
   bool zygote = false;
+  int watch_fd = -1;  // the program's server: the pidfd its watcher polls (watch_server)
 };
 
 std::optional<ForkRequest> decode_fork_request(std::span<const std::byte> msg, std::size_t nfds) noexcept {
@@ -156,6 +158,42 @@ void stop_server_locked(Client& c) {
   }
 }
 
+// Reaps the program's forkserver the moment it dies, not at the next start (a
+// killed server stayed a zombie until then, and its socket looked usable): a
+// detached thread per server, blocked on the server's pidfd. It acts only if
+// that server is still the current one; a server stopped on purpose
+// (stop_server_locked) was reaped already. Without a pidfd or a thread the
+// server is reaped at the next use, as before.
+void watch_server(Client& c, pid_t pid) noexcept {
+  int pidfd = sys().pidfd_open(pid, 0);  // close-on-exec, as every pidfd
+  if (pidfd < 0) return;
+  c.watch_fd = pidfd;
+  try {
+    std::thread([&c, pid, pidfd] {
+      pollfd p{pidfd, POLLIN, 0};
+      while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+      std::lock_guard lock(c.mu);
+      if (c.server == pid) {
+        siginfo_t si{};
+        int r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &si, WEXITED | WNOHANG);
+        if ((r == 0 && si.si_pid != 0) || (r < 0 && errno == ECHILD)) {
+          close_fd(c.sock);
+          c.sock = -1;
+          c.server = 0;
+        }
+      }
+      // Under the lock, cleared before it closes: a fork child's copy of watch_fd
+      // never names a number that was reused meanwhile.
+      if (c.watch_fd == pidfd) c.watch_fd = -1;
+      close_fd(pidfd);
+    }).detach();
+  } catch (...) {
+    c.watch_fd = -1;
+    close_fd(pidfd);
+  }
+}
+
 void ensure_server_locked(Client& c) {
   if (c.sock >= 0) return;
   int sv[2];
@@ -172,6 +210,7 @@ void ensure_server_locked(Client& c) {
   }
   close_fd(sv[1]);
   c.sock = sv[0];
+  watch_server(c, c.server);
 }
 
 }  // namespace
@@ -196,6 +235,8 @@ void forkserver_forget_after_fork() noexcept {
   close_fd(c.sock);  // that server belongs to the parent; a child starts its own
   c.sock = -1;
   c.server = 0;
+  close_fd(c.watch_fd);  // the parent's watcher thread does not exist here
+  c.watch_fd = -1;
 }
 
 void forkserver_shutdown() noexcept {
