@@ -114,7 +114,7 @@ struct PoolCore::Impl {
     std::shared_ptr<JobSink> sink;
     std::uint64_t outstanding = 0;  // submitted, not yet delivered
     bool sealed = false;
-    bool dispatched = false;   // a chunk went to the task channel without a ticket: no cancelling
+    bool dispatched = false;   // a send other than its first, whole one went out: no cancelling
     std::uint64_t ticket = 0;  // its one chunk went with this ticket (cancellable pools)
 
     std::map<std::uint64_t, std::shared_ptr<Chunk>> chunks;  // by first item
@@ -188,10 +188,10 @@ struct PoolCore::Impl {
 
   // -- chunks --
 
-  // With mu held, for a chunk about to go to the task channel: its ticket, or 0
-  // with the job marked dispatched (not cancellable any more). A ticket goes to
-  // the first send of a job's first chunk, whole, in a cancellable pool, if its
-  // word is free (the chunk TicketTable::kWords sends ago is no longer queued).
+  // With mu held, for a chunk about to go to the task channel: the send's ticket
+  // (every send of a cancellable pool's, while its word is free), or 0. Only the
+  // first, whole send of a job's one chunk keeps the job cancellable; any other
+  // send marks it dispatched (jobs.cpp).
   std::uint64_t take_ticket_locked(Job& j, Chunk& c, std::uint64_t from, std::uint64_t to);
   // With mu held: whether a worker has (or may have) taken job j's chunk.
   bool claimed_locked(const Job& j) const;

@@ -7,22 +7,29 @@
 
 namespace mproc::detail {
 
-// With mu held, for a chunk about to go to the task channel: its ticket, or 0
-// with the job marked dispatched (not cancellable any more). A ticket goes to
-// the first send of a job's first chunk, whole, in a cancellable pool, if its
-// word is free (the chunk TicketTable::kWords sends ago is no longer queued).
+// With mu held, for a chunk about to go to the task channel: the send's ticket,
+// or 0. In a cancellable pool every send gets one while its word is free (the
+// send TicketTable::kWords tickets ago is no longer queued): it decides, when a
+// worker dies inside the receive, whether the worker the ring hands the record
+// to or the death notice's re-queue runs the items, so that exactly one does
+// (a re-queued send without one could run twice). Only the first send of a
+// job's first chunk, whole, keeps the job cancellable (j.ticket); any other
+// send marks the job dispatched.
 std::uint64_t PoolCore::Impl::take_ticket_locked(Job& j, Chunk& c, std::uint64_t from, std::uint64_t to) {
-  if (cfg.cancellable && !j.dispatched && j.ticket == 0 && from == c.first && to == c.first + c.delivered.size() &&
-      j.chunks.size() == 1) {
-    std::uint64_t t = next_ticket++;
-    if (tickets.issue(t)) {  // published by the channel's send
-      j.ticket = t;
-      c.ticket = t;
-      return t;
-    }
+  const bool first_send = !j.dispatched && j.ticket == 0 && from == c.first && to == c.first + c.delivered.size() &&
+                          j.chunks.size() == 1;
+  std::uint64_t t = 0;
+  if (cfg.cancellable) {
+    t = next_ticket++;
+    if (!tickets.issue(t)) t = 0;  // issued: published by the channel's send
   }
-  j.dispatched = true;
-  return 0;
+  if (first_send && t != 0) {
+    j.ticket = t;
+    c.ticket = t;
+  } else {
+    j.dispatched = true;
+  }
+  return t;
 }
 
 // With mu held: whether a worker has (or may have) taken job j's chunk.
@@ -138,6 +145,13 @@ void PoolCore::Impl::send_stops_locked() {
 // the death: it fails, or is re-run while its own retries last. Returns the
 // sink to tell, if the item failed.
 std::shared_ptr<JobSink> PoolCore::Impl::on_lost(const ResultHeader& h) {
+  // The dead worker may have died after its claim, before the record left the
+  // ring, and the ring may have handed the record to another worker, which took
+  // the ticket over: then that worker runs the items (TicketTable::on_death).
+  // The ticket is the one of the send the worker held (its slot's), and it is
+  // settled first, even when the job is over: a takeover's word stays busy
+  // until its notice comes.
+  const bool taken_over = h.ticket != 0 && tickets.on_death(h.ticket) == TicketTable::Death::taken_over;
   auto jt = jobs.find(h.job);
   if (jt == jobs.end()) return nullptr;
   auto chunk = chunk_of(jt, h.first);
@@ -148,10 +162,7 @@ std::shared_ptr<JobSink> PoolCore::Impl::on_lost(const ResultHeader& h) {
   auto undelivered = [&](std::uint64_t i) {
     return !chunk->delivered[i - chunk->first] && !(charged && i == h.index);
   };
-  // The dead worker may have died after its claim, before the record left the
-  // ring, and the ring may have handed the record to another worker, which took
-  // the ticket over: then that worker runs the items (TicketTable::on_death).
-  if (chunk->ticket != 0 && tickets.on_death(chunk->ticket) == TicketTable::Death::taken_over) lo = hi;
+  if (taken_over) lo = hi;  // the taker runs the rest (its item in hand is still charged)
   for (std::uint64_t from = lo; from < hi;) {
     while (from < hi && !undelivered(from)) ++from;
     std::uint64_t to = from;

@@ -158,8 +158,8 @@ void PoolCore::submit(std::uint64_t job, std::uint64_t first, ChunkMessage chunk
     if (auto jt = I.jobs.find(job); jt != I.jobs.end()) {
       if (h.ticket != 0) {
         I.tickets.withdraw(h.ticket);
-        jt->second.ticket = 0;
-        c->ticket = 0;
+        if (jt->second.ticket == h.ticket) jt->second.ticket = 0;
+        if (c->ticket == h.ticket) c->ticket = 0;
       }
       jt->second.dispatched = was_dispatched;
     }

@@ -73,7 +73,7 @@ void PoolCore::Impl::post_lost(std::uint32_t id, ResultKind kind, int exitcode, 
   if (phase == SlotPhase::idle) return;
   std::uint64_t begin = s.begin.load(), end = s.end.load();
   ResultHeader h{kind, phase, id, exitcode, s.job.load(), begin, end - begin, s.index.load(),
-                 phase == SlotPhase::running ? s.started_ns.load() : 0, now_ns()};
+                 phase == SlotPhase::running ? s.started_ns.load() : 0, now_ns(), s.ticket.load()};
   Writer w;
   w.write(&h, sizeof h);
   dump(w, ExceptionInfo{kind == ResultKind::timeout ? "mproc::TaskTimeoutError" : "mproc::WorkerLostError", what, {}});

@@ -51,6 +51,9 @@ struct alignas(64) WorkerSlot {
   std::atomic<std::uint64_t> index;  // the item in hand (phases decoding, running, sending)
   std::atomic<std::int64_t> started_ns;
   std::atomic<std::uint32_t> phase;
+  // The ticket of the send held (ChunkHeader::ticket; 0: none): a death notice
+  // settles that send's ticket, not whichever ticket its chunk had last.
+  std::atomic<std::uint64_t> ticket;
 };
 
 enum class ResultKind : std::uint8_t {
@@ -85,6 +88,7 @@ struct ResultHeader {
   std::uint64_t index;
   std::int64_t start_ns;
   std::int64_t end_ns;
+  std::uint64_t ticket = 0;  // lost/timeout: the ticket of the send the worker held (0: none)
 };
 
 // The worker table: `processes` WorkerSlots, then TicketTable::kWords ticket words.

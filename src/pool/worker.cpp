@@ -334,10 +334,11 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
       // Dying between the claim and the head's move (inline: anywhere inside f, as
       // f runs under the lock too) hands the record to the next worker AND makes
       // the supervisor re-queue the chunk from the slot. Both are safe: with a
-      // ticket, exactly one of them takes the chunk (the next worker swaps claimed
-      // -> reclaimed, on_lost claimed -> cancelled); without one, both may run its
-      // items and the collector keeps the first result of each (Chunk::delivered),
-      // ignoring results of a job already finished.
+      // ticket (every send of a cancellable pool's), exactly one of them takes the
+      // chunk (the next worker swaps claimed -> reclaimed, on_lost claimed ->
+      // cancelled, for the ticket this slot holds); without one (a Pool's), both
+      // may run its items and the collector keeps the first result of each
+      // (Chunk::delivered), ignoring results of a job already finished.
       tasks.recv(
           std::nullopt,
           [&](Reader& prefix) {
@@ -352,6 +353,7 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
             slot->job.store(h.job, std::memory_order_relaxed);
             slot->begin.store(h.first, std::memory_order_relaxed);
             slot->end.store(h.first + h.count, std::memory_order_relaxed);
+            slot->ticket.store(h.ticket, std::memory_order_relaxed);
             slot->phase.store(static_cast<std::uint32_t>(SlotPhase::claimed), std::memory_order_release);
           },
           [&](Reader& r) {

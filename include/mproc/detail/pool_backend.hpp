@@ -35,7 +35,7 @@ struct ChunkHeader {
   std::uint64_t job;         // 0: "stop" (the worker exits)
   std::uint64_t first;       // index of the first item in the job's input
   std::uint64_t count;       // items in this chunk
-  std::uint64_t ticket = 0;  // cancellable until a worker claims it (0: not cancellable)
+  std::uint64_t ticket = 0;  // the send's ticket: cancel vs claim, claim vs takeover (0: none)
 };
 
 /// When and where an item ran (CLOCK_MONOTONIC ns, comparable across processes).
