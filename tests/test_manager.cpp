@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <latch>
 #include <future>
 #include <limits>
 #include <map>
@@ -447,6 +448,34 @@ TEST(Manager, ADeadServerIsAManagerErrorOnPendingAndNextCalls) {
   EXPECT_TRUE(threw);
   EXPECT_THROW(d.set(1, 1), mproc::ManagerError);
   EXPECT_THROW(d.get(1), mproc::ManagerError);
+}
+
+// Threads of one process share its session; each call that finds no idle
+// connection opens one while the other threads' calls check their proxies'
+// server instance. Opening a connection once rewrote that instance id, a data
+// race with those checks (ThreadSanitizer caught it in
+// ADeadServerIsAManagerErrorOnPendingAndNextCalls). Every thread here waits on
+// one barrier, so each holds a connection of its own while the next opens.
+TEST(Manager, ThreadsOpeningConnectionsAtOnceShareOneSession) {
+  constexpr int kThreads = 8;
+  for (int manager = 0; manager < 3; ++manager) {  // each with a new session, no connection yet
+    mproc::Manager m;
+    auto b = m.Barrier(kThreads);
+    auto d = m.dict<int, int>();
+    std::latch go(kThreads);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t) {
+      ts.emplace_back([&, t] {
+        go.arrive_and_wait();
+        for (int round = 0; round < 3; ++round) {
+          d.set(t, round);
+          b.wait();
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+    for (int t = 0; t < kThreads; ++t) EXPECT_EQ(d.get(t), 2) << "thread " << t;
+  }
 }
 
 /// Sends `sig` to `pid` and waits until /proc says it is stopped (or running again).

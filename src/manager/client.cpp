@@ -380,12 +380,11 @@ class Session {
   Session(Endpoint ep, Ms timeout, std::optional<ServerId> expect)
       : ep_(std::move(ep)), timeout_(timeout), pid_(::getpid()) {
     random_bytes(&sid_, sizeof sid_);
-    if (expect) server_ = *expect;
-    have_server_ = expect.has_value();
     // The lifeline carries no calls, only pings: a call abandoned for a silent
     // server closes its own connection, never the session's last one (the
-    // server would end the session: its references and locks would go).
-    lifeline_ = open_conn();
+    // server would end the session: its references and locks would go). Its
+    // handshake fixes the server instance for the session's life.
+    lifeline_ = open_conn(timeout_, expect ? &*expect : nullptr, &server_);
   }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -511,7 +510,7 @@ class Session {
     fresh = true;
     // A new connection is bounded by the connect timeout, and by call_timeout:
     // a stopped server's kernel still accepts it, but no hello ever comes.
-    return open_conn(limit_ms < 0 ? timeout_ : std::min(timeout_, Ms(limit_ms)));
+    return open_conn(limit_ms < 0 ? timeout_ : std::min(timeout_, Ms(limit_ms)), &server_, nullptr);
   }
 
   /// Waits for the reply to `op` on fd. A blocking request may wait as long as
@@ -565,8 +564,12 @@ class Session {
     idle_.push_back(fd);
   }
 
-  int open_conn() { return open_conn(timeout_); }
-  int open_conn(Ms timeout) {
+  /// A new authenticated connection. `instance`: the server instance that must
+  /// answer (ManagerError for another), null for any; `proven`: where the
+  /// constructor records the instance that answered. Only the constructor
+  /// writes server_: every other connection is opened while the session is
+  /// shared, and only compares.
+  int open_conn(Ms timeout, const ServerId* instance, ServerId* proven) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     int fd = connect_to(ep_.address, timeout);
     track_fd(fd);
@@ -581,7 +584,7 @@ class Session {
         fail(ep_.address, "the server was built differently (compiler, ABI or mproc version): values would not "
                           "decode; build both with the same toolchain and mproc");
       }
-      if (have_server_ && hello.server != server_) throw_restarted_to(hello.server);
+      if (instance && hello.server != *instance) throw_restarted_to(*instance, hello.server);
       Auth a;
       a.build = build_id();
       random_bytes(a.challenge.data(), a.challenge.size());
@@ -603,16 +606,15 @@ class Session {
       if (!mac_equal(got, expect)) {
         fail(ep_.address, "the server could not prove it knows the authkey: not the server you meant");
       }
-      server_ = hello.server;
-      have_server_ = true;
+      if (proven) *proven = hello.server;
     } catch (...) {
       untrack_close(fd);
       throw;
     }
     return fd;
   }
-  [[noreturn]] void throw_restarted_to(const ServerId& now) const {
-    fail(ep_.address, "server instance " + hex(now) + " answers where instance " + hex(server_) +
+  [[noreturn]] void throw_restarted_to(const ServerId& was, const ServerId& now) const {
+    fail(ep_.address, "server instance " + hex(now) + " answers where instance " + hex(was) +
                           " was: the manager was restarted, and the objects of the old one are gone");
   }
 
@@ -620,8 +622,7 @@ class Session {
   Ms timeout_;
   pid_t pid_;
   std::uint64_t sid_ = 0;
-  ServerId server_{};
-  bool have_server_ = false;
+  ServerId server_{};  // the instance the lifeline's handshake proved; never written after the constructor
   std::mutex mu_;
   std::vector<int> idle_;
   std::mutex ping_mu_;  // the lifeline: pings only
