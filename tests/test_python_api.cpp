@@ -364,6 +364,37 @@ TEST_F(RecvBytesInto, AnOutOfBandMessageFromAnotherProcess) {
   EXPECT_EQ(p.exitcode(), 0);
 }
 
+TEST_F(RecvBytesInto, WithATimeoutRaisesTimeoutErrorAndReceivesWhenAMessageComes) {
+  auto [a, b] = mproc::Pipe<int>();
+  std::array<char, 8> buf;
+  buf.fill('.');
+  try {
+    (void)b.recv_bytes_into(buf, 10ms);
+    FAIL() << "no TimeoutError";
+  } catch (const mproc::TimeoutError& e) {
+    EXPECT_NE(std::string(e.what()).find("Connection.recv_bytes_into(): nothing received before the timeout"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW((void)b.recv_bytes_into(buf, 2, 0s), mproc::TimeoutError);  // zero: look once
+  EXPECT_EQ(std::string(buf.begin(), buf.end()), "........");              // untouched
+  // Any duration; with an offset; any contiguous range, or a span of bytes.
+  Process p(send_bytes_of, a, std::string("abc"));
+  p.start();
+  EXPECT_EQ(b.recv_bytes_into(buf, 2, std::chrono::duration<double>(30)), 3u);
+  EXPECT_EQ(std::string(buf.begin(), buf.end()), "..abc...");
+  p.join();
+  a.send_bytes("xy", 2);
+  EXPECT_EQ(b.recv_bytes_into(std::as_writable_bytes(std::span(buf)), 30s), 2u);
+  EXPECT_EQ(std::string(buf.data(), 2), "xy");
+  // The other errors of recv_bytes_into, timed.
+  EXPECT_THROW((void)b.recv_bytes_into(buf, 9, 30s), mproc::UsageError);  // offset past the end
+  a.send_bytes("0123456789", 10);
+  EXPECT_THROW((void)b.recv_bytes_into(buf, 30s), mproc::BufferTooShort);
+  a.close();
+  EXPECT_THROW((void)b.recv_bytes_into(buf, 30s), mproc::EOFError);
+}
+
 void close_it(Connection<int> c) { c.close(); }
 
 TEST_F(RecvBytesInto, EOFErrorOnceTheOtherEndIsClosedEverywhere) {

@@ -52,6 +52,20 @@ class Connection;
 template <class T>
 std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
 
+namespace detail {
+/// A buffer recv_bytes_into() fills, other than a std::span<std::byte>: a sized,
+/// contiguous, writable range of trivially copyable elements.
+template <class B>
+concept IntoBuffer = std::ranges::contiguous_range<B> && std::ranges::sized_range<B> &&
+                     std::is_trivially_copyable_v<std::ranges::range_value_t<B>> &&
+                     (!std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<B>>>) &&
+                     (!std::is_same_v<std::remove_cvref_t<B>, std::span<std::byte>>);
+template <class B>
+std::span<std::byte> into_bytes(B& buf) {
+  return std::as_writable_bytes(std::span(std::ranges::data(buf), std::ranges::size(buf)));
+}
+}  // namespace detail
+
 /// One end of a Pipe: sends and receives values of type T (which must be
 /// mproc::Serializable), or raw bytes.
 template <class T>
@@ -104,39 +118,34 @@ class Connection {
   /// as BufferTooShort, which carries it whole (buf is not written). UsageError if
   /// `offset` is past the end of `buf` (nothing is received then).
   std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0) {
-    if (offset > buf.size()) {
-      throw UsageError("mproc: Connection.recv_bytes_into(): offset " + std::to_string(offset) +
-                       " is past the end of a " + std::to_string(buf.size()) + "-byte buffer");
-    }
-    const std::size_t room = buf.size() - offset;
-    std::size_t n = 0;
-    std::vector<std::byte> whole;  // only when it does not fit
-    ch_.recv(std::nullopt, [&](Reader& r) {
-      n = r.remaining();
-      const std::byte* p = r.take(n);
-      if (n > room) {
-        whole.assign(p, p + n);
-      } else if (n) {
-        std::memcpy(buf.data() + offset, p, n);
-      }
-    });
-    if (n > room) {
-      throw BufferTooShort("mproc: Connection.recv_bytes_into(): a " + std::to_string(n) +
-                               "-byte message does not fit in the " + std::to_string(room) +
-                               " bytes left in the buffer; it is in BufferTooShort::message()",
-                           std::move(whole));
-    }
-    return n;
+    return recv_bytes_into_until(buf, offset, std::nullopt);
+  }
+  /// The same, waiting at most `timeout` (any std::chrono::duration) for a message:
+  /// TimeoutError if none came (nothing received, buf untouched), as recv_bytes(timeout).
+  template <class Rep, class Period>
+  std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset,
+                              std::chrono::duration<Rep, Period> timeout) {
+    check_into_offset(buf, offset);
+    return recv_bytes_into_until(buf, offset, detail::timeout_deadline(timeout, "Connection.recv_bytes_into()"));
+  }
+  template <class Rep, class Period>
+  std::size_t recv_bytes_into(std::span<std::byte> buf, std::chrono::duration<Rep, Period> timeout) {
+    return recv_bytes_into(buf, 0, timeout);
   }
   /// The same into any contiguous range of trivially copyable elements
   /// (std::vector<char>, std::string, std::array<std::uint32_t, N>, ...); `offset`
   /// is in bytes.
-  template <std::ranges::contiguous_range B>
-    requires std::ranges::sized_range<B> && std::is_trivially_copyable_v<std::ranges::range_value_t<B>> &&
-             (!std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<B>>>) &&
-             (!std::is_same_v<std::remove_cvref_t<B>, std::span<std::byte>>)
+  template <detail::IntoBuffer B>
   std::size_t recv_bytes_into(B&& buf, std::size_t offset = 0) {
-    return recv_bytes_into(std::as_writable_bytes(std::span(std::ranges::data(buf), std::ranges::size(buf))), offset);
+    return recv_bytes_into(detail::into_bytes(buf), offset);
+  }
+  template <detail::IntoBuffer B, class Rep, class Period>
+  std::size_t recv_bytes_into(B&& buf, std::size_t offset, std::chrono::duration<Rep, Period> timeout) {
+    return recv_bytes_into(detail::into_bytes(buf), offset, timeout);
+  }
+  template <detail::IntoBuffer B, class Rep, class Period>
+  std::size_t recv_bytes_into(B&& buf, std::chrono::duration<Rep, Period> timeout) {
+    return recv_bytes_into(detail::into_bytes(buf), 0, timeout);
   }
 
   /// Closes this end in this process (every copy here). The other end sees EOF once
@@ -162,6 +171,36 @@ class Connection {
       throw TimeoutError("mproc: Connection.recv(): nothing received before the timeout");
     }
     return std::move(*out);
+  }
+  static void check_into_offset(std::span<std::byte> buf, std::size_t offset) {
+    if (offset > buf.size()) {
+      throw UsageError("mproc: Connection.recv_bytes_into(): offset " + std::to_string(offset) +
+                       " is past the end of a " + std::to_string(buf.size()) + "-byte buffer");
+    }
+  }
+  std::size_t recv_bytes_into_until(std::span<std::byte> buf, std::size_t offset, detail::deadline_t deadline) {
+    check_into_offset(buf, offset);
+    const std::size_t room = buf.size() - offset;
+    std::size_t n = 0;
+    std::vector<std::byte> whole;  // only when it does not fit
+    if (!ch_.recv(deadline, [&](Reader& r) {
+          n = r.remaining();
+          const std::byte* p = r.take(n);
+          if (n > room) {
+            whole.assign(p, p + n);
+          } else if (n) {
+            std::memcpy(buf.data() + offset, p, n);
+          }
+        })) {
+      throw TimeoutError("mproc: Connection.recv_bytes_into(): nothing received before the timeout");
+    }
+    if (n > room) {
+      throw BufferTooShort("mproc: Connection.recv_bytes_into(): a " + std::to_string(n) +
+                               "-byte message does not fit in the " + std::to_string(room) +
+                               " bytes left in the buffer; it is in BufferTooShort::message()",
+                           std::move(whole));
+    }
+    return n;
   }
   std::vector<std::byte> recv_bytes_until(detail::deadline_t deadline) {
     std::vector<std::byte> out;
