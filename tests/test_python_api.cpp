@@ -7,9 +7,13 @@
 // Waits are on events and sentinels with deadlines; nothing sleeps and hopes.
 // Every test runs in the NoLeaks fixture: no fd, /dev/shm entry or zombie is left.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -506,6 +510,207 @@ TEST_F(Wait, MisuseIsAUsageError) {
   EXPECT_THROW((void)mproc::wait({copy}, 0s), mproc::UsageError);  // closed in this process
   Process not_started(nothing);
   EXPECT_THROW((void)mproc::wait({not_started}, 0s), mproc::UsageError);
+}
+
+// ---- mproc::wait over several channels: futex_waitv ----------------------------------------
+
+/// Counts the futex_waitv system calls mproc::wait makes (the test seam), and can
+/// stand for a kernel without it (ENOSYS). Restores the real call when destroyed.
+struct WaitvSeam {
+  static inline std::atomic<int> calls{0};
+  static inline std::atomic<bool> missing{false};
+  static long call(void* w, unsigned n, unsigned flags, const timespec* ts, int clockid) {
+    calls.fetch_add(1);
+    if (missing.load()) {
+      errno = ENOSYS;
+      return -1;
+    }
+    return ::syscall(SYS_futex_waitv, w, n, flags, ts, clockid);
+  }
+  explicit WaitvSeam(bool kernel_without_it = false) {
+    calls = 0;
+    missing = kernel_without_it;
+    mproc::detail::set_futex_waitv_syscall(&call);
+  }
+  ~WaitvSeam() { mproc::detail::set_futex_waitv_syscall(nullptr); }
+  WaitvSeam(const WaitvSeam&) = delete;
+  WaitvSeam& operator=(const WaitvSeam&) = delete;
+};
+
+/// The calling thread's voluntary context switches so far (each sleep is one).
+long voluntary_switches() {
+  std::string status = mproc_test::read_file("/proc/thread-self/status");
+  auto at = status.find("voluntary_ctxt_switches:");
+  return at == std::string::npos ? -1 : std::stol(status.substr(at + 24));
+}
+
+/// In another process: for each index that comes on `which`, sends it on that
+/// connection, until -1.
+void send_on_each(std::vector<Connection<int>> conns, Queue<int> which) {
+  for (int k; (k = which.get()) >= 0;) conns[static_cast<std::size_t>(k)].send(k);
+}
+
+/// A wait over several channels is woken by a send on any one of them from another
+/// process: with the kernel's futex_waitv, and on the polling fallback.
+void woken_by_a_send_on_any(bool kernel_without_it) {
+  WaitvSeam seam(kernel_without_it);
+  constexpr int n = 6;
+  std::vector<Connection<int>> ours, theirs;
+  for (int i = 0; i < n; ++i) {
+    auto [a, b] = mproc::Pipe<int>();
+    ours.push_back(a);
+    theirs.push_back(b);
+  }
+  Queue<int> q;  // a queue is a channel too: the last object
+  Queue<int> which;
+  Process p(send_on_each, theirs, which);
+  p.start();
+  for (auto& c : theirs) c.close();
+  std::vector<mproc::WaitObject> objs(ours.begin(), ours.end());
+  objs.emplace_back(q);
+  EXPECT_TRUE(mproc::wait(objs, 20ms).empty());  // the timeout form: nothing is sent
+  for (int k : {3, 0, n - 1, 1}) {
+    which.put(k);
+    EXPECT_EQ(mproc::wait(objs, k % 2 ? std::optional<std::chrono::seconds>(30s) : std::nullopt),
+              Ready{static_cast<std::size_t>(k)});
+    EXPECT_EQ(ours[static_cast<std::size_t>(k)].recv(), k);
+  }
+  q.put(9);
+  EXPECT_EQ(mproc::wait(objs, 30s), Ready{static_cast<std::size_t>(n)});
+  EXPECT_EQ(q.get(), 9);
+  which.put(-1);
+  p.join();
+  EXPECT_EQ(p.exitcode(), 0);
+  // Ends closed everywhere are ready (recv() throws EOFError at once).
+  EXPECT_EQ(mproc::wait(objs, 30s).size(), static_cast<std::size_t>(n));
+  if (kernel_without_it) {
+    EXPECT_EQ(WaitvSeam::calls, 1) << "ENOSYS is remembered: asked once, then polled";
+  } else {
+    EXPECT_GE(WaitvSeam::calls, 1);
+  }
+}
+
+TEST_F(Wait, SeveralChannelsAreWokenByASendOnAnyFromAnotherProcess) { woken_by_a_send_on_any(false); }
+
+TEST_F(Wait, WithoutFutexWaitvSeveralChannelsArePolled) { woken_by_a_send_on_any(true); }
+
+/// Waits 200 ms on idle objects in this thread: the voluntary context switches it
+/// took and the futex_waitv calls made meanwhile.
+std::pair<long, int> idle_wait(const std::vector<mproc::WaitObject>& objs) {
+  WaitvSeam seam;
+  long before = voluntary_switches();
+  EXPECT_TRUE(mproc::wait(objs, 200ms).empty());
+  return {voluntary_switches() - before, WaitvSeam::calls.load()};
+}
+
+TEST_F(Wait, SeveralIdleChannelsAreWaitedOnWithoutPolling) {
+  // Regression: the wait polled the channels every 20 us to 1 ms (~200 sleeps in
+  // 200 ms). Now one futex_waitv sleeps on every channel's futex, sliced at 100 ms
+  // to look at the peers (as recv() does): a few sleeps at most.
+  auto [a1, b1] = mproc::Pipe<int>();
+  auto [a2, b2] = mproc::Pipe<int>();
+  Queue<int> q;
+  auto [switches, calls] = idle_wait({a1, a2, q});
+  EXPECT_LE(switches, 12) << "the waiting thread woke up " << switches << " times in 200 ms";
+  EXPECT_GE(calls, 1);
+  EXPECT_LE(calls, 6);
+}
+
+TEST_F(Wait, ChannelsAndDescriptorsAreWaitedOnWithoutPolling) {
+  // A mix: the descriptors are watched by a helper thread in ppoll(2), which wakes
+  // the futex_waitv the caller sleeps in.
+  Event go;
+  Process p(exit_when, go);
+  p.start();
+  auto [a1, b1] = mproc::Pipe<int>();
+  Queue<int> q;
+  auto [switches, calls] = idle_wait({a1, p.sentinel(), q});
+  EXPECT_LE(switches, 12) << "the waiting thread woke up " << switches << " times in 200 ms";
+  EXPECT_LE(calls, 6);
+  // The descriptor still wakes the wait: the process's end, then a send, as before.
+  go.set();
+  EXPECT_EQ(mproc::wait({a1, p.sentinel(), q}, 30s), Ready{1});
+  p.join();
+  b1.send(5);
+  EXPECT_EQ(mproc::wait({a1, p.sentinel(), q}, 30s), (Ready{0, 1}));
+  EXPECT_EQ(a1.recv(), 5);
+}
+
+TEST_F(Wait, UpTo128ChannelsInOneFutexWaitvMoreArePolled) {
+  // futex_waitv takes at most 128 futexes (FUTEX_WAITV_MAX). Up to that many
+  // channels (127 with descriptors: one word is the descriptor watcher's) sleep in
+  // it; more are polled as on a kernel without it.
+  std::vector<Connection<int>> ours, theirs;
+  for (std::size_t i = 0; i < mproc::detail::kFutexWaitvMax + 1; ++i) {
+    auto [a, b] = mproc::Pipe<int>();
+    ours.push_back(a);
+    theirs.push_back(b);
+  }
+  int idle[2];
+  ASSERT_EQ(::pipe2(idle, O_CLOEXEC), 0);  // a descriptor that never becomes readable
+  auto wait_for_one = [&](std::size_t count, std::size_t k, bool with_fd = false) {
+    std::vector<mproc::WaitObject> objs(ours.begin(), ours.begin() + static_cast<std::ptrdiff_t>(count));
+    if (with_fd) objs.emplace_back(idle[0]);
+    WaitvSeam seam;
+    Event started;
+    std::thread sender([&] {
+      (void)started.wait_for(30s);
+      theirs[k].send(static_cast<int>(k));
+    });
+    EXPECT_TRUE(mproc::wait(objs, 10ms).empty());
+    started.set();
+    EXPECT_EQ(mproc::wait(objs, 30s), Ready{k});
+    sender.join();
+    EXPECT_EQ(ours[k].recv(), static_cast<int>(k));
+    return WaitvSeam::calls.load();
+  };
+  constexpr std::size_t max = mproc::detail::kFutexWaitvMax;
+  EXPECT_GE(wait_for_one(max, max - 1), 1);
+  EXPECT_EQ(wait_for_one(max + 1, max), 0);
+  EXPECT_GE(wait_for_one(max - 1, 5, true), 1);
+  EXPECT_EQ(wait_for_one(max, 6, true), 0);
+  ::close(idle[0]);
+  ::close(idle[1]);
+}
+
+TEST_F(Wait, TheSameChannelTwiceIsArmedTwiceAndReportedTwice) {
+  auto [a, b] = mproc::Pipe<int>();
+  auto [c, d] = mproc::Pipe<int>();
+  WaitvSeam seam;
+  Event started;
+  std::thread sender([&, b = b]() mutable {
+    (void)started.wait_for(30s);
+    b.send(1);
+  });
+  EXPECT_TRUE(mproc::wait({a, c, a}, 10ms).empty());
+  started.set();
+  EXPECT_EQ(mproc::wait({a, c, a}, 30s), (Ready{0, 2}));
+  sender.join();
+  EXPECT_GE(WaitvSeam::calls, 1);
+  EXPECT_EQ(a.recv(), 1);
+}
+
+TEST_F(Wait, ASleeperInWaitPassesOnAWakeUpItTookFromAReceiver) {
+  // A futex_wake(1) for a message may reach mproc::wait's sleeper instead of a thread
+  // asleep in recv() on the same channel; wait() receives nothing, so it wakes the
+  // receiver on. (Without that the receiver would sleep out a 100 ms slice: not
+  // asserted, timing; this runs the path, under the sanitizers too.)
+  auto [a, b] = mproc::Pipe<int>();
+  auto [c, d] = mproc::Pipe<int>();
+  constexpr int rounds = 50;
+  Queue<int> got;
+  std::thread receiver([a = a, got]() mutable {
+    for (int i = 0; i < rounds; ++i) got.put(a.recv(30s));
+  });
+  for (int i = 0; i < rounds; ++i) {
+    std::thread waiter([&] { (void)mproc::wait({a, c}, 30s); });
+    b.send(i);
+    EXPECT_EQ(got.get(30s), i);
+    d.send(0);  // the waiter may have seen a's message, or not (the receiver took it first)
+    waiter.join();
+    EXPECT_EQ(c.recv(30s), 0);
+  }
+  receiver.join();
 }
 
 // ---- Queue::shutdown() ---------------------------------------------------------------------

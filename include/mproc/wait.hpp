@@ -54,10 +54,15 @@ class WaitObject {
 /// look once), and returns the indices of those ready, in order: empty on timeout.
 /// Python's multiprocessing.connection.wait(), which returns the objects; here a
 /// connection or queue is ready again until it is read, as there.
-/// How it waits: on a single connection or queue, on its futex; on fds only, in
-/// poll(2); on a mix (or several channels), in poll(2) on the fds with a timeout
-/// that grows from 20 us to 1 ms between looks at the channels, so a message is
-/// seen within about 1 ms and a process's end at once.
+/// How it waits, without polling: on a single connection or queue, on its futex;
+/// on fds only, in poll(2); on several channels, on all their futexes at once
+/// (futex_waitv(2), Linux 5.16+), each re-checked after it is armed so that no
+/// send is missed; on channels and fds, the same, with a helper thread (all
+/// signals blocked) in poll(2) on the fds that wakes it. Each sleep lasts at most
+/// 100 ms, after which the peers are looked at, as recv() does. More than 128
+/// channels (127 with fds: futex_waitv's limit), or a kernel without futex_waitv:
+/// poll(2) on the fds with a timeout that grows from 20 us to 1 ms between looks
+/// at the channels, so a message is seen within about 1 ms.
 /// Throws UsageError if an object is closed in this process, a send-only
 /// Connection, or an fd that is negative or not open. Safe from several threads.
 std::vector<std::size_t> wait(const std::vector<WaitObject>& objects,

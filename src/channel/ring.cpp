@@ -774,8 +774,46 @@ bool ChannelEnd::poll(deadline_t deadline) const {
   RingState& r = rx_ring(c);
   // Like Python, true at end of file too, so that recv() reports it at once.
   // Not marked as a spinning consumer: poll() promises no receive.
-  return wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
-         c.peers_gone(false);
+  bool ready = wait_for(c, r.data, deadline, [&] { return messages_waiting(r); }, Gone::recv, true) ||
+               c.peers_gone(false);
+  // As disarm_poll: a sleeping poll() may have taken the futex_wake(1) meant for a
+  // receiver, and receives nothing; pass it on. (A wake still in flight keeps
+  // `pending` set, so this costs a system call only where one was taken.)
+  if (ready && messages_waiting(r) && r.data.waiters.load(memory_order_seq_cst) != 0) notify(r.data, 1);
+  return ready;
+}
+
+bool ChannelEnd::arm_poll(std::atomic<std::uint32_t>*& word, std::uint32_t& value) const {
+  Channel& c = ch();
+  c.enter();
+  RingState& r = rx_ring(c);
+  WaitWord& w = r.data;
+  if (messages_waiting(r)) return false;
+  // The sleeper's half of "wake-ups" above, as in wait_for: count ourselves, clear
+  // `pending`, read seq, then re-check (seq_cst): a send that published before our
+  // count is seen by the re-check, one after it finds the count and wakes seq.
+  w.waiters.fetch_add(1, memory_order_seq_cst);
+  w.pending.store(0, memory_order_seq_cst);
+  std::uint32_t s = w.seq.load(memory_order_seq_cst);
+  // Shutdown and a peer's close() store their state, then bump seq (wake_all), so
+  // looking at them after the seq load misses neither. A peer killed outright wakes
+  // nobody: the caller's sleep is sliced, as wait_for's is.
+  if (messages_waiting(r) || shutdown_state(c) != kOpen || c.peers_gone(false)) {
+    w.waiters.fetch_sub(1, memory_order_relaxed);
+    return false;
+  }
+  word = &w.seq;
+  value = s;
+  return true;
+}
+
+void ChannelEnd::disarm_poll() const noexcept {
+  RingState& r = ch_->ring(ch_->rx);  // armed: the end has a receive side
+  r.data.waiters.fetch_sub(1, memory_order_seq_cst);
+  r.data.pending.store(0, memory_order_seq_cst);
+  // A futex_wake(1) for a record may have gone to us rather than to a receiver
+  // asleep in recv(); we take nothing, so pass it on (the chain of after_consume).
+  if (messages_waiting(r) && r.data.waiters.load(memory_order_seq_cst) != 0) notify(r.data, 1);
 }
 
 void ChannelEnd::shutdown(bool immediate, void (*drop)(Reader&)) const {

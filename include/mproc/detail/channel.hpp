@@ -15,6 +15,7 @@
 
 #include "mproc/detail/config.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -145,6 +146,19 @@ class ChannelEnd {
   /// Waits until a message can be received, or the peer is gone (then a recv
   /// throws EOFError at once). False on timeout.
   bool poll(deadline_t deadline) const;
+  /// For a thread that sleeps on several channels at once (mproc::wait, with
+  /// futex_waitv): does what poll() does before it sleeps. Returns false, arming
+  /// nothing, when poll() would be true now (a message, the peer gone, shut down);
+  /// else counts this thread as a sleeper on the receive side, so that senders wake
+  /// its futex, and sets `word`/`value`: the caller sleeps while *word == value
+  /// (woken by a send, a close or a shutdown, here or in any process), then calls
+  /// disarm_poll() exactly once. Readiness is re-checked after the futex value is
+  /// read, so a send between the two is never lost. Throws as poll().
+  bool arm_poll(std::atomic<std::uint32_t>*& word, std::uint32_t& value) const;
+  /// Ends what a true arm_poll() began. If a message is waiting and other
+  /// receivers sleep, wakes one: this sleeper may have taken the wake-up a receiver
+  /// needed, and it receives nothing itself. Non-blocking; never throws.
+  void disarm_poll() const noexcept;
 
   /// Records in the ring now (approximate while others run). Non-blocking.
   std::size_t size() const;

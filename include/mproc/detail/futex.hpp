@@ -15,9 +15,11 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <ctime>
 #include <optional>
+#include <span>
 #include <type_traits>
 #include <utility>
 
@@ -90,6 +92,31 @@ inline FutexWait futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expe
 inline int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) {
   return static_cast<int>(::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, n, nullptr, nullptr, 0));
 }
+
+/// One word of a futex_waitv() wait: sleep while *word == expected. Shared (not
+/// FUTEX_PRIVATE), as every futex here.
+struct FutexWaiter {
+  std::atomic<std::uint32_t>* word;
+  std::uint32_t expected;
+};
+
+/// The most words one futex_waitv(2) call takes (the kernel's FUTEX_WAITV_MAX).
+inline constexpr std::size_t kFutexWaitvMax = 128;
+
+/// futex_waitv(2) (Linux 5.16+): sleeps until one of the words is woken, or the
+/// deadline (absolute, CLOCK_MONOTONIC; nullopt: none). Returns the index of a
+/// woken word, or -1 with errno: EAGAIN (a word no longer held its value),
+/// ETIMEDOUT, EINTR, ENOSYS (a kernel without it), EINVAL (0 or more than
+/// kFutexWaitvMax words). Through the test seam below. src/wait/wait.cpp.
+long futex_waitv(std::span<const FutexWaiter> waiters, deadline_t deadline);
+
+/// The raw system call futex_waitv() makes (the syscall's own arguments).
+using FutexWaitvSyscall = long (*)(void* waiters, unsigned nr, unsigned flags, const timespec* abs_timeout,
+                                   int clockid);
+/// Test seam: replaces the system call (nullptr: the real one again) and returns the
+/// previous one; also forgets a remembered ENOSYS (see mproc::wait). For tests in
+/// one thread, before or after the waits that use it.
+FutexWaitvSyscall set_futex_waitv_syscall(FutexWaitvSyscall f) noexcept;
 
 /// Identity of a process that survives pid reuse: pid plus its start time (in
 /// clock ticks since boot, from /proc/PID/stat). Fits in shared memory.
