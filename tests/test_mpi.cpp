@@ -17,39 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "test_mpi_tasks.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
+using namespace mpi_tasks;
 
-int square(int x) { return x * x; }
-int add(int a, int b) { return a + b; }
-int raise_on_7(int x) {
-  if (x == 7) throw std::invalid_argument("seven is not allowed");
-  return x;
-}
-int crash_on_3(int x) {
-  if (x == 3) ::abort();
-  return x;
-}
-int hang(int x) {
-  if (x == 1) ::pause();
-  return x;
-}
-int hang_always(int) {
-  ::pause();
-  return 0;
-}
-// The MPI rank whose worker ran the task (the worker inherits its rank's environment).
-int my_rank(int) {
-  const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
-  return r ? std::atoi(r) : -1;
-}
-// Busy long enough (a few ms of CPU) that one rank cannot take every chunk.
-int spin_rank(int x) {
-  volatile std::uint64_t acc = 0;
-  for (std::uint64_t i = 0; i < 3'000'000; ++i) acc = acc + i * static_cast<std::uint64_t>(x);
-  return my_rank(x);
-}
 int first_of(mproc::SharedArray<int> a) { return a[0]; }
 int t_init = 0;
 void init_worker(int v) { t_init = v; }
@@ -105,22 +79,12 @@ TEST(MpiPool, MapStarmapInOrder) {
 // ends at total/total (fd 2 is pointed at a temporary file meanwhile).
 TEST(MpiPool, MapProgressBarCountsEveryRanksResults) {
   mproc::mpi::Pool pool(1);
-  std::FILE* file = std::tmpfile();
-  ASSERT_NE(file, nullptr);
-  std::fflush(stderr);
-  int saved = ::dup(2);
-  ::dup2(::fileno(file), 2);
-  auto got = pool.map(square, std::views::iota(0, 200), {5, true, "squares"});
-  ::dup2(saved, 2);
-  ::close(saved);
-  std::string text;
-  std::rewind(file);
-  for (int c; (c = std::fgetc(file)) != EOF;) text.push_back(static_cast<char>(c));
-  std::fclose(file);
+  std::vector<int> got;
+  std::string text = capture_stderr([&] { got = pool.map(square, std::views::iota(0, 200), {5, true, "squares"}); });
   EXPECT_EQ(got.size(), 200u);
   ASSERT_FALSE(text.empty()) << "no bar was drawn";
   EXPECT_EQ(text.back(), '\n');
-  std::string last = text.substr(text.rfind('\n', text.size() - 2) + 1);
+  std::string last = last_line(text);
   EXPECT_NE(last.find("squares"), std::string::npos) << last;
   EXPECT_NE(last.find("200/200"), std::string::npos) << last;
 }

@@ -3,8 +3,9 @@
 //
 //   int main(int argc, char** argv) {
 //     mproc::mpi::init(argc, argv);   // rank 0 returns; the other ranks serve tasks, then exit
-//     mproc::mpi::Pool pool;          // every other rank's workers
+//     mproc::mpi::Pool pool;          // a mproc::Pool over every other rank's workers
 //     auto squares = pool.map(square, std::views::iota(0, 1000));
+//     for (int v : pool.imap_unordered(square, inputs)) ...
 //   }
 //   $ mpirun -np 4 ./app
 #pragma once
@@ -13,12 +14,9 @@
 
 #include <mpi.h>
 
-#include <condition_variable>
+#include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "mproc/pool.hpp"
@@ -73,38 +71,41 @@ class Link;  // src/mpi/link.cpp: the root's MPI thread, shared by its pools
 /// descriptors there (UsageError if its arguments do: a Value, Queue, Lock, SharedArray).
 std::vector<std::byte> bytes_for_ranks(const mproc::detail::EncodedTask& initializer);
 
-/// The pool backend over MPI ranks: the root's half. Chunks wait here until a
-/// serving rank has room (two chunks per local worker), go to it whole, and
-/// its workers' outcomes come back and are delivered to the job's sink on the
-/// link's thread. Same members, same contract as the local engine
-/// (mproc::detail::PoolCore; docs/design.md, "The pool's backend seam").
-class RankBackend {
+/// The pool backend over MPI ranks: the root's half (a detail::PoolBackend,
+/// docs/design.md "The pool's backend seam"). Chunks wait here until a serving
+/// rank has room (two chunks per local worker), go to it whole, and its
+/// workers' outcomes come back and are delivered to the job's sink on the
+/// link's thread. Chunks not yet sent to a rank can be cancelled (executor
+/// Future::cancel). No ResultReceiver (waiters sleep until the link delivers),
+/// no worker pids here (rank_pids() has the ranks'), no timeline yet.
+class RankBackend final : public mproc::detail::PoolBackend {
  public:
   /// Opens the pool on every serving rank of `link`, and waits until each has
   /// started its workers. Throws UsageError (no serving rank, fork start
-  /// method) or the first rank's start error.
+  /// method, timeline, invalid options) or StartError (a rank's workers could
+  /// not start).
   RankBackend(std::shared_ptr<Link> link, const PoolOptions& options, std::vector<std::byte> initializer);
-  ~RankBackend();
+  ~RankBackend() override;
   RankBackend(const RankBackend&) = delete;
   RankBackend& operator=(const RankBackend&) = delete;
 
-  std::uint64_t open_job(std::shared_ptr<mproc::detail::JobSink> sink);
+  std::uint64_t open_job(std::shared_ptr<mproc::detail::JobSink> sink) override;
   /// Throws UsageError for a chunk that carries file descriptors (they cannot
-  /// reach another host) and closes them.
-  void submit(std::uint64_t job, std::uint64_t first, mproc::detail::ChunkMessage chunk);
-  void seal_job(std::uint64_t job);
-  bool cancel_job(std::uint64_t job);
-  std::size_t cancel_queued_jobs();
-  bool job_dispatched(std::uint64_t job) const;
-  void close();
-  void terminate();
-  void join();
-  bool accepting() const;
-  int processes() const;
-  std::int64_t spin_ns() const { return 0; }
-  const std::shared_ptr<mproc::detail::ResultReceiver>& receiver() const { return receiver_; }
-  std::vector<pid_t> worker_pids() const { return {}; }
-  std::shared_ptr<mproc::detail::TimelineRecorder> timeline() const { return nullptr; }
+  /// reach another host) and closes them; CancelledError once terminated.
+  void submit(std::uint64_t job, std::uint64_t first, mproc::detail::ChunkMessage chunk) override;
+  void seal_job(std::uint64_t job) override;
+  bool cancel_job(std::uint64_t job) override;
+  std::size_t cancel_queued_jobs() override;
+  bool job_dispatched(std::uint64_t job) const override;
+  void close() override;
+  void terminate() override;
+  void join() override;
+  bool accepting() const override;
+  int processes() const override;
+  std::int64_t spin_ns() const override { return 0; }
+  const std::shared_ptr<mproc::detail::ResultReceiver>& receiver() const override { return no_receiver_; }
+  std::vector<pid_t> worker_pids() const override { return {}; }
+  std::shared_ptr<mproc::detail::TimelineRecorder> timeline() const override { return nullptr; }
 
   /// The serving ranks (their rank numbers in the link's communicator) and their pids.
   std::vector<int> ranks() const;
@@ -116,99 +117,73 @@ class RankBackend {
  private:
   std::shared_ptr<Link> link_;
   std::unique_ptr<Impl> impl_;
-  std::shared_ptr<mproc::detail::ResultReceiver> receiver_ = std::make_shared<mproc::detail::ResultReceiver>();
+  static inline const std::shared_ptr<mproc::detail::ResultReceiver> no_receiver_{};
 };
 
 /// The world's link (created on first use, on rank 0). Throws UsageError before init().
 std::shared_ptr<Link> world_link();
+/// A RankBackend over the world of mproc::mpi::init.
+std::unique_ptr<RankBackend> world_backend(const PoolOptions& options, std::vector<std::byte> initializer);
 
 }  // namespace detail
 
-/// A Pool whose workers are the other ranks' worker processes, over the world
-/// of mproc::mpi::init (rank 0 only). PoolOptions mean what they mean for a
-/// local Pool, per serving rank: `processes` is each rank's worker count (0:
-/// its share of its node's cores), `timeout`, `retries`, `maxtasksperchild`,
-/// `max_memory_mb` and `start_method` (forkserver or spawn; fork is refused)
-/// apply to each rank's workers. `timeline` is not supported yet (UsageError).
+/// The cluster as a pool backend, over the world of mproc::mpi::init (rank 0
+/// only): for the local front ends' backend constructors,
 ///
-/// This first version has apply/apply_async and map/map_async/starmap; the
-/// remaining methods come with the shared front end (docs/cluster.md, "Status").
-class Pool {
+///   mproc::Pool pool(mproc::mpi::backend());                   // = mproc::mpi::Pool pool;
+///   mproc::ProcessPoolExecutor ex(mproc::mpi::backend({.processes = 2}));
+///
+/// `options` and the initializer mean what they mean for mproc::mpi::Pool. Blocks
+/// until every serving rank has started its workers. Throws as mproc::mpi::Pool's
+/// constructor does.
+std::unique_ptr<mproc::detail::PoolBackend> backend(PoolOptions options = {});
+template <class F, class... Args>
+std::unique_ptr<mproc::detail::PoolBackend> backend(PoolOptions options, F&& initializer, Args&&... initargs) {
+  return detail::world_backend(options, detail::bytes_for_ranks(mproc::detail::encode_initializer(
+                                            std::forward<F>(initializer), std::forward<Args>(initargs)...)));
+}
+
+/// A mproc::Pool whose workers are the other ranks' worker processes, over the
+/// world of mproc::mpi::init (rank 0 only): every method of mproc::Pool (apply,
+/// apply_async, map, map_async, starmap, starmap_async, imap, imap_unordered,
+/// chunksize, callbacks, get(timeout), progress bars, close/terminate/join),
+/// through the same front end, and a mproc::Pool& may refer to it. PoolOptions
+/// mean what they mean for a local Pool, per serving rank: `processes` is each
+/// rank's worker count (0: its share of its node's cores), `timeout`,
+/// `retries`, `maxtasksperchild`, `max_memory_mb` and `start_method`
+/// (forkserver or spawn; fork is refused) apply to each rank's workers.
+/// `timeline` is not supported yet (UsageError). processes() is the total over
+/// all serving ranks; worker_pids() is empty (the workers live on other
+/// hosts); ranks() and rank_pids() name the serving ranks.
+///
+/// Hold it as itself (or borrow it as mproc::Pool&): mproc::Pool's destructor
+/// is not virtual, so do not delete it through a mproc::Pool*.
+class Pool : public mproc::Pool {
  public:
-  explicit Pool(PoolOptions options = {});
+  /// Opens the pool on every serving rank; blocks until each has started its
+  /// workers. Throws UsageError (before init(), no serving rank, fork, timeline,
+  /// invalid options), StartError (a rank's workers could not start).
+  explicit Pool(PoolOptions options = {}) : Pool(detail::world_backend(options, {})) {}
   explicit Pool(int processes_per_rank) : Pool(PoolOptions{.processes = processes_per_rank}) {}
+  /// With an initializer run in every worker of every rank. UsageError if its
+  /// arguments carry file descriptors (they cannot reach another host).
   template <class F, class... Args>
   Pool(PoolOptions options, F&& initializer, Args&&... initargs)
-      : Pool(options, detail::bytes_for_ranks(
-                          mproc::detail::encode_initializer(std::forward<F>(initializer), std::forward<Args>(initargs)...))) {}
-  Pool(const Pool&) = delete;
-  Pool& operator=(const Pool&) = delete;
-  /// Terminates (like mproc::Pool): close() and join() first to let work finish.
-  ~Pool();
+      : Pool(detail::world_backend(options, detail::bytes_for_ranks(mproc::detail::encode_initializer(
+                                                std::forward<F>(initializer), std::forward<Args>(initargs)...)))) {}
 
-  /// f(args...) on some rank's worker, asynchronously.
-  template <class F, class... Args>
-  auto apply_async(F&& f, Args&&... args);
-  /// f(args...) on some rank's worker; blocks for the result.
-  template <class F, class... Args>
-  auto apply(F&& f, Args&&... args) {
-    auto r = apply_async(std::forward<F>(f), std::forward<Args>(args)...);
-    if constexpr (std::is_void_v<decltype(r.get())>) {
-      r.get();
-    } else {
-      return std::remove_cvref_t<decltype(r.get())>(r.get());
-    }
-  }
-  template <class F, std::ranges::input_range R>
-  auto map_async(F&& f, R&& input, MapOptions options = {}) {
-    return gather<false>(std::forward<F>(f), std::forward<R>(input), std::move(options));
-  }
-  template <class F, std::ranges::input_range R>
-  auto map(F&& f, R&& input, MapOptions options = {}) {
-    auto r = map_async(std::forward<F>(f), std::forward<R>(input), std::move(options));
-    return std::remove_cvref_t<decltype(r.get())>(r.get());
-  }
-  template <class F, std::ranges::input_range R>
-  auto starmap_async(F&& f, R&& input, MapOptions options = {}) {
-    return gather<true>(std::forward<F>(f), std::forward<R>(input), std::move(options));
-  }
-  template <class F, std::ranges::input_range R>
-  auto starmap(F&& f, R&& input, MapOptions options = {}) {
-    auto r = starmap_async(std::forward<F>(f), std::forward<R>(input), std::move(options));
-    return std::remove_cvref_t<decltype(r.get())>(r.get());
-  }
-
-  /// No new work; each rank's workers exit once the queued work is done.
-  void close() { core_->close(); }
-  /// Stop now: every rank's workers are killed; unfinished results fail with CancelledError.
-  void terminate() { core_->terminate(); }
-  /// Waits until every rank's workers are gone. UsageError unless close() or terminate() came first.
-  void join() { core_->join(); }
-  /// Worker processes on all serving ranks together.
-  int processes() const { return core_->processes(); }
   /// The serving ranks' numbers and pids.
-  std::vector<int> ranks() const { return core_->ranks(); }
-  std::vector<pid_t> rank_pids() const { return core_->rank_pids(); }
+  std::vector<int> ranks() const { return ranks_->ranks(); }
+  std::vector<pid_t> rank_pids() const { return ranks_->rank_pids(); }
 
  private:
   friend class CommPool;
-  Pool(const PoolOptions& options, std::vector<std::byte> initializer);
-  Pool(std::shared_ptr<detail::Link> link, const PoolOptions& options, std::vector<std::byte> initializer);
-  std::uint64_t run_job(std::shared_ptr<mproc::detail::JobSink> sink, auto&& submit_all) {
-    std::uint64_t id = core_->open_job(std::move(sink));
-    try {
-      submit_all(id);
-    } catch (...) {
-      core_->seal_job(id);
-      throw;
-    }
-    core_->seal_job(id);
-    return id;
-  }
-  template <bool Star, class F, class R>
-  auto gather(F&& f, R&& input, MapOptions options);
+  explicit Pool(std::unique_ptr<detail::RankBackend> b) : Pool(*b, std::move(b)) {}
+  // `owner` is a reference: nothing is moved before `raw` is bound.
+  Pool(detail::RankBackend& raw, std::unique_ptr<detail::RankBackend>&& owner)
+      : mproc::Pool(std::move(owner)), ranks_(&raw) {}
 
-  std::unique_ptr<detail::RankBackend> core_;
+  detail::RankBackend* ranks_;  // the backend, owned by mproc::Pool
 };
 
 // ---- launch mode (b): a pool over a communicator the program already has ------------------
@@ -248,54 +223,5 @@ class CommPool {
   std::shared_ptr<detail::Link> link_;
   std::unique_ptr<Pool> pool_;
 };
-
-template <class F, class... Args>
-auto Pool::apply_async(F&& f, Args&&... args) {
-  namespace md = mproc::detail;
-  using Fn = std::decay_t<F>;
-  using Stored = md::stored_args_t<Fn, Args...>;
-  using R = md::pool_result_t<Fn, Stored, true>;
-  using V = md::stored_value_t<R>;
-  static_assert(md::SendableCallable<Fn>, "mproc::mpi::Pool: the task must be sendable (docs/serialization.md)");
-  auto core = std::make_shared<md::ResultCore<R>>();
-  auto job = std::make_shared<md::GatherJob<V, true, md::ResultCore<R>>>(1, core);
-  md::ChunkMessage chunk = md::ChunkEncoder<Fn, Stored, true>::single(f, std::forward_as_tuple(std::forward<Args>(args)...));
-  run_job(job, [&](std::uint64_t id) { core_->submit(id, 0, std::move(chunk)); });
-  return AsyncResult<R>(core);
-}
-
-template <bool Star, class F, class R>
-auto Pool::gather(F&& f, R&& input, MapOptions options) {
-  namespace md = mproc::detail;
-  using Fn = std::decay_t<F>;
-  using Elem = std::ranges::range_reference_t<R>;
-  using Arg = typename std::conditional_t<Star, decltype(md::star_arg_for<Fn, Elem>()),
-                                          decltype(md::map_arg_for<Fn, Elem>())>::type;
-  using Res = md::pool_result_t<Fn, Arg, Star>;
-  using V = md::stored_value_t<Res>;
-  static_assert(md::SendableCallable<Fn>, "mproc::mpi::Pool: the task must be sendable (docs/serialization.md)");
-  std::vector<std::remove_cvref_t<Elem>> items;
-  for (auto&& e : input) items.emplace_back(std::forward<decltype(e)>(e));
-  const std::size_t n = items.size();
-  std::size_t chunk = md::checked_chunksize(options.chunksize);
-  const std::size_t max_bytes = chunk == 0 ? md::kAutoChunkBytes : SIZE_MAX;
-  if (chunk == 0) chunk = md::auto_chunksize(n, processes());
-  auto core = std::make_shared<md::ResultCore<std::vector<V>>>();
-  if (n == 0) {
-    core->finish(std::vector<V>{}, nullptr);
-    return AsyncResult<std::vector<V>>(core);
-  }
-  auto job = md::progress_sink(std::make_shared<md::GatherJob<V, false>>(n, core),
-                               md::make_progress(options.progress, options.desc, n), true);
-  md::ChunkEncoder<Fn, Arg, Star> enc(f);
-  run_job(job, [&](std::uint64_t id) {
-    for (std::size_t i = 0, k = 0; i < n; i = k) {
-      enc.begin();
-      for (k = i; k < std::min(n, i + chunk) && enc.item_bytes() < max_bytes; ++k) enc.add(std::move(items[k]));
-      core_->submit(id, i, enc.finish());
-    }
-  });
-  return AsyncResult<std::vector<V>>(core);
-}
 
 }  // namespace mproc::mpi

@@ -395,6 +395,9 @@ void RankBackend::submit(std::uint64_t job, std::uint64_t first, ChunkMessage ch
   {
     std::lock_guard lock(link_->mu_);
     Impl& p = *impl_;
+    // PoolBackend's contract: CancelledError once terminated (a lazy map's refill
+    // racing terminate() raises it in the iteration).
+    if (p.state == Impl::State::terminated) throw CancelledError("mproc: the pool was terminated");
     auto j = p.jobs.find(job);
     if (j == p.jobs.end()) throw UsageError("mproc::mpi: submit to a job that is not open");
     j->second.submitted += n;

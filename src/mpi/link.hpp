@@ -3,7 +3,10 @@
 // other's messages).
 #pragma once
 
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "internal.hpp"

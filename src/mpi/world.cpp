@@ -1,5 +1,5 @@
 // src/mpi/world.cpp — launch mode (a): mproc::mpi::init/finalize over
-// MPI_COMM_WORLD, and the typed Pool's out-of-line members.
+// MPI_COMM_WORLD, the backends over it, and launch mode (b)'s CommPool.
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -162,12 +162,12 @@ std::vector<std::byte> bytes_for_ranks(const mproc::detail::EncodedTask& t) {
 }
 }  // namespace detail
 
-Pool::Pool(PoolOptions options) : Pool(options, std::vector<std::byte>{}) {}
-Pool::Pool(const PoolOptions& options, std::vector<std::byte> initializer)
-    : core_(std::make_unique<detail::RankBackend>(detail::world_link(), options, std::move(initializer))) {}
-Pool::Pool(std::shared_ptr<detail::Link> link, const PoolOptions& options, std::vector<std::byte> initializer)
-    : core_(std::make_unique<detail::RankBackend>(std::move(link), options, std::move(initializer))) {}
-Pool::~Pool() = default;
+std::unique_ptr<detail::RankBackend> detail::world_backend(const PoolOptions& options,
+                                                          std::vector<std::byte> initializer) {
+  return std::make_unique<RankBackend>(world_link(), options, std::move(initializer));
+}
+
+std::unique_ptr<mproc::detail::PoolBackend> backend(PoolOptions options) { return detail::world_backend(options, {}); }
 
 CommPool::CommPool(MPI_Comm comm, int root, PoolOptions options) {
   if (!mproc::initialized()) {
@@ -206,7 +206,7 @@ CommPool::CommPool(MPI_Comm comm, int root, PoolOptions options) {
       throw UsageError("mproc::mpi::CommPool needs MPI initialized with MPI_THREAD_SERIALIZED or more on the root "
                        "(MPI_Init_thread): its MPI calls come from the pool's own thread");
     }
-    pool_.reset(new Pool(link_, options, {}));
+    pool_.reset(new Pool(std::make_unique<detail::RankBackend>(link_, options, std::vector<std::byte>{})));
   } catch (...) {
     link_->shutdown();  // releases the serving ranks
     throw;
