@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -47,12 +48,13 @@ inline Bytes create(mgr::Kind k, const Writer& init = {}) {
 
 inline void append(Bytes& to, const Bytes& b) { to.insert(to.end(), b.begin(), b.end()); }
 
-/// A session's worth of valid requests on one connection: objects 1..12 are created
+/// A session's worth of valid requests on one connection: objects 1..13 are created
 /// in this order, then every kind of request, ending with one that parks.
 inline Bytes one_session() {
   using K = mgr::Kind;
   using O = mgr::Op;
   const std::string s1 = "k", s2 = "value";
+  constexpr auto lo = std::numeric_limits<std::int64_t>::min(), hi = std::numeric_limits<std::int64_t>::max();
   Bytes all;
   for (const Bytes& f : {
            create(K::dict),                                      // 1
@@ -67,6 +69,7 @@ inline Bytes one_session() {
            create(K::joinable_queue, args(std::uint64_t{0})),    // 10
            create(K::ns),                                        // 11
            create(K::array, args(std::uint64_t{2}, s1, s2)),     // 12
+           create(K::dict, args(std::uint64_t{2}, s1, s2, s2, s1)),  // 13: a dict with items
            frame(O::d_set, 1, args(s1, s2)),
            frame(O::d_get, 1, args(s1)),
            frame(O::d_setdefault, 1, args(s2, s1)),
@@ -103,6 +106,20 @@ inline Bytes one_session() {
            frame(O::l_del_slice, 2, args(std::int64_t{1}, std::int64_t{-1})),
            frame(O::l_apply, 12, args(std::int64_t{1}, std::string("not code"))),
            frame(O::d_popitem, 1, {}),
+           frame(O::l_slice_step, 2, args(std::int64_t{-1}, lo, std::int64_t{-2})),
+           frame(O::l_slice_step, 12, args(hi, std::int64_t{0}, lo)),
+           frame(O::l_slice_step, 2, args(std::int64_t{0}, std::int64_t{1}, std::int64_t{0})),
+           frame(O::l_set_slice_step, 2, args(std::int64_t{0}, hi, std::int64_t{2}, std::uint64_t{1}, s1)),
+           frame(O::l_set_slice_step, 12, args(hi, lo, std::int64_t{-1}, std::uint64_t{2}, s2, s1)),
+           frame(O::l_set_slice_step, 2,
+                 args(std::int64_t{1}, std::int64_t{1}, std::int64_t{1}, std::uint64_t{1}, s2)),
+           frame(O::l_repeat, 2, args(std::int64_t{3})),
+           frame(O::l_del_slice_step, 2, args(std::int64_t{0}, hi, std::int64_t{2})),
+           frame(O::l_repeat, 2, args(hi)),
+           frame(O::l_repeat, 12, args(std::int64_t{2})),
+           frame(O::d_ior, 1, args(std::uint64_t{13})),
+           frame(O::d_ior, 1, args(std::uint64_t{1})),
+           frame(O::d_ior, 1, args(std::uint64_t{2})),
            frame(O::apply, 3, args(std::string("not code"))),
            frame(O::publish, 4, args(s1)),
            frame(O::lookup, 0, args(s1)),

@@ -721,11 +721,12 @@ TEST(Manager, BadFramesCloseThatConnectionAndTheServerGoesOn) {
     std::string bytes;
   } cases[] = {
       {"garbage", std::string(64, 'x')},
-      {"other protocol version", header(99, 2, 0)},
-      {"oversized before auth", header(1, 2, 1u << 30)},
-      {"truncated", header(1, 2, 100) + "abc"},
-      {"request before auth", header(1, 5, 26) + std::string(26, '\0')},
-      {"bad auth payload", header(1, 2, 3) + "abc"},
+      {"other protocol version", header(99, 2, 0)},  // the others speak version 2 (protocol.hpp)
+      {"the previous protocol version", header(1, 2, 0)},
+      {"oversized before auth", header(2, 2, 1u << 30)},
+      {"truncated", header(2, 2, 100) + "abc"},
+      {"request before auth", header(2, 5, 26) + std::string(26, '\0')},
+      {"bad auth payload", header(2, 2, 3) + "abc"},
   };
   for (auto& c : cases) {
     int fd = raw_connect(m.address());
@@ -739,32 +740,38 @@ TEST(Manager, BadFramesCloseThatConnectionAndTheServerGoesOn) {
   EXPECT_EQ(d.at(1), 1);
 }
 
+// A fake server that greets with another protocol version: 7, and 1 (the version
+// before extended slices, l *= n and d |= other, whose servers would not know
+// those requests: the handshake refuses it, as the build check cannot tell).
 TEST(Manager, AServerOfAnotherProtocolVersionIsRefusedClearly) {
-  // A fake server that greets with version 7.
-  std::string path = "@mproc-test-fake-" + std::to_string(::getpid());
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path, path.data(), path.size());
-  sa.sun_path[0] = '\0';
-  int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), len), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  std::thread fake([&] {
-    int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-    std::string h = header(7, 1, 56) + std::string(56, '\0');
-    ::send(c, h.data(), h.size(), MSG_NOSIGNAL);
-    read_to_eof(c);
-    ::close(c);
-  });
-  try {
-    auto c = mproc::Manager::connect({.path = path}, "k", 10s);
-    ADD_FAILURE() << "connected";
-  } catch (const mproc::ManagerError& e) {
-    EXPECT_NE(std::string(e.what()).find("protocol version 7"), std::string::npos) << e.what();
+  for (std::uint16_t version : {std::uint16_t{7}, std::uint16_t{1}}) {
+    SCOPED_TRACE(version);
+    std::string path = "@mproc-test-fake-" + std::to_string(::getpid()) + "-" + std::to_string(version);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::memcpy(sa.sun_path, path.data(), path.size());
+    sa.sun_path[0] = '\0';
+    int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+    ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), len), 0);
+    ASSERT_EQ(::listen(lfd, 4), 0);
+    std::thread fake([&] {
+      int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      std::string h = header(version, 1, 56) + std::string(56, '\0');
+      ::send(c, h.data(), h.size(), MSG_NOSIGNAL);
+      read_to_eof(c);
+      ::close(c);
+    });
+    try {
+      auto c = mproc::Manager::connect({.path = path}, "k", 10s);
+      ADD_FAILURE() << "connected";
+    } catch (const mproc::ManagerError& e) {
+      EXPECT_NE(std::string(e.what()).find("protocol version " + std::to_string(version)), std::string::npos)
+          << e.what();
+    }
+    fake.join();
+    ::close(lfd);
   }
-  fake.join();
-  ::close(lfd);
 }
 
 TEST(Manager, SixtyFourClientProcessesHammeringADictLoseNothing) {
@@ -842,6 +849,156 @@ TEST(Manager, ListSlicesAsInPython) {
   EXPECT_THROW(l.erase(10), mproc::IndexError);
   l += {8, 9};                                   // l += [8, 9]
   EXPECT_EQ(l.snapshot(), (V{3, 4, 5, 6, 8, 9}));
+}
+
+// Extended slices (issue 12): every expectation is what Python 3 prints for the same
+// expression on list(range(10)).
+TEST(Manager, ListExtendedSlicesAsInPython) {
+  mproc::Manager m;
+  using V = std::vector<int>;
+  constexpr auto none = std::nullopt;
+  const V ten{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  auto l = m.list<int>(ten);
+  EXPECT_EQ(l.slice(none, none, 2), (V{0, 2, 4, 6, 8}));  // l[::2]
+  EXPECT_EQ(l.slice(1, none, 3), (V{1, 4, 7}));           // l[1::3]
+  EXPECT_EQ(l.slice(none, none, -1), (V{9, 8, 7, 6, 5, 4, 3, 2, 1, 0}));  // l[::-1]
+  EXPECT_EQ(l.slice(8, 2, -2), (V{8, 6, 4}));             // l[8:2:-2]
+  EXPECT_EQ(l.slice(-1, -4, -1), (V{9, 8, 7}));           // l[-1:-4:-1]
+  EXPECT_EQ(l.slice(2, 8, -1), V{});                      // l[2:8:-1]
+  EXPECT_EQ(l.slice(100, none, -3), (V{9, 6, 3, 0}));     // l[100::-3]
+  EXPECT_EQ(l.slice(-100, 3, 2), (V{0, 2}));              // l[-100:3:2]
+  EXPECT_EQ(l.slice(none, none, std::numeric_limits<std::int64_t>::min()), (V{9}));  // l[::-(2**63)]
+  EXPECT_EQ(l.slice(none, none, std::numeric_limits<std::int64_t>::max()), (V{0}));
+  EXPECT_EQ(l.slice(2, 5, 1), l.slice(2, 5));
+  try {
+    (void)l.slice(none, none, 0);
+    ADD_FAILURE() << "a zero step was accepted";
+  } catch (const mproc::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("step cannot be zero"), std::string::npos) << e.what();
+  }
+
+  l.set_slice(none, none, 2, {10, 12, 14, 16, 18});  // l[::2] = [10, 12, 14, 16, 18]
+  EXPECT_EQ(l.snapshot(), (V{10, 1, 12, 3, 14, 5, 16, 7, 18, 9}));
+  l.set_slice(none, none, -1, ten);  // l[::-1] = range(10)
+  EXPECT_EQ(l.snapshot(), (V{9, 8, 7, 6, 5, 4, 3, 2, 1, 0}));
+  l.set_slice(none, none, 1, ten);  // a step of 1 is a plain slice assignment
+  try {
+    l.set_slice(none, none, 2, {1, 2});  // Python: ValueError, sequence of size 2 to extended slice of size 5
+    ADD_FAILURE() << "a wrong-length extended slice assignment was accepted";
+  } catch (const mproc::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("a sequence of 2 items for an extended slice of 5"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(l.snapshot(), ten);  // unchanged by the refused assignment
+  l.set_slice(1, 3, 1, {7});     // l[1:3:1] = [7]: shrinks, as l[1:3] = [7]
+  EXPECT_EQ(l.snapshot(), (V{0, 7, 3, 4, 5, 6, 7, 8, 9}));
+  l.set_slice(4, 4, 1, {});  // empty, nothing to assign
+  EXPECT_THROW(l.set_slice(none, none, 0, {}), mproc::UsageError);
+
+  auto del = [&](std::optional<std::int64_t> a, std::optional<std::int64_t> b, std::int64_t k) {
+    auto x = m.list<int>(ten);
+    x.erase(a, b, k);
+    return x.snapshot();
+  };
+  EXPECT_EQ(del(none, none, 2), (V{1, 3, 5, 7, 9}));        // del l[::2]
+  EXPECT_EQ(del(none, none, -3), (V{1, 2, 4, 5, 7, 8}));    // del l[::-3]
+  EXPECT_EQ(del(7, 2, -2), (V{0, 1, 2, 4, 6, 8, 9}));       // del l[7:2:-2]
+  EXPECT_EQ(del(2, 8, -1), ten);                            // nothing selected
+  EXPECT_EQ(del(none, none, -1), V{});                      // del l[::-1]
+  EXPECT_THROW(l.erase(none, none, 0), mproc::UsageError);
+
+  // Array: extended reads and one-for-one assignments (it keeps its size).
+  auto a = m.Array<int>({1, 2, 3, 4, 5});
+  EXPECT_EQ(a.slice(none, none, -2), (V{5, 3, 1}));
+  a.set_slice(1, none, 2, {20, 40});
+  EXPECT_EQ(a.snapshot(), (V{1, 20, 3, 40, 5}));
+  EXPECT_THROW(a.set_slice(none, none, 2, {0}), mproc::UsageError);
+  EXPECT_THROW(a.set_slice(0, 2, 1, {0}), mproc::UsageError);  // step 1: still its size
+  EXPECT_EQ(a.snapshot(), (V{1, 20, 3, 40, 5}));
+}
+
+std::size_t length_of(const std::string& s) { return s.size(); }
+int refuse_key(const int&) { throw std::runtime_error("no key"); }
+int distance_to(int center, const int& x) { return x > center ? x - center : center - x; }
+
+TEST(Manager, SortByKeyOnTheServerIsStableAsInPython) {
+  mproc::Manager m;
+  using S = std::vector<std::string>;
+  const S words{"bb", "a", "ccc", "dd", "e"};
+  auto l = m.list<std::string>(words);
+  l.sort(length_of);  // l.sort(key=len)
+  EXPECT_EQ(l.snapshot(), (S{"a", "e", "bb", "dd", "ccc"}));
+  l.set_slice(0, 5, words);
+  l.sort(length_of, true);  // l.sort(key=len, reverse=True): equal keys keep their order
+  EXPECT_EQ(l.snapshot(), (S{"ccc", "bb", "dd", "a", "e"}));
+  l.sort([](const std::string& s) { return -static_cast<int>(s[0]); });  // a captureless lambda
+  EXPECT_EQ(l.snapshot(), (S{"e", "dd", "ccc", "bb", "a"}));
+
+  auto pairs = m.list<std::pair<int, std::string>>({{2, "x"}, {1, "y"}, {2, "a"}, {1, "b"}});
+  pairs.sort([](const std::pair<int, std::string>& p) { return p.first; });
+  EXPECT_EQ(pairs.snapshot(), (std::vector<std::pair<int, std::string>>{{1, "y"}, {1, "b"}, {2, "x"}, {2, "a"}}));
+
+  auto a = m.Array<int>({3, -1, 2, -5});
+  a.sort([](const int& x) { return x < 0 ? -x : x; });  // by absolute value
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{-1, 2, 3, -5}));
+  a.sort(mproc::bind(distance_to, 2));  // key(x) = distance_to(2, x): bound values come first
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{2, 3, -1, -5}));
+  EXPECT_THROW(a.sort(refuse_key), mproc::RemoteError);
+  EXPECT_EQ(a.snapshot(), (std::vector<int>{2, 3, -1, -5}));  // unchanged by the throwing key
+  auto empty = m.list<int>();
+  empty.sort(refuse_key);  // no item, no key computed
+}
+
+TEST(Manager, DictInPlaceUnionAndFromkeys) {
+  mproc::Manager m;
+  using P = std::vector<std::pair<std::string, int>>;
+  auto d = m.dict<std::string, int>({{"a", 1}, {"b", 2}});  // m.dict({'a': 1, 'b': 2})
+  d |= P{{"b", 20}, {"c", 3}};                               // d |= {'b': 20, 'c': 3}
+  EXPECT_EQ(d.items(), (P{{"a", 1}, {"b", 20}, {"c", 3}}));
+  d |= std::map<std::string, int>{{"d", 4}};
+  auto other = m.dict<std::string, int>({{"a", 100}, {"z", 26}});
+  d |= other;  // merged on the server: an existing key keeps its place
+  EXPECT_EQ(d.items(), (P{{"a", 100}, {"b", 20}, {"c", 3}, {"d", 4}, {"z", 26}}));
+  d |= d;  // changes nothing
+  EXPECT_EQ(d.size(), 5u);
+  (d |= P{{"e", 5}}) |= P{{"f", 6}};  // returns the proxy, as Python's __ior__
+  EXPECT_EQ(d.at("f"), 6);
+  mproc::Manager m2;  // a dict of another server: through a snapshot
+  auto far = m2.dict<std::string, int>({{"y", 25}});
+  d |= far;
+  EXPECT_EQ(d.at("y"), 25);
+
+  auto f = m.dict_fromkeys<std::string, int>({"x", "y", "x"}, 7);  // dict.fromkeys(['x', 'y', 'x'], 7)
+  EXPECT_EQ(f.items(), (P{{"x", 7}, {"y", 7}}));
+  auto z = m.dict_fromkeys<int, std::string>({3, 1});  // values: V{}
+  EXPECT_EQ(z.items(), (std::vector<std::pair<int, std::string>>{{3, ""}, {1, ""}}));
+  EXPECT_TRUE((m.dict_fromkeys<int, int>({}).empty()));
+  auto dup = m.dict<std::string, int>({{"k", 1}, {"j", 0}, {"k", 2}});  // as dict([...]): the last value wins
+  EXPECT_EQ(dup.items(), (P{{"k", 2}, {"j", 0}}));
+}
+
+TEST(Manager, ListRepeatInPlace) {
+  mproc::Manager m;
+  using V = std::vector<int>;
+  auto l = m.list<int>({1, 2});
+  l *= 3;  // l *= 3
+  EXPECT_EQ(l.snapshot(), (V{1, 2, 1, 2, 1, 2}));
+  l *= 1;
+  EXPECT_EQ(l.size(), 6u);
+  (l *= 0) += V{5};  // n <= 0 empties, as Python
+  EXPECT_EQ(l.snapshot(), (V{5}));
+  l *= -3;
+  EXPECT_TRUE(l.empty());
+  l *= std::numeric_limits<std::int64_t>::max();  // an empty list stays empty
+  EXPECT_TRUE(l.empty());
+  l.append(1);
+  try {
+    l *= std::numeric_limits<std::int64_t>::max();
+    ADD_FAILURE() << "an unbounded repeat was accepted";
+  } catch (const mproc::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("64 MiB"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(l.snapshot(), (V{1}));  // unchanged by the refused request
 }
 
 void bump(int& v, int n) { v += n; }

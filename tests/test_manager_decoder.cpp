@@ -112,3 +112,43 @@ TEST(ManagerDecoder, HugeTimeoutsDoNotOverflowDeadlines) {
 // ("timed out"), not left parked past its deadline (serve()'s loop spun on it).
 // Before the fix fuzz_clients aborted: "a timed wait was not answered".
 TEST(ManagerDecoder, TimedWaitOnAFreedConditionIsAnswered) { mgr::fuzz_clients(seeds::freed_condition_wait()); }
+
+// Extended slices and l *= n at the extremes: every combination of extreme bounds
+// and steps (INT64_MIN included, whose negation overflows), for reads, one-for-one
+// assignments of too few, as many and too many items, and deletions, on a list and
+// an Array; repeats by extreme counts. Under UBSan (the asan build) an overflow in
+// the slice arithmetic, or an index past the end, is a report; the server must
+// answer every request (refusals included) and go on.
+TEST(ManagerDecoder, ExtendedSlicesAndRepeatsAtTheExtremes) {
+  using O = mgr::Op;
+  using K = mgr::Kind;
+  using seeds::args;
+  constexpr auto lo = std::numeric_limits<std::int64_t>::min(), hi = std::numeric_limits<std::int64_t>::max();
+  const std::string s = "x";
+  const std::int64_t bounds[] = {lo, lo + 1, -6, -5, -1, 0, 1, 4, 5, 6, hi - 1, hi};
+  const std::int64_t steps[] = {lo, lo + 1, -6, -2, -1, 0, 1, 2, 6, hi};
+  for (K kind : {K::list, K::array}) {
+    seeds::Bytes b;
+    seeds::append(b, seeds::create(kind, args(std::uint64_t{5}, s, s, s, s, s)));  // object 1: five items
+    for (auto a : bounds) {
+      for (auto z : bounds) {
+        for (auto k : steps) {
+          seeds::append(b, seeds::frame(O::l_slice_step, 1, args(a, z, k)));
+          for (std::uint64_t n : {0, 2, 5}) {
+            mproc::Writer w = args(a, z, k, n);
+            for (std::uint64_t i = 0; i < n; ++i) mproc::dump(w, s);
+            seeds::append(b, seeds::frame(O::l_set_slice_step, 1, w));
+          }
+        }
+      }
+    }
+    for (std::int64_t n : {lo, std::int64_t{-1}, std::int64_t{0}, std::int64_t{1}, std::int64_t{3}, hi}) {
+      seeds::append(b, seeds::frame(O::l_repeat, 1, args(n)));
+      seeds::append(b, seeds::frame(O::l_extend, 1, args(std::uint64_t{2}, s, s)));
+    }
+    for (auto a : bounds) {
+      for (auto k : steps) seeds::append(b, seeds::frame(O::l_del_slice_step, 1, args(a, ~a, k)));  // ~a: -a - 1
+    }
+    mgr::fuzz_frames(b);
+  }
+}

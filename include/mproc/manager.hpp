@@ -21,9 +21,12 @@
 
 #include "mproc/detail/config.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -155,6 +158,36 @@ std::uint64_t sort_entry(Reader* in, void* ctx) {
   return id;
 }
 
+/// The server runs this for sort(key, reverse): decodes the key function and every
+/// item, computes each item's key once (as Python does), sorts the items stably by
+/// key (reverse keeps equal keys in their order, as Python's reverse=True), and
+/// leaves the items' bytes permuted, never re-encoded.
+template <class T, class F>
+std::uint64_t sort_key_entry(Reader* in, void* ctx) {
+  constexpr std::uint64_t id = fnv1a(pretty_name<std::tuple<T, F, std::less<>>>());
+  if (!in) return id;
+  F key = decode_callable<F>(*in);
+  bool reverse = load<bool>(*in);
+  auto& items = *static_cast<std::vector<std::string>*>(ctx);
+  using R = std::decay_t<std::invoke_result_t<F&, const T&>>;
+  std::vector<R> keys;
+  keys.reserve(items.size());
+  for (auto& s : items) {
+    Reader vr(std::as_bytes(std::span<const char>(s.data(), s.size())));
+    const T item = load<T>(vr);
+    keys.push_back(std::invoke(key, item));
+  }
+  std::vector<std::size_t> order(items.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (reverse) std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return keys[b] < keys[a]; });
+  else std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return keys[a] < keys[b]; });
+  std::vector<std::string> sorted;
+  sorted.reserve(items.size());
+  for (auto i : order) sorted.push_back(std::move(items[i]));
+  items = std::move(sorted);
+  return id;
+}
+
 /// Encodes f(value&, args...) for the server: entry, callable, arguments.
 template <class V, class F, class... Args>
 void encode_apply(Writer& w, F&& f, Args&&... args) {
@@ -174,6 +207,48 @@ void encode_apply(Writer& w, F&& f, Args&&... args) {
       encode_callable<Fn>(w, callable);
       dump(w, Stored(std::forward<Args>(args)...));
     }
+  }
+}
+
+/// Whether sort(key) can order by what key(item) returns.
+template <class Fn, class T>
+constexpr bool orderable_key() {
+  if constexpr (!std::is_invocable_v<Fn&, const T&>) {
+    return false;
+  } else {
+    using R = std::decay_t<std::invoke_result_t<Fn&, const T&>>;
+    return requires(const R& a, const R& b) {
+      { a < b } -> std::convertible_to<bool>;
+    };
+  }
+}
+
+/// Encodes sort(key, reverse) for the server: entry, key function, reverse.
+template <class T, class F>
+void encode_sort_key(Writer& w, F&& key, bool reverse) {
+  using Fn = std::decay_t<F>;
+  if constexpr (!SendableCallable<Fn>) {
+    diagnose_callable<Fn>();
+  } else if constexpr (!std::is_invocable_v<Fn&, const T&>) {
+    static_assert(dependent_false<Fn>,
+                  "mproc: sort(key) calls key(const item&) on the server: key must take one item");
+  } else if constexpr (!orderable_key<Fn, T>()) {
+    static_assert(dependent_false<Fn>, "mproc: sort(key): the keys key(item) returns must be comparable with operator<");
+  } else {
+    encode_entry<&sort_key_entry<T, Fn>>(w);
+    const Fn& callable = key;
+    encode_callable<Fn>(w, callable);
+    dump(w, reverse);
+  }
+}
+
+/// A batch of (key, value) pairs as the server's dict requests take them.
+template <class Pairs>
+void put_pairs(Writer& w, const Pairs& items) {
+  write_size(w, static_cast<std::size_t>(std::size(items)));
+  for (auto& [k, v] : items) {
+    put(w, k);
+    put(w, v);
   }
 }
 
@@ -308,15 +383,37 @@ class DictProxy : public detail::mgr::ProxyBase<detail::mgr::Kind::dict, detail:
   /// Python's d.update(items): one atomic batch.
   void update(const std::vector<std::pair<K, V>>& items) const {
     Writer w;
-    detail::write_size(w, items.size());
-    for (auto& [k, v] : items) {
-      std::string kb, vb;
-      detail::mgr::to_string_bytes(k, kb);
-      detail::mgr::to_string_bytes(v, vb);
-      dump(w, kb);
-      dump(w, vb);
-    }
+    detail::mgr::put_pairs(w, items);
     this->call_ok(Op::d_update, w, "dict update");
+  }
+  /// Python 3.9's `d |= other`: other's items set in d (in other's order; an existing
+  /// key keeps its place), one atomic request. Returns *this, as Python's __ior__.
+  const DictProxy& operator|=(const std::vector<std::pair<K, V>>& items) const {
+    update(items);
+    return *this;
+  }
+  /// `d |= m` with a local map (std::map<K, V>, std::unordered_map<K, V> …).
+  template <class Map>
+    requires requires(const Map& m) {
+      typename Map::key_type;
+      typename Map::mapped_type;
+      m.begin();
+    } && (!std::is_same_v<Map, DictProxy>)
+  const DictProxy& operator|=(const Map& m) const {
+    Writer w;
+    detail::mgr::put_pairs(w, m);
+    this->call_ok(Op::d_update, w, "dict |=");
+    return *this;
+  }
+  /// `d |= other` with another manager dict: merged on the server in one request
+  /// (other read and d written atomically; `d |= d` changes nothing) when both live
+  /// on the same server; otherwise other.items(), then update() (each atomic).
+  const DictProxy& operator|=(const DictProxy& other) const {
+    if (other.core().token().server != this->core().token().server) return *this |= other.items();
+    Writer w;
+    dump(w, other.id());
+    this->call_ok(Op::d_ior, w, "dict |=");
+    return *this;
   }
   /// Snapshots, in insertion order.
   std::vector<K> keys() const { return decode_list<K>(this->call_ok(Op::d_keys, "dict keys")); }
@@ -426,6 +523,16 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     dump(w, stop);
     return load_items(this->call_ok(Op::l_slice, w, "slice"));
   }
+  /// Python's s[start:stop:step] (an extended slice): start, start + step, … up to
+  /// stop, excluded; a negative step walks backwards. Empty bounds are Python's None
+  /// (std::nullopt): s[::-1] is slice(std::nullopt, std::nullopt, -1), s[::2] is
+  /// slice(std::nullopt, std::nullopt, 2). Bounds clamp as Python's slice.indices();
+  /// a step of 0 is a UsageError (Python's ValueError).
+  std::vector<T> slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop, std::int64_t step) const {
+    Writer w;
+    put_slice(w, start, stop, step);
+    return load_items(this->call_ok(Op::l_slice_step, w, "slice"));
+  }
   /// Python's s[start:stop] = values, atomically. A list grows or shrinks; an
   /// Array takes exactly as many values as the slice holds (UsageError otherwise).
   void set_slice(std::int64_t start, std::int64_t stop, const std::vector<T>& values) const {
@@ -434,6 +541,17 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     dump(w, stop);
     put_all(w, values);
     this->call_ok(Op::l_set_slice, w, "slice assignment");
+  }
+  /// Python's s[start:stop:step] = values, atomically (bounds as slice(start, stop,
+  /// step)). A step other than 1 replaces the selected items one for one: values must
+  /// hold as many, else UsageError naming both sizes (Python's ValueError); a step
+  /// of 1 is set_slice(start, stop, values).
+  void set_slice(std::optional<std::int64_t> start, std::optional<std::int64_t> stop, std::int64_t step,
+                 const std::vector<T>& values) const {
+    Writer w;
+    put_slice(w, start, stop, step);
+    put_all(w, values);
+    this->call_ok(Op::l_set_slice_step, w, "extended slice assignment");
   }
   /// Atomic read-modify-write of item i on the server: f(item&, args...) (the
   /// task rule, as DictProxy::apply); returns the new item. IndexError when out of
@@ -455,8 +573,29 @@ class SeqProxy : public ProxyBase<K, types_hash<T>()> {
     dump(w, reverse);
     this->call_ok(Op::apply, w, "sort");
   }
+  /// Python's s.sort(key=key, reverse=reverse): sorted on the server by key(item),
+  /// computed once per item, stably (reverse too: equal keys keep their order). key
+  /// follows the task rule (function pointer, captureless lambda, functor, mproc::bind)
+  /// and runs in the server's program; it returns anything with operator<. An
+  /// exception from key comes back as RemoteError and leaves the list as it was.
+  template <class F>
+    requires(!std::is_arithmetic_v<std::remove_cvref_t<F>>)
+  void sort(F&& key, bool reverse = false) const {
+    Writer w;
+    encode_sort_key<T>(w, std::forward<F>(key), reverse);
+    this->call_ok(Op::apply, w, "sort(key)");
+  }
 
  protected:
+  /// start, stop, step as the server's extended-slice requests take them: None bounds
+  /// as the values Python's slice.indices() clamps to the same ends.
+  static void put_slice(Writer& w, std::optional<std::int64_t> start, std::optional<std::int64_t> stop,
+                        std::int64_t step) {
+    constexpr auto lo = std::numeric_limits<std::int64_t>::min(), hi = std::numeric_limits<std::int64_t>::max();
+    dump(w, start.value_or(step < 0 ? hi : 0));
+    dump(w, stop.value_or(step < 0 ? lo : hi));
+    dump(w, step);
+  }
   static T load_item(Reader& rd) {
     std::string b = load<std::string>(rd);
     Reader ir(std::as_bytes(std::span<const char>(b.data(), b.size())));
@@ -541,6 +680,22 @@ class ListProxy : public detail::mgr::SeqProxy<detail::mgr::Kind::list, T> {
     dump(w, start);
     dump(w, stop);
     this->call_ok(Op::l_del_slice, w, "list slice deletion");
+  }
+  /// Python's `del l[start:stop:step]` (bounds as slice(start, stop, step); std::nullopt
+  /// is None): `del l[::2]` is erase(std::nullopt, std::nullopt, 2). Atomic.
+  void erase(std::optional<std::int64_t> start, std::optional<std::int64_t> stop, std::int64_t step) const {
+    Writer w;
+    this->put_slice(w, start, stop, step);
+    this->call_ok(Op::l_del_slice_step, w, "list extended slice deletion");
+  }
+  /// Python's `l *= n`: the items repeated n times in place, atomically; n <= 0
+  /// empties the list. The result must fit in 64 MiB on the server, as a snapshot
+  /// of it must (UsageError otherwise, the list unchanged).
+  const ListProxy& operator*=(std::int64_t n) const {
+    Writer w;
+    dump(w, n);
+    this->call_ok(Op::l_repeat, w, "list *=");
+    return *this;
   }
 
  private:
@@ -1139,10 +1294,31 @@ class Manager {
   /// the authkey (the server's owner then returns from serve_forever()).
   void shutdown_server() const;
 
+  /// Python's m.dict() / m.dict(items): a dict holding `init` (a repeated key once, at
+  /// its first place, with its last value).
   template <class K, class V>
-  [[nodiscard]] DictProxy<K, V> dict() const {
+  [[nodiscard]] DictProxy<K, V> dict(const std::vector<std::pair<K, V>>& init = {}) const {
     check_types<K, V>();
-    return DictProxy<K, V>(create(detail::mgr::Kind::dict, DictProxy<K, V>::type, {}));
+    Writer w;
+    detail::mgr::put_pairs(w, init);
+    return DictProxy<K, V>(create(detail::mgr::Kind::dict, DictProxy<K, V>::type, w.bytes()));
+  }
+  /// Python's m.dict(dict.fromkeys(keys, value)) (dict.fromkeys is a class method that
+  /// makes a new dict, so it is a factory here, not a proxy method): a new dict
+  /// mapping each of `keys` (a repeated key once, at its first place) to `value`,
+  /// created in one request.
+  template <class K, class V>
+  [[nodiscard]] DictProxy<K, V> dict_fromkeys(const std::vector<K>& keys, const V& value = V{}) const {
+    check_types<K, V>();
+    std::string vb;
+    detail::mgr::to_string_bytes(value, vb);
+    Writer w;
+    detail::write_size(w, keys.size());
+    for (auto& k : keys) {
+      detail::mgr::put(w, k);
+      dump(w, vb);
+    }
+    return DictProxy<K, V>(create(detail::mgr::Kind::dict, DictProxy<K, V>::type, w.bytes()));
   }
   template <class T>
   [[nodiscard]] ListProxy<T> list(const std::vector<T>& init = {}) const {

@@ -32,7 +32,9 @@
 namespace mproc::detail::mgr {
 
 inline constexpr std::uint32_t kMagic = 0x4d50524d;  // "MRPM" in memory, 'MPRM' as a number
-inline constexpr std::uint16_t kVersion = 1;
+// 2: extended slices, l *= n, d |= other, dict created with items (a version-1 peer
+// would not know these requests: it is refused at the handshake instead).
+inline constexpr std::uint16_t kVersion = 2;
 inline constexpr std::size_t kHeaderSize = 16;
 inline constexpr std::uint32_t kMaxFrame = 64u << 20;
 inline constexpr std::uint32_t kMaxHandshakeFrame = 512;

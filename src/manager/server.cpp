@@ -45,6 +45,16 @@ struct Obj {
 struct DictObj : Obj {
   std::list<std::pair<std::string, std::string>> items;
   std::unordered_map<std::string, std::list<std::pair<std::string, std::string>>::iterator> index;
+  /// d[k] = v: a new key goes last (insertion order), an existing one keeps its place.
+  void put(std::string k, std::string v) {
+    auto it = index.find(k);
+    if (it != index.end()) {
+      it->second->second = std::move(v);
+    } else {
+      items.emplace_back(k, std::move(v));
+      index.emplace(std::move(k), std::prev(items.end()));
+    }
+  }
 };
 struct ListObj : Obj {
   std::vector<std::string> items;
@@ -666,6 +676,7 @@ class Server {
     if (op >= 96 && op < 104) return queue_op(c, h, r);
     if (op >= 104 && op < 112) return cond_op(c, h, r);
     if (op >= 112 && op < 120) return barrier_op(c, h);
+    if (op >= 128 && op < 144) return list_op(c, h, r);
     if (h.op == Op::u_call) return user_call(c, h, r);
     throw Malformed("unknown operation " + std::to_string(op));
   }
@@ -675,13 +686,19 @@ class Server {
     auto type = load<std::uint64_t>(r);
     std::unique_ptr<Obj> o;
     switch (kind) {
-      case Kind::dict: o = std::make_unique<DictObj>(); break;
+      case Kind::dict: {
+        // Initial items (m.dict(items), dict_fromkeys): as d_update; none when absent.
+        auto d = std::make_unique<DictObj>();
+        if (!r.at_end()) {
+          for (auto& [k, v] : load_pairs(r)) d->put(std::move(k), std::move(v));
+        }
+        o = std::move(d);
+        break;
+      }
       case Kind::list:
       case Kind::array: {
         auto l = std::make_unique<ListObj>();
-        std::size_t n = read_size(r, 8);
-        l->items.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) l->items.push_back(load<std::string>(r));
+        l->items = load_items(r);
         o = std::move(l);
         break;
       }
@@ -850,15 +867,7 @@ class Server {
 
   void dict_op(Conn& c, const RequestHeader& h, Reader& r) {
     auto& d = find_as<DictObj>(h.object, {Kind::dict});
-    auto put = [&](std::string k, std::string v) {
-      auto it = d.index.find(k);
-      if (it != d.index.end()) {
-        it->second->second = std::move(v);
-      } else {
-        d.items.emplace_back(k, std::move(v));
-        d.index.emplace(std::move(k), std::prev(d.items.end()));
-      }
-    };
+    auto put = [&](std::string k, std::string v) { d.put(std::move(k), std::move(v)); };
     switch (h.op) {
       case Op::d_set: {
         std::string k = load<std::string>(r);
@@ -893,15 +902,16 @@ class Server {
         put(std::move(k), v);
         return reply_raw(c, v);
       }
-      case Op::d_update: {
-        std::size_t n = read_size(r, 16);
-        std::vector<std::pair<std::string, std::string>> kv;
-        kv.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          std::string k = load<std::string>(r);
-          std::string v = load<std::string>(r);
-          kv.emplace_back(std::move(k), std::move(v));
+      case Op::d_update:
+        for (auto& [k, v] : load_pairs(r)) put(std::move(k), std::move(v));
+        return reply(c, Status::ok);
+      case Op::d_ior: {
+        // d |= other: other's items in its order, read before d changes (other may be d).
+        auto& o = find_as<DictObj>(load<std::uint64_t>(r), {Kind::dict});
+        if (o.type != d.type) {
+          throw Refused{Status::error, "dict |=: the other dict holds other key or value types"};
         }
+        std::vector<std::pair<std::string, std::string>> kv(o.items.begin(), o.items.end());
         for (auto& [k, v] : kv) put(std::move(k), std::move(v));
         return reply(c, Status::ok);
       }
@@ -930,31 +940,142 @@ class Server {
     }
   }
 
+  /// A batch of (key, value) byte strings: u64 count, then the pairs.
+  static std::vector<std::pair<std::string, std::string>> load_pairs(Reader& r) {
+    std::size_t n = read_size(r, 16);
+    std::vector<std::pair<std::string, std::string>> kv;
+    kv.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::string k = load<std::string>(r);
+      std::string v = load<std::string>(r);
+      kv.emplace_back(std::move(k), std::move(v));
+    }
+    return kv;
+  }
+
   static std::optional<std::size_t> norm_index(std::int64_t i, std::size_t n) {
     if (i < 0) i += static_cast<std::int64_t>(n);
     if (i < 0 || static_cast<std::uint64_t>(i) >= n) return std::nullopt;
     return static_cast<std::size_t>(i);
   }
 
-  /// Python's slice clamping for l[start:stop] (step 1): negative counts from the
-  /// end, both clamped to [0, n], an empty range when stop <= start.
-  static std::pair<std::size_t, std::size_t> slice_bounds(Reader& r, std::size_t n) {
+  /// The items a slice selects: start + i * step for i < count.
+  struct SliceRange {
+    std::int64_t start = 0;
+    std::int64_t step = 1;
+    std::size_t count = 0;
+    std::size_t at(std::size_t i) const noexcept {
+      return static_cast<std::size_t>(start + static_cast<std::int64_t>(i) * step);
+    }
+  };
+
+  /// Python's slice.indices() (PySlice_AdjustIndices) for l[start:stop:step] over n
+  /// items: negative bounds count from the end, both are clamped (never IndexError).
+  /// The step-1 requests carry no step. A step of 0 is refused, as Python's ValueError.
+  static SliceRange slice_range(Reader& r, std::size_t n, bool with_step) {
     auto start = load<std::int64_t>(r);
     auto stop = load<std::int64_t>(r);
-    auto clamp = [n](std::int64_t i) -> std::size_t {
-      auto sn = static_cast<std::int64_t>(n);
-      if (i < 0) i = i < -sn ? 0 : i + sn;  // no overflow: i >= -sn first
-      return static_cast<std::size_t>(std::min(i, sn));
+    std::int64_t step = with_step ? load<std::int64_t>(r) : 1;
+    if (step == 0) throw Refused{Status::usage, "mproc: manager slice: the step cannot be zero (Python's ValueError)"};
+    // -step must be representable (Python clamps the step to -PY_SSIZE_T_MAX too).
+    step = std::max(step, -std::numeric_limits<std::int64_t>::max());
+    auto sn = static_cast<std::int64_t>(n);
+    auto adjust = [&](std::int64_t i) {
+      if (i < 0) {
+        i = i < -sn ? (step < 0 ? -1 : 0) : i + sn;  // no overflow: i >= -sn first
+      } else if (i >= sn) {
+        i = step < 0 ? sn - 1 : sn;
+      }
+      return i;
     };
-    std::size_t a = clamp(start), b = clamp(stop);
-    return {a, std::max(a, b)};
+    std::int64_t a = adjust(start), b = adjust(stop);
+    SliceRange out{a, step, 0};
+    // a and b lie in [-1, n]: the differences cannot overflow.
+    if (step < 0 && b < a) out.count = static_cast<std::size_t>((a - b - 1) / -step + 1);
+    if (step > 0 && a < b) out.count = static_cast<std::size_t>((b - a - 1) / step + 1);
+    return out;
+  }
+
+  static std::vector<std::string> load_items(Reader& r) {
+    std::size_t n = read_size(r, 8);
+    std::vector<std::string> items;
+    items.reserve(n);
+    for (std::size_t k = 0; k < n; ++k) items.push_back(load<std::string>(r));
+    return items;
+  }
+
+  /// l[a:b:k] = add. A step of 1 replaces the range (a list grows or shrinks, an
+  /// Array must keep its size); any other step needs as many items as it selects.
+  void assign_slice(Conn& c, ListObj& l, const SliceRange& s, std::vector<std::string> add) {
+    auto& v = l.items;
+    const char* what = l.kind == Kind::array ? "Array" : "list";
+    if (s.step == 1) {
+      if (l.kind == Kind::array && add.size() != s.count) {
+        return reply_text(c, Status::usage, "mproc: manager Array slice assignment: " + std::to_string(add.size()) +
+                                                " items for a slice of " + std::to_string(s.count) +
+                                                " (an Array cannot change its size)");
+      }
+      auto first = v.begin() + s.start;  // in [0, n] for a step of 1
+      auto at = v.erase(first, first + static_cast<std::ptrdiff_t>(s.count));
+      v.insert(at, std::make_move_iterator(add.begin()), std::make_move_iterator(add.end()));
+      return reply(c, Status::ok);
+    }
+    if (add.size() != s.count) {
+      return reply_text(c, Status::usage, std::string("mproc: manager ") + what +
+                                              " extended slice assignment: a sequence of " +
+                                              std::to_string(add.size()) + " items for an extended slice of " +
+                                              std::to_string(s.count) + " (step " + std::to_string(s.step) +
+                                              "; Python's ValueError): a step other than 1 needs as many items as "
+                                              "the slice selects");
+    }
+    for (std::size_t i = 0; i < s.count; ++i) v[s.at(i)] = std::move(add[i]);
+    reply(c, Status::ok);
+  }
+
+  /// del l[a:b:k]: removes the selected items, keeping the others' order.
+  static void erase_slice(std::vector<std::string>& v, const SliceRange& s) {
+    if (s.count == 0) return;
+    std::vector<bool> gone(v.size());
+    for (std::size_t i = 0; i < s.count; ++i) gone[s.at(i)] = true;
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (gone[i]) continue;
+      if (out != i) v[out] = std::move(v[i]);  // never a self-move: it may empty the string
+      ++out;
+    }
+    v.resize(out);
+  }
+
+  /// l *= n. The result must fit in one frame (64 MiB, counting each item's
+  /// string on the server), as its snapshot must: a single request never makes the
+  /// server allocate without bound.
+  void repeat(Conn& c, std::vector<std::string>& v, std::int64_t n) {
+    if (n <= 0 || v.empty()) {
+      v.clear();
+      return reply(c, Status::ok);
+    }
+    std::uint64_t bytes = 0;  // the list's footprint, as the server holds it
+    for (auto& s : v) bytes += s.size() + sizeof(std::string);
+    if (static_cast<std::uint64_t>(n) > kMaxFrame / bytes) {
+      return reply_text(c, Status::usage, "mproc: manager list *= " + std::to_string(n) + ": " +
+                                              std::to_string(v.size()) + " items (" + std::to_string(bytes) +
+                                              " bytes on the server) repeated would exceed " +
+                                              std::to_string(kMaxFrame >> 20) +
+                                              " MiB, more than one reply can carry; the list is unchanged");
+    }
+    std::size_t k = v.size();
+    v.reserve(k * static_cast<std::size_t>(n));
+    for (std::int64_t i = 1; i < n; ++i) {
+      for (std::size_t j = 0; j < k; ++j) v.push_back(v[j]);
+    }
+    reply(c, Status::ok);
   }
 
   void list_op(Conn& c, const RequestHeader& h, Reader& r) {
     auto& l = find_as<ListObj>(h.object, {Kind::list, Kind::array});
     auto& v = l.items;
     if (l.kind == Kind::array && h.op != Op::l_get && h.op != Op::l_set && h.op != Op::l_all && h.op != Op::l_apply &&
-        h.op != Op::l_slice && h.op != Op::l_set_slice) {
+        h.op != Op::l_slice && h.op != Op::l_set_slice && h.op != Op::l_slice_step && h.op != Op::l_set_slice_step) {
       throw Refused{Status::error, "an Array has a fixed size: this list operation does not apply"};
     }
     switch (h.op) {
@@ -965,10 +1086,7 @@ class Server {
         v.push_back(load<std::string>(r));
         return reply(c, Status::ok);
       case Op::l_extend: {
-        std::size_t n = read_size(r, 8);
-        std::vector<std::string> add;
-        add.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) add.push_back(load<std::string>(r));
+        std::vector<std::string> add = load_items(r);
         v.insert(v.end(), std::make_move_iterator(add.begin()), std::make_move_iterator(add.end()));
         return reply(c, Status::ok);
       }
@@ -1029,33 +1147,24 @@ class Server {
         v[*i] = scratch;
         return reply_raw(c, scratch);
       }
-      case Op::l_slice: {
-        auto [a, b] = slice_bounds(r, v.size());
+      case Op::l_slice:
+      case Op::l_slice_step: {
+        auto sl = slice_range(r, v.size(), h.op == Op::l_slice_step);
         Writer w;
-        write_size(w, b - a);
-        for (std::size_t k = a; k < b; ++k) dump(w, v[k]);
+        write_size(w, sl.count);
+        for (std::size_t k = 0; k < sl.count; ++k) dump(w, v[sl.at(k)]);
         return reply(c, Status::ok, w.bytes());
       }
-      case Op::l_set_slice: {
-        auto [a, b] = slice_bounds(r, v.size());
-        std::size_t n = read_size(r, 8);
-        std::vector<std::string> add;
-        add.reserve(n);
-        for (std::size_t k = 0; k < n; ++k) add.push_back(load<std::string>(r));
-        if (l.kind == Kind::array && add.size() != b - a) {
-          return reply_text(c, Status::usage, "mproc: manager Array slice assignment: " + std::to_string(add.size()) +
-                                                  " items for a slice of " + std::to_string(b - a) +
-                                                  " (an Array cannot change its size)");
-        }
-        auto at = v.erase(v.begin() + static_cast<std::ptrdiff_t>(a), v.begin() + static_cast<std::ptrdiff_t>(b));
-        v.insert(at, std::make_move_iterator(add.begin()), std::make_move_iterator(add.end()));
-        return reply(c, Status::ok);
+      case Op::l_set_slice:
+      case Op::l_set_slice_step: {
+        auto sl = slice_range(r, v.size(), h.op == Op::l_set_slice_step);
+        return assign_slice(c, l, sl, load_items(r));
       }
-      case Op::l_del_slice: {
-        auto [a, b] = slice_bounds(r, v.size());
-        v.erase(v.begin() + static_cast<std::ptrdiff_t>(a), v.begin() + static_cast<std::ptrdiff_t>(b));
+      case Op::l_del_slice:
+      case Op::l_del_slice_step:
+        erase_slice(v, slice_range(r, v.size(), h.op == Op::l_del_slice_step));
         return reply(c, Status::ok);
-      }
+      case Op::l_repeat: return repeat(c, v, load<std::int64_t>(r));
       default: throw Malformed("unknown list operation");
     }
   }

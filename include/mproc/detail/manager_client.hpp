@@ -112,6 +112,7 @@ enum class Op : std::uint16_t {
   d_items,
   d_update,
   d_popitem,  // the last inserted item, removed (Python >= 3.7's LIFO order)
+  d_ior,      // other dict's id: d |= other, both on this server (Python 3.9), atomically
   // list
   l_append = 48,
   l_extend,
@@ -162,6 +163,11 @@ enum class Op : std::uint16_t {
   bar_state,
   // user types
   u_call = 120,
+  // list, continued (48..63 is full); served by the list handler like those
+  l_slice_step = 128,  // start, stop, step (Python's slice.indices) -> the items
+  l_set_slice_step,    // start, stop, step, items: l[a:b:k] = items (k != 1: as many as it selects)
+  l_del_slice_step,    // start, stop, step: del l[a:b:k]
+  l_repeat,            // n: l *= n (n <= 0 empties)
 };
 
 /// How a request ended (the first byte of a reply).
