@@ -7,7 +7,12 @@
 // (subject "PoolOnFakeBackend"). Also detail::ChunkRunner on its own.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <mproc/detail/chunk_encoder.hpp>
 #include <mproc/detail/chunk_runner.hpp>
@@ -31,6 +36,60 @@ using mproc_test::FakePoolBackend;
 namespace pool_backend_header {
 std::size_t header_bytes();  // pool_backend_header_alone.cpp
 }
+
+// An item type for ChunkEncoder's exception safety: it may carry a descriptor
+// (lent: the test keeps it open), and its encoding may throw after writing bytes
+// or after adding its descriptor. The decoded side checks that the descriptor it
+// receives is the one encoded (same inode), so a shifted fd index shows.
+namespace chunk_items {
+enum class Fail : std::uint8_t { none, after_bytes, after_fd };
+struct FdItem {
+  int value = 0;
+  int fd = -1;
+  Fail fail = Fail::none;
+  bool fd_ok = false;  // decoded: the descriptor received is the one encoded
+};
+inline std::uint64_t inode_of(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return 0;
+  return static_cast<std::uint64_t>(st.st_ino);
+}
+// Its value when the item arrived intact; -1 when its descriptor did not.
+inline int fd_item_value(FdItem v) { return v.fd == -1 || v.fd_ok ? v.value : -1; }
+}  // namespace chunk_items
+
+template <>
+struct mproc::codec<chunk_items::FdItem> {
+  static void encode(Writer& w, const chunk_items::FdItem& v) {
+    using chunk_items::Fail;
+    w.write(&v.value, sizeof v.value);
+    if (v.fail == Fail::after_bytes) throw SerializationError("test: this item cannot be sent (after its bytes)");
+    const std::uint8_t has = v.fd >= 0;
+    w.write(&has, 1);
+    if (has) {
+      const std::uint64_t ino = chunk_items::inode_of(v.fd);
+      const std::uint32_t idx = w.add_fd(v.fd);
+      w.write(&idx, sizeof idx);
+      w.write(&ino, sizeof ino);
+    }
+    if (v.fail == Fail::after_fd) throw std::runtime_error("test: serializer failed after adding its descriptor");
+  }
+  static chunk_items::FdItem decode(Reader& r) {
+    chunk_items::FdItem v;
+    r.read(&v.value, sizeof v.value);
+    std::uint8_t has = 0;
+    r.read(&has, 1);
+    if (has) {
+      std::uint32_t idx = 0;
+      std::uint64_t ino = 0;
+      r.read(&idx, sizeof idx);
+      r.read(&ino, sizeof ino);
+      v.fd = -2;  // arrived with one
+      v.fd_ok = chunk_items::inode_of(r.fd(idx)) == ino;
+    }
+    return v;
+  }
+};
 
 namespace {
 
@@ -198,3 +257,87 @@ TEST(ChunkRunner, RunsAChunkAndDeliversOneBatch) {
 
   EXPECT_THROW(runner.run(std::span<const std::byte>(msg.bytes).first(3)), mproc::SerializationError);
 }
+
+namespace {
+std::size_t open_fd_count() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+// Runs chunk `msg` of `n` items (as job `job`) here, through a ChunkRunner, and
+// returns the core its gathered results went to (checked to be ready, no error).
+template <class V, bool Single>
+auto run_chunk(mproc::detail::ChunkRunner& runner, mproc::detail::ChunkMessage& msg, std::uint64_t job,
+               std::size_t n) {
+  using Job = mproc::detail::GatherJob<V, Single>;
+  auto core = std::make_shared<typename Job::CoreT>();
+  auto sink = std::make_shared<Job>(n, core);
+  mproc::detail::ChunkRunner::write_header(msg, job, 0);
+  runner.run(msg.bytes, msg.fds);
+  runner.deliver(*sink);
+  EXPECT_TRUE(core->ready);
+  EXPECT_FALSE(core->error);
+  return core;
+}
+}  // namespace
+
+// ChunkEncoder::add is exception-safe: an item whose encoding throws (after
+// writing bytes, or after adding a descriptor) leaves the chunk exactly as it
+// was (no offset, no bytes, no descriptor of it), so the items before and after
+// it decode intact and every descriptor arrives once, at its own index. Before,
+// the failed item kept its offset and bytes (a phantom item decoding garbage) and
+// its descriptor stayed in the Writer's list, shifting every later item's index.
+TEST(ChunkEncoder, AnItemThatFailsToEncodeLeavesTheChunkAsItWas) {
+  using namespace mproc::detail;
+  using chunk_items::Fail;
+  using chunk_items::FdItem;
+  int p1[2], p2[2], p3[2];
+  ASSERT_EQ(::pipe(p1), 0);
+  ASSERT_EQ(::pipe(p2), 0);
+  ASSERT_EQ(::pipe(p3), 0);
+  const std::size_t fds_before = open_fd_count();
+  {
+    ChunkEncoder<int (*)(FdItem), FdItem, false> enc(chunk_items::fd_item_value);
+    enc.begin();
+    enc.add(FdItem{.value = 1});
+    enc.add(FdItem{.value = 2, .fd = p1[0]});
+    const std::size_t items = enc.items(), bytes = enc.item_bytes();
+    EXPECT_THROW(enc.add(FdItem{.value = 3, .fail = Fail::after_bytes}), mproc::SerializationError);
+    EXPECT_EQ(enc.items(), items);
+    EXPECT_EQ(enc.item_bytes(), bytes);
+    EXPECT_THROW(enc.add(FdItem{.value = 4, .fd = p2[0], .fail = Fail::after_fd}), std::runtime_error);
+    EXPECT_EQ(enc.items(), items);
+    EXPECT_EQ(enc.item_bytes(), bytes);
+    EXPECT_THROW(enc.add(FdItem{.value = 5, .fd = p2[0], .fail = Fail::after_bytes}), mproc::SerializationError);
+    enc.add(FdItem{.value = 6, .fd = p3[0]});
+    enc.add(FdItem{.value = 7});
+    ChunkMessage msg = enc.finish();
+    ASSERT_EQ(msg.items(), 4u);
+    // One owned duplicate per descriptor of an item that went in: p1's and p3's.
+    ASSERT_EQ(msg.fds.size(), 2u);
+    EXPECT_EQ(chunk_items::inode_of(msg.fds[0]), chunk_items::inode_of(p1[0]));
+    EXPECT_EQ(chunk_items::inode_of(msg.fds[1]), chunk_items::inode_of(p3[0]));
+
+    ChunkRunner runner;
+    auto core = run_chunk<int, false>(runner, msg, 1, 4);
+    ASSERT_TRUE(core->value);
+    EXPECT_EQ(*core->value, (std::vector<int>{1, 2, 6, 7}));
+    for (int fd : msg.fds) ::close(fd);
+
+    // The encoder goes on: a fresh chunk after the failures is whole too.
+    enc.begin();
+    EXPECT_THROW(enc.add(FdItem{.value = 8, .fd = p1[0], .fail = Fail::after_fd}), std::runtime_error);
+    EXPECT_EQ(enc.items(), 0u);
+    enc.add(FdItem{.value = 9, .fd = p2[0]});
+    ChunkMessage next = enc.finish();
+    ASSERT_EQ(next.items(), 1u);
+    ASSERT_EQ(next.fds.size(), 1u);
+    auto core2 = run_chunk<int, false>(runner, next, 2, 1);
+    ASSERT_TRUE(core2->value);
+    EXPECT_EQ(*core2->value, (std::vector<int>{9}));
+    for (int fd : next.fds) ::close(fd);
+  }
+  EXPECT_EQ(open_fd_count(), fds_before);  // no duplicate leaked
+  for (int fd : {p1[0], p1[1], p2[0], p2[1], p3[0], p3[1]}) ::close(fd);
+}
+

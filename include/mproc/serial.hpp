@@ -101,6 +101,9 @@ class Writer {
   void reserve(std::size_t n) { buf_.reserve(n); }
   /// Drops the bytes past the first `n` (n <= size()).
   void truncate(std::size_t n) noexcept { buf_.resize(std::min(n, buf_.size())); }
+  /// Drops the fds past the first `n` (n <= fds().size()): with truncate(), undoes
+  /// an encoding that failed midway.
+  void truncate_fds(std::size_t n) noexcept { fds_.resize(std::min(n, fds_.size())); }
   /// Overwrites bytes already written: [pos, pos + n) must lie inside size().
   void overwrite(std::size_t pos, const void* data, std::size_t n) noexcept {
     if (n != 0) std::memcpy(buf_.data() + pos, data, n);

@@ -45,6 +45,7 @@ void advise_huge_pages(void* p, std::size_t bytes) noexcept {
 
 std::vector<int> dup_fds(std::span<const int> fds) {
   std::vector<int> out;
+  out.reserve(fds.size());  // no duplicate is lost to a push_back that cannot allocate
   for (int fd : fds) {
     int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (d < 0) {

@@ -84,16 +84,34 @@ class ChunkEncoder {
     for (int fd : prefix_fds_) w_.add_fd(fd);
     msg_.fds = dup_fds(prefix_fds_);
   }
+  /// Adds one item. If encoding it throws (a value that cannot be sent, a
+  /// serializer that fails midway), the chunk is left exactly as it was: no
+  /// offset, no bytes and no fds of that item, so the items before and after it
+  /// stay intact (imap sends those read before an input error).
   template <class E>
   void add(E&& elem) {
     if constexpr (kStride) {
       // Plain bytes (numbers, trivially copyable structs): no fds to track, and
-      // items at a fixed stride, so no offsets either.
+      // items at a fixed stride, so no offsets either. The conversion comes
+      // before any byte is written.
       put(w_, std::forward<E>(elem), msg_.fds);
       ++items_;
     } else {
-      msg_.offsets.push_back(w_.size());
-      put(w_, std::forward<E>(elem), msg_.fds);
+      const std::size_t at = w_.size();
+      const std::size_t fds_had = w_.fds().size();
+      // Room for its offset first (growing as push_back would), so that recording
+      // it once it is encoded cannot throw.
+      if (msg_.offsets.size() == msg_.offsets.capacity()) msg_.offsets.reserve(2 * msg_.offsets.size() + 8);
+      try {
+        put(w_, std::forward<E>(elem), msg_.fds);
+      } catch (...) {
+        // put() kept no owned copy of the failed item's fds: drop its bytes and
+        // the fds it lent to the Writer (else later items' fd indices shift).
+        w_.truncate(at);
+        w_.truncate_fds(fds_had);
+        throw;
+      }
+      msg_.offsets.push_back(at);
     }
   }
   /// Whether add_contiguous may be used: items of plain bytes at a fixed stride.
@@ -155,6 +173,8 @@ class ChunkEncoder {
         }
       }();
       dump(w, arg);
+      // Room first, so that no duplicate is lost to a failed insert.
+      owned.reserve(owned.size() + (w.fds().size() - had));
       auto added = dup_fds(w.fds().subspan(had));
       owned.insert(owned.end(), added.begin(), added.end());
     }
