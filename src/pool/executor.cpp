@@ -4,7 +4,49 @@
 #include <algorithm>
 #include <string>
 
+#include "mproc/detail/pool_backend.hpp"
+
 namespace mproc {
+
+// ---- PoolGate (mproc/futures.hpp) -----------------------------------------------------
+
+namespace detail {
+
+bool PoolGate::cancel(std::uint64_t job) {
+  return with_core([](PoolBackend& c, std::uint64_t j) { return c.cancel_job(j); }, job);
+}
+
+bool PoolGate::dispatched(std::uint64_t job) {
+  return with_core([](PoolBackend& c, std::uint64_t j) { return c.job_dispatched(j); }, job);
+}
+
+void PoolGate::detach() {
+  std::unique_lock lock(mu_);
+  idle_.wait(lock, [&] { return users_ == 0; });
+  core_ = nullptr;
+}
+
+bool PoolGate::with_core(bool (*op)(PoolBackend&, std::uint64_t), std::uint64_t job) {
+  {
+    std::lock_guard lock(mu_);
+    if (!core_) return false;
+    ++users_;
+  }
+  bool r = false;
+  try {
+    r = op(*core_, job);
+  } catch (...) {
+  }
+  {
+    std::lock_guard lock(mu_);
+    --users_;
+  }
+  idle_.notify_all();
+  return r;
+}
+
+}  // namespace detail
+
 namespace {
 
 PoolOptions pool_options(const ExecutorOptions& o, int default_workers) {
