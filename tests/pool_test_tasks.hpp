@@ -5,6 +5,8 @@
 
 #include <mproc/sync.hpp>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace pool_tasks {
 
@@ -28,5 +30,28 @@ inline thread_local int t_init = 0;
 inline int count_tasks(int) { return ++t_tasks; }
 inline int read_init(int) { return t_init; }
 inline void init_worker(int v) { t_init = v; }
+
+/// An argument that counts its copies (tests that the pools encode the caller's
+/// values without copying them first). Moves are free.
+struct CopyCounted {
+  static inline int copies = 0;
+  std::vector<int> data;
+  CopyCounted() = default;
+  explicit CopyCounted(std::vector<int> d) : data(std::move(d)) {}
+  CopyCounted(const CopyCounted& o) : data(o.data) { ++copies; }
+  CopyCounted(CopyCounted&&) noexcept = default;
+  CopyCounted& operator=(const CopyCounted& o) {
+    data = o.data;
+    ++copies;
+    return *this;
+  }
+  CopyCounted& operator=(CopyCounted&&) noexcept = default;
+  ~CopyCounted() = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(data);
+  }
+};
+inline int counted_size(const CopyCounted& c) { return static_cast<int>(c.data.size()); }
 
 }  // namespace pool_tasks

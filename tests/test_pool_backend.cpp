@@ -341,3 +341,30 @@ TEST(ChunkEncoder, AnItemThatFailsToEncodeLeavesTheChunkAsItWas) {
   for (int fd : {p1[0], p1[1], p2[0], p2[1], p3[0], p3[1]}) ::close(fd);
 }
 
+// The pool encodes an apply's arguments and a map's items from the caller's
+// values: an argument already of the parameter's type is not copied into a
+// temporary first (before: one copy per argument, per item).
+TEST(ChunkEncoder, EncodesTheCallersValuesWithoutCopyingThem) {
+  using namespace mproc::detail;
+  using pool_tasks::CopyCounted;
+  const CopyCounted big(std::vector<int>(1000, 7));
+  CopyCounted::copies = 0;
+  // apply/submit: one chunk of the arguments as a tuple of references.
+  ChunkMessage one = ChunkEncoder<int (*)(const CopyCounted&), std::tuple<CopyCounted>, true>::single(
+      pool_tasks::counted_size, std::forward_as_tuple(big));
+  // map: items read from the caller's range.
+  ChunkEncoder<int (*)(const CopyCounted&), CopyCounted, false> enc(pool_tasks::counted_size);
+  enc.begin();
+  enc.add(big);
+  enc.add(big);
+  ChunkMessage two = enc.finish();
+  EXPECT_EQ(CopyCounted::copies, 0);
+
+  ChunkRunner runner;
+  auto core = run_chunk<int, true>(runner, one, 1, 1);
+  ASSERT_TRUE(core->value);
+  EXPECT_EQ(*core->value, 1000);
+  auto core2 = run_chunk<int, false>(runner, two, 2, 2);
+  ASSERT_TRUE(core2->value);
+  EXPECT_EQ(*core2->value, (std::vector<int>{1000, 1000}));
+}

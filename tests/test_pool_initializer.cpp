@@ -13,8 +13,11 @@
 #include <mproc/sync.hpp>
 #include <mproc/value.hpp>
 
+#include "pool_test_tasks.hpp"
+
 #include <optional>
 #include <ranges>
+#include <string>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -162,3 +165,58 @@ INSTANTIATE_TEST_SUITE_P(AllMethods, PoolInitializerFds,
                          ::testing::Values(mproc::StartMethod::fork, mproc::StartMethod::spawn,
                                            mproc::StartMethod::forkserver),
                          [](const auto& p) { return std::string(mproc::to_string(p.param)); });
+
+// encode_process_task (a pool's initializer, a Process) encodes the caller's
+// arguments as they are, not a copy of them first: a big argument was copied
+// once more per initializer or Process, only to be encoded and dropped.
+namespace {
+
+using pool_tasks::CopyCounted;
+
+std::string g_seen;
+void take_by_value(CopyCounted c, std::string s) { g_seen = s + ":" + std::to_string(c.data.size()); }
+void take_by_cref(const CopyCounted& c, int k) { g_seen = std::to_string(k) + ":" + std::to_string(c.data.size()); }
+
+// Decodes and runs the task `w` holds, here (its entry point, as a child would).
+void run_here(const mproc::Writer& w) {
+  mproc::Reader r(w.bytes(), w.fds());
+  mproc::detail::decode_entry(r)(&r, nullptr);
+  EXPECT_TRUE(r.at_end());
+}
+
+}  // namespace
+
+TEST(EncodeProcessTask, EncodesTheCallersArgumentsWithoutCopyingThem) {
+  const CopyCounted big(std::vector<int>(1000, 7));
+  const std::string name = "name";
+  CopyCounted::copies = 0;
+  {
+    mproc::Writer w;  // an lvalue to a by-value parameter; a string literal converted
+    mproc::detail::encode_process_task(w, take_by_value, big, "text");
+    EXPECT_EQ(CopyCounted::copies, 0);
+    run_here(w);
+    EXPECT_EQ(g_seen, "text:1000");
+  }
+  {
+    mproc::Writer w;  // to a const& parameter; a const lvalue string
+    mproc::detail::encode_process_task(w, take_by_cref, big, 3);
+    EXPECT_EQ(CopyCounted::copies, 0);
+    run_here(w);
+    EXPECT_EQ(g_seen, "3:1000");
+  }
+  CopyCounted::copies = 0;
+  {
+    mproc::Writer w;  // a bound callable, with arguments of the parameters' own types
+    mproc::detail::encode_process_task(w, mproc::bind(take_by_value, big), name);
+    EXPECT_EQ(CopyCounted::copies, 1);  // the one bind makes, by design
+    run_here(w);
+    EXPECT_EQ(g_seen, "name:1000");
+  }
+  CopyCounted::copies = 0;
+  {
+    // A pool's initializer takes the same path.
+    mproc::detail::EncodedTask t = mproc::detail::encode_initializer(take_by_value, big, name);
+    EXPECT_EQ(CopyCounted::copies, 0);
+    EXPECT_FALSE(t.empty());
+  }
+}

@@ -285,6 +285,28 @@ void encode_entry(Writer& w) {
 /// Resolves and checks the entry written by encode_entry (defined in src/task).
 Entry decode_entry(Reader& r);
 
+/// Encodes one argument as parameter type S: the caller's own value when it has
+/// that type already (no copy of a big argument only to encode it), else a
+/// conversion of it (a string literal to std::string).
+template <class S, class A>
+void encode_arg(Writer& w, A&& a) {
+  if constexpr (std::is_same_v<std::remove_cvref_t<A>, S>) {
+    dump(w, static_cast<const S&>(a));
+  } else {
+    const S converted(std::forward<A>(a));
+    dump(w, converted);
+  }
+}
+
+/// Encodes args as a Stored tuple is encoded (its elements back to back, what
+/// process_entry loads), without building that tuple.
+template <class Stored, class... Args>
+void encode_args(Writer& w, Args&&... args) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (encode_arg<std::tuple_element_t<I, Stored>>(w, std::forward<Args>(args)), ...);
+  }(std::index_sequence_for<Args...>{});
+}
+
 /// Encodes `f(args...)` as a process task: entry, callable, arguments converted to
 /// the target's parameter types. All checks are compile-time.
 template <class F, class... Args>
@@ -319,7 +341,7 @@ void encode_process_task(Writer& w, F&& f, Args&&... args) {
       encode_entry<&process_entry<Fn, Stored>>(w);
       const Fn& callable = f;  // a function reference decays to its pointer here
       encode_callable<Fn>(w, callable);
-      dump(w, Stored(std::forward<Args>(args)...));
+      encode_args<Stored>(w, std::forward<Args>(args)...);
     }
   }
 }

@@ -30,6 +30,14 @@ namespace mproc::detail {
 /// Owned duplicates of fds (F_DUPFD_CLOEXEC). Throws std::system_error.
 std::vector<int> dup_fds(std::span<const int> fds);
 
+/// Whether tuple E's elements, references removed, are exactly tuple Arg's.
+template <class E, class Arg>
+inline constexpr bool same_elements = false;
+template <class... A, class... S>
+  requires(sizeof...(A) == sizeof...(S))
+inline constexpr bool same_elements<std::tuple<A...>, std::tuple<S...>> =
+    (std::is_same_v<std::remove_cvref_t<A>, S> && ...);
+
 /// Encodes chunks of one call: the prefix (header, entry, callable) once, then items.
 template <class Fn, class Arg, bool Star>
 class ChunkEncoder {
@@ -163,20 +171,39 @@ class ChunkEncoder {
       w.write(&arg, sizeof arg);
     } else {
       std::size_t had = w.fds().size();
-      // The converted argument is a temporary: fds it lends (a SharedArray, a Queue)
-      // close when it dies, so our own copies are taken while it is alive.
-      auto arg = [&]() -> Arg {
-        if constexpr (Star) {
-          return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); }, std::forward<E>(elem));
-        } else {
-          return static_cast<Arg>(std::forward<E>(elem));
-        }
-      }();
-      dump(w, arg);
-      // Room first, so that no duplicate is lost to a failed insert.
-      owned.reserve(owned.size() + (w.fds().size() - had));
-      auto added = dup_fds(w.fds().subspan(had));
-      owned.insert(owned.end(), added.begin(), added.end());
+      // Owned copies of the fds the item lent, taken while whatever lent them is
+      // alive: the caller's value, or a converted temporary (which dies at the end
+      // of its branch, closing them). Room first, so that no duplicate is lost to
+      // a failed insert.
+      auto keep_fds = [&] {
+        owned.reserve(owned.size() + (w.fds().size() - had));
+        auto added = dup_fds(w.fds().subspan(had));
+        owned.insert(owned.end(), added.begin(), added.end());
+      };
+      if constexpr (std::is_same_v<std::remove_cvref_t<E>, Arg>) {
+        // Already the argument: encoded from the caller's value, not from a copy
+        // made only to be encoded.
+        dump(w, static_cast<const Arg&>(elem));
+        keep_fds();
+      } else if constexpr (Star && same_elements<std::remove_cvref_t<E>, Arg>) {
+        // apply/submit's arguments (a tuple of references), each already of its
+        // parameter's type: encoded as the tuple is, element after element.
+        std::apply([&w](const auto&... a) { (dump(w, a), ...); }, elem);
+        keep_fds();
+      } else {
+        // A converted argument (it may own what it lends: a SharedArray moved out
+        // of the caller's temporary).
+        auto arg = [&]() -> Arg {
+          if constexpr (Star) {
+            return std::apply([](auto&&... a) { return Arg(std::forward<decltype(a)>(a)...); },
+                              std::forward<E>(elem));
+          } else {
+            return static_cast<Arg>(std::forward<E>(elem));
+          }
+        }();
+        dump(w, arg);
+        keep_fds();
+      }
     }
   }
 
