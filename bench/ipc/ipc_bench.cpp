@@ -261,15 +261,29 @@ double big_message_gib_s(std::size_t bytes, int reps) {
 }
 
 std::uint64_t first_element(mproc::SharedArray<std::uint64_t> a) { return a[0] + a.size(); }
+std::uint64_t plus_one(std::uint64_t x) { return x + 1; }
 
 // Round trip of a pool task that receives a SharedArray: the array travels as a
-// handle, so the time does not depend on its size.
-double shared_array_task_us(std::size_t elements, mproc::Pool& pool) {
+// handle, and a worker maps it once (its mapping cache), so the time does not
+// depend on its size. The same array goes to `tasks` tasks, one at a time; the
+// median of their round trips.
+double shared_array_task_us(std::size_t elements, mproc::Pool& pool, int tasks) {
   mproc::SharedArray<std::uint64_t> a(elements);
   std::vector<double> lat;
-  for (int i = 0; i < 50; ++i) {
+  for (int i = 0; i < tasks; ++i) {
     auto t0 = Clock::now();
     if (pool.apply(first_element, a) != elements) std::abort();
+    lat.push_back(ns_since(t0) / 1e3);
+  }
+  return bench::percentile(lat, 50);
+}
+
+// The same task with no array (an integer argument), for the ratio.
+double no_array_task_us(mproc::Pool& pool, int tasks) {
+  std::vector<double> lat;
+  for (int i = 0; i < tasks; ++i) {
+    auto t0 = Clock::now();
+    if (pool.apply(plus_one, std::uint64_t(i)) != std::uint64_t(i) + 1) std::abort();
     lat.push_back(ns_since(t0) / 1e3);
   }
   return bench::percentile(lat, 50);
@@ -391,10 +405,24 @@ int main(int argc, char** argv) {
 
   r.section("SharedArray handed to a pool task (round trip µs: constant in size)");
   {
+    // Interleaved: each repetition runs the no-array task and every size on the same
+    // warm pool; the medians of the repetitions' medians (`tasks` tasks per row).
     mproc::Pool pool(mproc::PoolOptions{.processes = 1});
-    for (std::size_t mib : {1, 64, 1024}) {
-      r.row("SharedArray of " + std::to_string(mib) + " MiB", shared_array_task_us((mib << 20) / 8, pool), "µs", {},
-            bench::lower_is_better);
+    const int tasks = args.quick ? 1000 : 10000, sa_reps = args.quick ? 3 : 5;
+    const std::size_t mibs[] = {1, 64, 1024};
+    std::vector<double> plain;
+    std::vector<std::vector<double>> arr(std::size(mibs));
+    for (int rep = 0; rep < sa_reps; ++rep) {
+      plain.push_back(no_array_task_us(pool, tasks / sa_reps));
+      for (std::size_t k = 0; k < std::size(mibs); ++k) {
+        arr[k].push_back(shared_array_task_us((mibs[k] << 20) / 8, pool, tasks / sa_reps));
+      }
+    }
+    const double none = bench::percentile(plain, 50);
+    r.row("task with no array", none, "µs", {}, bench::lower_is_better);
+    for (std::size_t k = 0; k < std::size(mibs); ++k) {
+      r.row("SharedArray of " + std::to_string(mibs[k]) + " MiB", bench::percentile(arr[k], 50), "µs",
+            {{"task with no array", none}}, bench::lower_is_better);
     }
   }
 

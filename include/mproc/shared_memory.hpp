@@ -111,7 +111,8 @@ class SharedArray {
 
   SharedArray() = default;
   /// n zero-initialised elements. Throws std::system_error if memory is refused.
-  explicit SharedArray(std::size_t n) : seg_(detail::Segment::create(n * sizeof(T), "mproc-array")), n_(n) {}
+  explicit SharedArray(std::size_t n)
+      : seg_(detail::Segment::create_counted(n * sizeof(T), "mproc-array")), n_(n) {}
   SharedArray(std::initializer_list<T> init) : SharedArray(init.size()) { std::copy(init.begin(), init.end(), data()); }
   /// Copies a range into a new shared array.
   template <std::ranges::sized_range R>
@@ -145,7 +146,7 @@ struct codec<SharedArray<T>> {
   }
   static SharedArray<T> decode(Reader& r) {
     SharedArray<T> a;
-    a.seg_ = codec<detail::Segment>::decode(r);
+    a.seg_ = codec<detail::Segment>::decode_cached(r);
     std::uint64_t n;
     r.read(&n, sizeof n);
     // By division: n * sizeof(T) can wrap around (n = 2^61 of 8-byte T is 0 bytes).

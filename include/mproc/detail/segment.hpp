@@ -10,6 +10,7 @@
 
 #include "mproc/detail/config.hpp"
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -17,6 +18,8 @@
 #include "mproc/serial.hpp"
 
 namespace mproc::detail {
+
+struct SegmentCacheEntry;
 
 class Segment {
  public:
@@ -34,6 +37,16 @@ class Segment {
   /// other holders shrink later is not guarded against (that needs memfd seals).
   static Segment adopt_received(int fd, std::uint64_t size);
 
+  /// create() for a SharedArray: the memfd gets one more page, after the data
+  /// (rounded up to a page), holding a count of the live handles to it in every
+  /// process (see SegmentCache). size() is still `size`.
+  static Segment create_counted(std::size_t size, const char* tag);
+  /// adopt_received() through this process's mapping cache (SegmentCache): a file
+  /// this process maps already (same st_dev/st_ino, same size) is not mapped
+  /// again; the handle shares that mapping. A file without the counted layout (made
+  /// by other code) is mapped as adopt_received() does, outside the cache.
+  static Segment adopt_received_cached(int fd, std::uint64_t size);
+
   std::byte* data() const noexcept { return impl_ ? impl_->addr : nullptr; }
   std::size_t size() const noexcept { return impl_ ? impl_->size : 0; }
   int fd() const noexcept { return impl_ ? impl_->fd : -1; }
@@ -46,9 +59,27 @@ class Segment {
     int fd = -1;
     std::byte* addr = nullptr;
     std::size_t size = 0;
+    std::size_t map_len = 0;                    // what munmap takes (size, or more when counted)
+    std::atomic<std::int64_t>* live = nullptr;  // the counted layout's handle count, or null
+    std::shared_ptr<SegmentCacheEntry> cached;  // set: fd and mapping belong to that entry
     ~Impl();
   };
   std::shared_ptr<Impl> impl_;
+};
+
+/// The mapping cache of counted segments (SharedArray's), one per process: a
+/// process that receives the same array again and again (a pool worker handed it
+/// by every task) maps it once. An entry is dropped (unmapped, its fd closed) once
+/// no handle in this process uses it and the segment's handle count, kept in the
+/// segment itself by every process's handles, is zero: the array is gone
+/// everywhere. That is checked whenever a handle of a counted segment goes away in
+/// this process and whenever one is received, and by sweep(). For tests and
+/// diagnostics.
+struct SegmentCache {
+  /// Entries held (mapped files), live or not yet swept.
+  static std::size_t size() noexcept;
+  /// Drops the entries nobody uses any more; returns how many are left.
+  static std::size_t sweep() noexcept;
 };
 
 }  // namespace mproc::detail
@@ -66,11 +97,26 @@ struct codec<detail::Segment> {
     w.write(&size, sizeof size);
   }
   static detail::Segment decode(Reader& r) {
+    auto [fd, size] = read_handle(r);
+    return detail::Segment::adopt_received(fd, size);
+  }
+  /// decode() through the mapping cache (SharedArray's; the same bytes).
+  static detail::Segment decode_cached(Reader& r) {
+    auto [fd, size] = read_handle(r);
+    return detail::Segment::adopt_received_cached(fd, size);
+  }
+
+ private:
+  struct Handle {
+    int fd;
+    std::uint64_t size;
+  };
+  static Handle read_handle(Reader& r) {
     std::uint32_t idx;
     std::uint64_t size;
     r.read(&idx, sizeof idx);
     r.read(&size, sizeof size);
-    return detail::Segment::adopt_received(r.fd(idx), size);
+    return {r.fd(idx), size};
   }
 };
 
