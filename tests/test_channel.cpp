@@ -3,10 +3,13 @@
 // inherited through fork.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <mproc/detail/channel.hpp>
 #include <mproc/pipe.hpp>
 #include <mproc/process.hpp>
@@ -439,7 +442,8 @@ TEST(ChannelClaim, ClaimSeesThePrefixAndCrashOrderHolds) {
   EXPECT_EQ(ch.size(), 0u);
   ::close(pfd[0]);
   ::close(pfd[1]);
-  EXPECT_EQ(mproc_test::fd_count(), fds_before);
+  // The channel keeps the out-of-band segments it sent in, for the next message.
+  EXPECT_EQ(mproc_test::fd_count(), fds_before + static_cast<int>(ch.stats().oob_segments_created));
   EXPECT_EQ(mproc_test::zombie_children(), 0);
   g_claim_ch = nullptr;
   g_claim_seen = nullptr;
@@ -613,4 +617,207 @@ TEST(ChannelCorruption, APadThatDoesNotEndTheRingIsRefused) {
   std::memset(ring, 0, kMinCapacity);
   plant_record(4);
   expect_corrupt(4, "head not a multiple of 8");
+}
+
+// ---- recycled out-of-band segments ---------------------------------------------------
+
+namespace {
+
+// A timed receive: a queue's other holders may not have attached yet (a forked
+// child attaches at its first call), which an untimed one would report as EOF.
+std::vector<std::byte> recv_bytes(const ChannelEnd& ch) {
+  std::vector<std::byte> got;
+  EXPECT_TRUE(ch.recv(std::chrono::steady_clock::now() + 60s, [&](mproc::Reader& r) {
+    std::size_t n = r.remaining();
+    const std::byte* b = r.take(n);
+    got.assign(b, b + n);
+  }));
+  return got;
+}
+
+ChannelEnd* g_recycle_ch = nullptr;
+
+// Sends `count` out-of-band messages of producer `id` (in a child process).
+void send_big(std::uint32_t id, int count) {
+  for (int k = 0; k < count; ++k) {
+    auto m = message(id, static_cast<std::uint32_t>(k), (100 << 10) + static_cast<std::size_t>(k) * 4096);
+    if (!g_recycle_ch->send(m, {}, std::nullopt)) ::_exit(2);
+  }
+  ::_exit(0);
+}
+
+}  // namespace
+
+// Out-of-band messages go in segments the sender keeps and reuses once their
+// receiver has consumed the message; a segment whose message is still in flight is
+// never written again (every message arrives intact, also when many are queued).
+TEST(ChannelRecycle, SegmentsAreReusedAndNeverOverwrittenInFlight) {
+  const int fds0 = mproc_test::fd_count();
+  {
+    auto ch = ChannelEnd::create_queue(ChannelOptions{});
+    // One at a time: one segment, whatever the sizes.
+    for (std::uint32_t k = 0; k < 40; ++k) {
+      auto m = message(1, k, (65 << 10) + (k % 5) * (200 << 10));
+      ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+      ASSERT_EQ(recv_bytes(ch), m);
+    }
+    auto st = ch.stats();
+    EXPECT_EQ(st.sent_oob, 40u);
+    EXPECT_EQ(st.sent_recycled, 40u);
+    EXPECT_EQ(st.oob_segments_created, 1u);
+    // Many in flight: each in a segment of its own (beyond the cache's few, fresh
+    // ones), each read back as it was sent.
+    std::vector<std::vector<std::byte>> sent;
+    for (std::uint32_t k = 0; k < 10; ++k) {
+      sent.push_back(message(2, k, (70 << 10) + k * 1000));
+      ASSERT_TRUE(ch.send(sent.back(), {}, std::nullopt));
+    }
+    for (auto& m : sent) ASSERT_EQ(recv_bytes(ch), m);
+    st = ch.stats();
+    EXPECT_GE(st.oob_segments_created, 2u);
+    EXPECT_LE(st.oob_segments_created, 10u);
+    EXPECT_LT(st.sent_recycled, 50u);  // some went in fresh segments
+    // Released again: the next messages reuse them.
+    const auto created = st.oob_segments_created;
+    for (std::uint32_t k = 0; k < 10; ++k) {
+      auto m = message(3, k, 300 << 10);
+      ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+      ASSERT_EQ(recv_bytes(ch), m);
+    }
+    EXPECT_EQ(ch.stats().oob_segments_created, created);
+    EXPECT_EQ(ch.stats().sent_recycled, st.sent_recycled + 10);
+    // Too large to keep (over 64 MiB): a fresh segment, not cached.
+    auto huge = message(4, 0, (std::size_t{64} << 20) + 4097);
+    ASSERT_TRUE(ch.send(huge, {}, std::nullopt));
+    ASSERT_EQ(recv_bytes(ch), huge);
+    EXPECT_EQ(ch.stats().sent_recycled, st.sent_recycled + 10);
+  }
+  EXPECT_EQ(mproc_test::fd_count(), fds0);  // the cache's segments went with the channel
+}
+
+// A message consumed by an exception from claim (before its fds were peeked)
+// still frees its segment for the next message.
+TEST(ChannelRecycle, AThrowingClaimReleasesTheSegment) {
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  auto m = message(1, 0, 100 << 10);
+  ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+  EXPECT_THROW(ch.recv(
+                   std::nullopt, [](mproc::Reader&) { throw std::runtime_error("refused"); },
+                   [](mproc::Reader&) {}),
+               std::runtime_error);
+  EXPECT_EQ(ch.size(), 0u);
+  ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+  EXPECT_EQ(recv_bytes(ch), m);
+  EXPECT_EQ(ch.stats().oob_segments_created, 1u);
+  EXPECT_EQ(ch.stats().sent_recycled, 2u);
+}
+
+// kill -9 of a receiver in the middle of get() (it has read the segment, the
+// message is still in the ring): its segment stays in use, so the sender's next
+// message goes elsewhere, and the next receiver gets the first message intact.
+TEST(ChannelRecycle, AReceiverKilledMidGetLosesNothing) {
+  const int fds0 = mproc_test::fd_count();
+  {
+    auto ch = ChannelEnd::create_queue(ChannelOptions{});
+    mproc::SharedArray<ClaimSeen> seen(1);
+    g_claim_ch = &ch;
+    g_claim_seen = &seen;
+    auto a = message(1, 0, 200 << 10);
+    ASSERT_TRUE(ch.send(a, {}, std::nullopt));
+    Process p(with(StartMethod::fork), claim_then_die, false);  // dies inside f
+    p.start();
+    p.join();
+    EXPECT_EQ(p.exitcode(), 4);
+    EXPECT_EQ(ch.size(), 1u);
+    auto b = message(2, 0, 200 << 10);
+    ASSERT_TRUE(ch.send(b, {}, std::nullopt));
+    EXPECT_EQ(recv_bytes(ch), a);
+    EXPECT_EQ(recv_bytes(ch), b);
+    EXPECT_EQ(ch.stats().oob_segments_created, 2u);
+    // Both are free again.
+    for (std::uint32_t k = 0; k < 4; ++k) {
+      auto m = message(3, k, 150 << 10);
+      ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+      ASSERT_EQ(recv_bytes(ch), m);
+    }
+    EXPECT_EQ(ch.stats().oob_segments_created, 2u);
+    g_claim_ch = nullptr;
+    g_claim_seen = nullptr;
+  }
+  EXPECT_EQ(mproc_test::fd_count(), fds0);
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+  EXPECT_EQ(mproc_test::shm_entries(), 0);
+}
+
+// kill -9 of a sender in the middle of put() (its segment written, waiting for
+// room in the ring): nothing of it arrives, nothing is left behind, and senders
+// forked from a process with a cache use segments of their own.
+TEST(ChannelRecycle, ASenderKilledMidPutLeavesNothing) {
+  const int fds0 = mproc_test::fd_count();
+  {
+    auto ch = ChannelEnd::create_queue(ChannelOptions{.max_items = 1});
+    g_recycle_ch = &ch;
+    auto mine = message(1, 0, 100 << 10);  // the parent's cache has a segment now
+    ASSERT_TRUE(ch.send(mine, {}, std::nullopt));
+    RingView view(ch);
+    Process p(with(StartMethod::fork), send_big, 7u, 3);
+    p.start();
+    // The child's first message waits for room (the ring holds one item).
+    while (view.ring->space.waiters.load() == 0) std::this_thread::yield();
+    ::kill(p.pid(), SIGKILL);
+    p.join();
+    EXPECT_EQ(p.exitcode(), -SIGKILL);
+    EXPECT_EQ(recv_bytes(ch), mine);
+    EXPECT_EQ(ch.size(), 0u);
+    // A forked sender that finishes: all its messages arrive intact, and so do
+    // the parent's, in the parent's own reused segment.
+    Process q(with(StartMethod::fork), send_big, 8u, 3);
+    q.start();
+    for (std::uint32_t k = 0; k < 3; ++k) {
+      auto m = recv_bytes(ch);
+      ASSERT_EQ(m, message(8, k, (100 << 10) + k * 4096));
+    }
+    q.join();
+    EXPECT_EQ(q.exitcode(), 0);
+    for (std::uint32_t k = 0; k < 3; ++k) {
+      auto m = message(1, k + 1, 120 << 10);
+      ASSERT_TRUE(ch.send(m, {}, std::nullopt));
+      ASSERT_EQ(recv_bytes(ch), m);
+    }
+    EXPECT_EQ(ch.stats().oob_segments_created, 1u);
+    g_recycle_ch = nullptr;
+  }
+  EXPECT_EQ(mproc_test::fd_count(), fds0);
+  EXPECT_EQ(mproc_test::zombie_children(), 0);
+  EXPECT_EQ(mproc_test::shm_entries(), 0);
+}
+
+// A task may close descriptors it does not own (the pool's tests close 3..1024): a
+// cached segment whose fd was closed, and its number reused for another file, is
+// forgotten, never written or sent; the message goes in a new segment.
+TEST(ChannelRecycle, ACachedDescriptorClosedByOthersIsNeverWritten) {
+  auto ch = ChannelEnd::create_queue(ChannelOptions{});
+  auto a = message(1, 0, 100 << 10);
+  ASSERT_TRUE(ch.send(a, {}, std::nullopt));
+  ASSERT_EQ(recv_bytes(ch), a);
+  int cached = -1;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec).string();
+    if (target.find("memfd:mproc-msg") != std::string::npos) cached = std::stoi(e.path().filename().string());
+  }
+  ASSERT_GE(cached, 0);
+  int other = ::memfd_create("not-a-segment", MFD_CLOEXEC);
+  ASSERT_GE(other, 0);
+  ASSERT_EQ(::dup3(other, cached, O_CLOEXEC), cached);  // the number now names another file
+  auto b = message(2, 0, 100 << 10);
+  ASSERT_TRUE(ch.send(b, {}, std::nullopt));
+  EXPECT_EQ(recv_bytes(ch), b);
+  struct stat st;
+  ASSERT_EQ(::fstat(other, &st), 0);
+  EXPECT_EQ(st.st_size, 0);  // never written
+  EXPECT_EQ(ch.stats().oob_segments_created, 2u);
+  ASSERT_EQ(::fcntl(cached, F_GETFD), FD_CLOEXEC);  // not closed by the channel either
+  ::close(cached);
+  ::close(other);
 }

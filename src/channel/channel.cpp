@@ -48,8 +48,10 @@ void after_fork_child() noexcept {
     // keeps them open and its recv() hangs instead). Pass an end to a Process as an
     // argument to use it there. Queues stay usable through fork.
     for (auto& e : g_registry->entries) {
-      if (e.role == EndRole::queue) continue;
-      if (auto c = e.ch.lock()) c->drop_inherited();
+      auto c = e.ch.lock();
+      if (!c) continue;
+      c->oob_cache.forget_after_fork();  // else OobCache sees the new fork generation
+      if (e.role != EndRole::queue) c->drop_inherited();
     }
     g_registry->entries.clear();
     g_registry->mu.unlock();
@@ -303,6 +305,7 @@ std::vector<int> ChannelEnd::fds() const {
 
 bool ChannelEnd::move_fds_above(int floor) const {
   Channel& c = ch();
+  c.fd_floor.store(floor, std::memory_order_relaxed);  // for the out-of-band segments it makes later
   int moved[2] = {-1, -1};
   for (int i = 0; i < 2; ++i) {
     if (c.socks[i] < 0 || c.socks[i] >= floor) continue;
@@ -443,7 +446,7 @@ void ChannelEnd::set_spin(std::chrono::nanoseconds spin) const {
 ChannelStats ChannelEnd::stats() const {
   Channel& c = ch();
   return {c.n_sent.load(), c.n_sent_oob.load(), c.n_received.load(), c.n_received_oob.load(),
-          c.n_slow_takeovers.load()};
+          c.n_slow_takeovers.load(), c.n_sent_recycled.load(), c.oob_cache.created()};
 }
 
 // ---- handle transport ------------------------------------------------------------

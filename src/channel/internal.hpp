@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,7 +22,9 @@ namespace mproc::detail {
 inline constexpr std::uint32_t kChannelMagic = 0x6d70'6368;  // "mpch"
 // 2: out-of-band records carry the message's first kClaimPrefixBytes bytes.
 // 3: the header's shutdown word (Queue.shutdown()).
-inline constexpr std::uint32_t kChannelVersion = 3;
+// 4: out-of-band segments start with a release word; the bytes follow at
+//    kOobDataOffset; SidebandInfo::oob 2 marks a recycled segment.
+inline constexpr std::uint32_t kChannelVersion = 4;
 inline constexpr std::size_t kMinCapacity = std::size_t{4} << 10;
 inline constexpr std::size_t kMaxCapacity = std::size_t{64} << 20;
 /// Attachment slots: processes that hold the channel. Beyond this many at once,
@@ -74,8 +78,18 @@ struct SidebandInfo {
   std::uint64_t seq;       // matches the 8-byte payload of the socket message
   std::uint64_t oob_size;  // message bytes in the out-of-band segment (fd 0); 0: inline
   std::uint32_t nfds;      // message fds (after the segment's, if any)
-  std::uint32_t oob;       // 1 if an out-of-band segment travels as the first fd
+  std::uint32_t oob;       // an out-of-band segment travels as the first fd: OobKind
 };
+
+/// SidebandInfo::oob.
+enum OobKind : std::uint32_t {
+  kNoOob = 0,
+  kOobFresh = 1,     // a segment made for this message alone
+  kOobRecycled = 2,  // one of the sender's cached segments: the receiver releases it
+};
+
+/// Layout of an out-of-band segment: a release word (OobCache), then the bytes.
+inline constexpr std::size_t kOobDataOffset = 4096;
 
 constexpr std::size_t record_span(std::size_t payload) { return (sizeof(RecordHeader) + payload + 7) & ~std::size_t{7}; }
 // An out-of-band record (SidebandInfo, then the message's first min(size,
@@ -173,6 +187,64 @@ inline constexpr std::size_t kHeaderBytes = (sizeof(ChannelHeader) + 4095) & ~st
 /// emptied the ring: a receive throws it at once). Any other value reads as shut.
 enum ShutdownState : std::uint32_t { kOpen = 0, kShut = 1, kDrained = 2 };
 
+// ---- recycled out-of-band segments (sideband.cpp) ------------------------------------
+
+/// An out-of-band segment holding one message being sent. A recycled one is the
+/// cache's (fd borrowed, its release word set); if the message never leaves
+/// (deadline, exception), destroying the lease frees the segment for the next one.
+struct OobLease {
+  int fd = -1;
+  std::atomic<std::uint32_t>* busy = nullptr;  // recycled: the segment's release word
+  bool handed_over = false;                    // the socket message went: the receiver releases it
+  OobLease() = default;
+  OobLease(const OobLease&) = delete;
+  OobLease& operator=(const OobLease&) = delete;
+  ~OobLease();
+  OobKind kind() const noexcept { return busy ? kOobRecycled : kOobFresh; }
+};
+
+/// The out-of-band segments one process sends a channel's messages in, kept for
+/// the next message once their receiver has released them (docs/queue.md,
+/// "Recycled segments"): a fresh memfd costs a page allocation per 4 KiB written.
+/// A segment's first word is 1 while a message in it is in flight (set by the
+/// sender with a CAS, so any process holding the same fd could share it safely)
+/// and 0 once its receiver consumed the message (written by pwrite). A receiver
+/// killed in between leaves it 1 for good; such a segment is skipped and, once
+/// the cache is full, dropped (the kernel frees it with its last fd).
+class OobCache {
+ public:
+  OobCache() noexcept;
+  ~OobCache();
+  OobCache(const OobCache&) = delete;
+  OobCache& operator=(const OobCache&) = delete;
+  /// Copies bytes into a segment: a free cached one, a new cached one, or (cache
+  /// full of busy segments, or bytes too large to keep) a fresh uncached one.
+  /// `fd_floor`: cached segments get descriptors >= it (ChannelEnd::move_fds_above).
+  void fill(OobLease& lease, std::span<const std::byte> bytes, int fd_floor);
+  /// In a fork child (single-threaded): the parent's segments are the parent's.
+  void forget_after_fork() noexcept;
+  /// Segments created, for tests.
+  std::uint64_t created() const noexcept { return created_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Entry {
+    int fd;
+    std::atomic<std::uint32_t>* busy;  // mapping of the segment's first page
+    std::size_t written;               // high-water mark of bytes written (pages held)
+    std::uint64_t dev, ino;            // the file fd must still name (fstat)
+  };
+  /// Unmaps e; closes its fd unless `fd_lost` (someone else closed it: the number
+  /// may name another file by now).
+  void drop(Entry& e, bool fd_lost = false) noexcept;
+  std::mutex mu_;
+  std::vector<Entry> entries_;
+  unsigned gen_;
+  std::atomic<std::uint64_t> created_{0};
+};
+
+/// Frees a recycled segment for its sender's next message (the receiver consumed it).
+void oob_release(int fd) noexcept;
+
 // ---- the process-local object ---------------------------------------------------
 
 enum class EndRole : std::uint8_t { queue = 0, a = 1, b = 2 };
@@ -215,6 +287,10 @@ class Channel {
 
   std::atomic<std::uint64_t> n_sent{0}, n_sent_oob{0}, n_received{0}, n_received_oob{0};
   std::atomic<std::uint64_t> n_slow_takeovers{0};
+  std::atomic<std::uint64_t> n_sent_recycled{0};
+
+  OobCache oob_cache;  // segments this process sends out-of-band messages in
+  std::atomic<int> fd_floor{0};  // move_fds_above's floor: new descriptors go above it
 
   // How long a waiting call on this end spins before it sleeps (set_spin).
   std::atomic<std::int64_t> spin_ns{kDefaultSpinNs};
@@ -268,15 +344,13 @@ std::vector<int> sideband_recv(int sock, std::uint64_t seq, std::size_t nfds, bo
 /// receiving its fds. `known_front`: a peek just saw `seq` at the front, so one
 /// receive does. Errors are ignored (the next receive reports an out-of-step socket).
 void sideband_drop(int sock, std::uint64_t seq, bool known_front) noexcept;
-/// Copies bytes into a new out-of-band memfd segment; returns its fd (owned).
-int oob_create(std::span<const std::byte> bytes);
 /// An out-of-band message's bytes, valid until the next oob_read on this thread
 /// (or while `seg` lives).
 struct OobMessage {
   std::span<const std::byte> bytes;
   Segment seg;
 };
-/// Reads an out-of-band message (taking ownership of fd).
+/// Reads an out-of-band message (fd borrowed).
 OobMessage oob_read(int fd, std::size_t size);
 
 /// Closes every fd in the list (ignoring errors).

@@ -435,34 +435,56 @@ void receive_sideband(Channel& c, RingState& r, std::uint64_t head, const Record
   const std::size_t inline_bytes = h->size - sizeof s.info;  // record_at checked h->size >= sizeof info
   // An out-of-band record carries the message's first bytes, for claim. A corrupt
   // record is left where it is (its sequence number cannot be trusted either).
-  if (s.info.nfds > kMaxMessageFds ||
+  if (s.info.nfds > kMaxMessageFds || s.info.oob > kOobRecycled ||
       (s.info.oob && inline_bytes != std::min<std::uint64_t>(s.info.oob_size, kClaimPrefixBytes))) {
     throw Error("mproc: channel ring corrupted (bad side-band record)");
   }
+  const std::size_t oob_fds = s.info.oob != kNoOob ? 1 : 0;
+  // A recycled segment is released (for its sender's next message) only once the
+  // record has left the ring: until then a receiver dying leaves the message to
+  // the next one, which must find the same bytes.
   struct Consume {
     Channel& c;
     RingState& r;
     std::uint64_t next;
     Held& held;
-    std::uint64_t seq;
+    const SidebandInfo& info;
     bool peeked = false;  // the socket message at the front is known to be seq's
+    int release_fd = -1;  // the recycled segment, once peeked
     ~Consume() {
       r.head.store(next, memory_order_seq_cst);
-      sideband_drop(c.sock_rx, seq, peeked);
-      r.sb_received.store(seq, memory_order_release);
+      if (release_fd >= 0) {
+        oob_release(release_fd);
+      } else if (info.oob == kOobRecycled && !peeked) {
+        // Consumed before its fds were peeked (claim threw): take them to release it.
+        try {
+          FdList got{sideband_recv(c.sock_rx, info.seq, info.nfds + 1, false)};
+          oob_release(got.fds[0]);
+          peeked = true;  // taken: nothing left to drop
+        } catch (...) {   // an out-of-step socket: the drop below and the next receive report it
+        }
+        if (peeked) {
+          r.sb_received.store(info.seq, memory_order_release);
+          held.unlock();
+          after_consume(r);
+          return;
+        }
+      }
+      sideband_drop(c.sock_rx, info.seq, peeked);
+      r.sb_received.store(info.seq, memory_order_release);
       held.unlock();
       after_consume(r);
     }
-  } consume{c, r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held, s.info.seq};
+  } consume{c, r, pack(pos_of(head) + record_span(h->size), count_of(head) + 1), held, s.info};
   if (claim) {
     Reader prefix(std::span(p + sizeof s.info, std::min(inline_bytes, kClaimPrefixBytes)));
     claim(claim_ctx, prefix);
   }
-  s.fds.fds = sideband_recv(c.sock_rx, s.info.seq, s.info.nfds + s.info.oob, /*peek=*/true);
+  s.fds.fds = sideband_recv(c.sock_rx, s.info.seq, s.info.nfds + oob_fds, /*peek=*/true);
   consume.peeked = true;
   if (s.info.oob) {
-    int fd = s.fds.fds[0];
-    s.fds.fds[0] = -1;  // owned by the mapping now
+    int fd = s.fds.fds[0];  // closed after the release (s outlives consume)
+    if (s.info.oob == kOobRecycled) consume.release_fd = fd;
     OobMessage m = oob_read(fd, static_cast<std::size_t>(s.info.oob_size));
     Reader rd(m.bytes, std::span<const int>(s.fds.fds).subspan(1));
     bump(c.n_received_oob, 1);
@@ -497,15 +519,15 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
 
   // The out-of-band copy is made before taking the lock, so other producers are
   // not held up while gigabytes are copied.
+  OobLease lease;  // the out-of-band segment (freed again unless the message goes)
+  if (oob) c.oob_cache.fill(lease, bytes, c.fd_floor.load(memory_order_relaxed));
   FdList send_fds;
-  if (oob) send_fds.fds.push_back(oob_create(bytes));
+  if (oob) send_fds.fds.push_back(lease.fd);
   for (int fd : fds) send_fds.fds.push_back(fd);
-  const std::size_t own_fds = oob ? 1 : 0;
-  struct Release {  // the message's own fds are borrowed: never closed here
+  struct Release {  // borrowed (the message's own fds, the lease's): never closed here
     FdList& l;
-    std::size_t own;
-    ~Release() { l.fds.resize(own); }
-  } release_borrowed{send_fds, own_fds};
+    ~Release() { l.fds.clear(); }
+  } release_borrowed{send_fds};
 
   if (shutdown_state(c) != kOpen) throw_shutdown(Gone::send);
   for (;;) {
@@ -519,7 +541,7 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
       std::byte* p = place(c, r, tail, payload, sideband ? RecordKind::sideband : RecordKind::inline_);
       if (sideband) {
         SidebandInfo info{r.sb_sent.load(memory_order_relaxed) + 1, oob ? bytes.size() : 0,
-                          static_cast<std::uint32_t>(fds.size()), oob ? 1u : 0u};
+                          static_cast<std::uint32_t>(fds.size()), oob ? lease.kind() : kNoOob};
         std::memcpy(p, &info, sizeof info);
         if (in_ring) std::memcpy(p + sizeof info, bytes.data(), in_ring);
         // The sequence number is used up before the socket message goes: a
@@ -527,6 +549,7 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
         // which the consumer drops, and the next producer takes a fresh one.
         r.sb_sent.store(info.seq, memory_order_relaxed);
         if (!sideband_send(c, c.sock_tx, info.seq, send_fds.fds, deadline)) return false;
+        lease.handed_over = true;  // in the socket: released by its receiver from now on
       } else if (!bytes.empty()) {
         std::memcpy(p, bytes.data(), bytes.size());
       }
@@ -535,6 +558,7 @@ bool ChannelEnd::send(std::span<const std::byte> bytes, std::span<const int> fds
       notify_consumers(r, 1);
       bump(c.n_sent, 1);
       if (oob) bump(c.n_sent_oob, 1);
+      if (oob && lease.kind() == kOobRecycled) bump(c.n_sent_recycled, 1);
       return true;
     }
     held.unlock();

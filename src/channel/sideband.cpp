@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "../os/internal.hpp"
 #include "internal.hpp"
@@ -142,30 +143,182 @@ void sideband_drop(int sock, std::uint64_t seq, bool known_front) noexcept {
   }
 }
 
-int oob_create(std::span<const std::byte> bytes) {
-  // Written with pwrite, not through a mapping: the kernel fills the memfd's pages
-  // without a page fault per 4 KiB, which measured 3-4x faster here for 64 MiB.
-  int fd = sys().memfd_create("mproc-msg", MFD_CLOEXEC);
-  if (fd < 0) throw_errno("memfd_create");
-  struct Closer {
-    int fd;
-    ~Closer() {
-      if (fd >= 0) close_fd(fd);
-    }
-  } closer{fd};
-  if (::ftruncate(fd, static_cast<off_t>(bytes.size())) < 0) throw_errno("ftruncate");
+namespace {
+
+/// Writes bytes at `offset` of fd (pwrite, not through a mapping: the kernel fills
+/// the memfd's pages without a page fault per 4 KiB, which measured 3-4x faster
+/// here for 64 MiB).
+void write_at(int fd, std::span<const std::byte> bytes, std::size_t offset) {
   std::size_t done = 0;
   while (done < bytes.size()) {
     std::size_t chunk = std::min<std::size_t>(bytes.size() - done, std::size_t{1} << 30);
-    ssize_t n = ::pwrite(fd, bytes.data() + done, chunk, static_cast<off_t>(done));
+    ssize_t n = ::pwrite(fd, bytes.data() + done, chunk, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       throw_errno("pwrite");
     }
     done += static_cast<std::size_t>(n);
   }
-  closer.fd = -1;
+}
+
+/// A new memfd of kOobDataOffset + `payload` bytes (pages allocated as written).
+int new_oob_segment(std::size_t payload) {
+  int fd = sys().memfd_create("mproc-msg", MFD_CLOEXEC);
+  if (fd < 0) throw_errno("memfd_create");
+  if (::ftruncate(fd, static_cast<off_t>(kOobDataOffset + payload)) < 0) {
+    int e = errno;
+    close_fd(fd);
+    errno = e;
+    throw_errno("ftruncate");
+  }
   return fd;
+}
+
+/// Largest message a cached segment holds (a 64 MiB payload and its encoding
+/// header); larger ones get a fresh segment each.
+/// Every cached segment has this size from the start (pages are only allocated as
+/// they are written), so one never has to grow.
+constexpr std::size_t kOobCachedMax = (std::size_t{64} << 20) + 4096;
+/// Segments cached per channel end and process, and the pages they may hold
+/// together (high-water marks): beyond that, free ones are dropped.
+constexpr std::size_t kOobCacheEntries = 4;
+constexpr std::size_t kOobCacheBytes = std::size_t{128} << 20;
+
+}  // namespace
+
+OobLease::~OobLease() {
+  if (busy) {
+    if (!handed_over) busy->store(0, std::memory_order_release);
+  } else if (fd >= 0) {
+    close_fd(fd);
+  }
+}
+
+OobCache::OobCache() noexcept : gen_(fork_generation()) {}
+
+OobCache::~OobCache() {
+  for (Entry& e : entries_) drop(e);
+}
+
+void OobCache::drop(Entry& e, bool fd_lost) noexcept {
+  ::munmap(e.busy, kOobDataOffset);
+  if (!fd_lost) close_fd(e.fd);
+}
+
+void OobCache::forget_after_fork() noexcept {
+  // Single-threaded (pthread_atfork child): mu_ may have been held by a thread that
+  // is gone, so it is made anew. The segments stay the parent's (its mappings and
+  // fds in this child are closed; the parent's own are untouched).
+  for (Entry& e : entries_) drop(e);
+  new (&entries_) std::vector<Entry>;  // the old vector's memory is leaked, not freed under a foreign lock
+  new (&mu_) std::mutex;
+  gen_ = fork_generation();
+}
+
+void OobCache::fill(OobLease& lease, std::span<const std::byte> bytes, int fd_floor) {
+  const std::size_t n = bytes.size();
+  Entry* got = nullptr;
+  // A fork child whose registry could not be reset (forget_after_fork not run):
+  // the cache is the parent's; use fresh segments here.
+  if (n <= kOobCachedMax && gen_ == fork_generation()) {
+    std::lock_guard lock(mu_);
+    // A task may close descriptors it does not own (the pool's "close 3..1024"):
+    // a cached fd that no longer names its segment is forgotten, never written or
+    // sent (its number may be another file's by now).
+    for (std::size_t i = 0; i < entries_.size();) {
+      struct stat st;
+      Entry& e = entries_[i];
+      if (::fstat(e.fd, &st) == 0 && static_cast<std::uint64_t>(st.st_dev) == e.dev &&
+          static_cast<std::uint64_t>(st.st_ino) == e.ino) {
+        ++i;
+        continue;
+      }
+      drop(e, /*fd_lost=*/true);
+      e = entries_.back();
+      entries_.pop_back();
+    }
+    // A free segment, preferring one whose pages already cover n (no new page).
+    auto claim = [](Entry& e) {
+      std::uint32_t free = 0;
+      return e.busy->compare_exchange_strong(free, 1, std::memory_order_acquire, std::memory_order_relaxed);
+    };
+    Entry* best = nullptr;
+    for (Entry& e : entries_) {
+      if (e.busy->load(std::memory_order_relaxed) != 0) continue;
+      if (!best || (best->written < n && e.written > best->written) ||
+          (e.written >= n && e.written < best->written)) {
+        best = &e;
+      }
+    }
+    if (best && claim(*best)) got = best;
+    if (!got && entries_.size() < kOobCacheEntries) {
+      int fd = new_oob_segment(kOobCachedMax);
+      if (fd < fd_floor) {  // kept for long: above the range a task may sweep
+        int high = ::fcntl(fd, F_DUPFD_CLOEXEC, fd_floor);
+        if (high >= 0) {
+          close_fd(fd);
+          fd = high;
+        }
+      }
+      struct stat st;
+      void* m = ::fstat(fd, &st) == 0
+                    ? ::mmap(nullptr, kOobDataOffset, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                    : MAP_FAILED;
+      if (m == MAP_FAILED) {
+        int e = errno;
+        close_fd(fd);
+        errno = e;
+        throw_errno("mmap");
+      }
+      created_.fetch_add(1, std::memory_order_relaxed);
+      auto* busy = static_cast<std::atomic<std::uint32_t>*>(m);
+      busy->store(1, std::memory_order_relaxed);
+      entries_.push_back({fd, busy, 0, static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)});
+      got = &entries_.back();
+    }
+    if (got) {
+      // Keep the pages held within bounds: drop free segments (largest first) while
+      // over, else send this one in a fresh segment.
+      std::size_t total = 0;
+      for (Entry& e : entries_) total += &e == got ? std::max(e.written, n) : e.written;
+      while (total > kOobCacheBytes) {
+        Entry* victim = nullptr;
+        for (Entry& e : entries_) {
+          if (&e != got && e.written > 0 && e.busy->load(std::memory_order_relaxed) == 0 &&
+              (!victim || e.written > victim->written)) {
+            victim = &e;
+          }
+        }
+        if (!victim || !claim(*victim)) break;
+        total -= victim->written;
+        std::size_t keep = static_cast<std::size_t>(got - entries_.data());
+        drop(*victim);
+        *victim = entries_.back();
+        entries_.pop_back();
+        if (keep == entries_.size()) keep = static_cast<std::size_t>(victim - entries_.data());
+        got = &entries_[keep];
+      }
+      if (total > kOobCacheBytes) {
+        got->busy->store(0, std::memory_order_release);
+        got = nullptr;
+      } else {
+        got->written = std::max(got->written, n);
+        lease.fd = got->fd;
+        lease.busy = got->busy;
+      }
+    }
+  }
+  if (!got) {
+    lease.fd = new_oob_segment(n);
+  }
+  // The copy runs outside the lock: the segment is ours (its word is set).
+  write_at(lease.fd, bytes, kOobDataOffset);
+}
+
+void oob_release(int fd) noexcept {
+  // Only the word's low byte changes (1 -> 0), so this write cannot be seen torn.
+  const std::uint32_t zero = 0;
+  (void)::pwrite(fd, &zero, sizeof zero, 0);
 }
 
 namespace {
@@ -214,23 +367,18 @@ thread_local RecvBuffer t_recv;
 
 OobMessage oob_read(int fd, std::size_t size) {
   OobMessage m;
-  struct Closer {
-    int fd;
-    ~Closer() { close_fd(fd); }
-  } closer{fd};
   struct stat st;
   if (::fstat(fd, &st) < 0) throw_errno("fstat");
-  if (static_cast<std::uint64_t>(st.st_size) < size) {
+  if (static_cast<std::uint64_t>(st.st_size) < kOobDataOffset + size) {
     throw Error("mproc: out-of-band message segment is smaller than its record says");
   }
   if (size > kKeepBytes) {
     // Mapped, and every page mapped in one call (instead of a fault per page).
-    closer.fd = -1;
-    m.seg = Segment::adopt(fd, size, false);
+    m.seg = Segment::adopt(fd, kOobDataOffset + size, true);
 #ifdef MADV_POPULATE_READ
-    ::madvise(m.seg.data(), m.seg.size(), MADV_POPULATE_READ);
+    ::madvise(m.seg.data() + kOobDataOffset, size, MADV_POPULATE_READ);
 #endif
-    m.bytes = {m.seg.data(), size};
+    m.bytes = {m.seg.data() + kOobDataOffset, size};
     return m;
   }
   // pread, not a mapping: the kernel copies through its own (huge-page) map of the
@@ -240,7 +388,7 @@ OobMessage oob_read(int fd, std::size_t size) {
   std::size_t done = 0;
   while (done < size) {
     ssize_t n = ::pread(fd, dst + done, std::min<std::size_t>(size - done, std::size_t{1} << 30),
-                        static_cast<off_t>(done));
+                        static_cast<off_t>(kOobDataOffset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("pread");
     if (n == 0) throw Error("mproc: out-of-band message segment ended early");

@@ -68,6 +68,9 @@ struct ChannelStats {
   /// Ring locks this process took over from a dead holder after waiting out a
   /// 100 ms slice (release_dead_holders() spares that wait).
   std::uint64_t slow_takeovers = 0;
+  /// Out-of-band messages sent in a recycled segment (one kept from an earlier
+  /// message), and the segments this end's cache created in this process.
+  std::uint64_t sent_recycled = 0, oob_segments_created = 0;
 };
 
 class Channel;  // process-local state; src/channel/channel.cpp
