@@ -17,10 +17,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <iterator>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -227,6 +227,78 @@ class [[nodiscard]] AsyncResult {
 
 namespace detail {
 
+/// The outcomes a lazy map holds for its iterating thread: a window of slots by
+/// item index, from the oldest not yet taken (imap), or, once taken out of order
+/// (imap_unordered), a queue in order of arrival. Not a tree: a node allocated,
+/// rebalanced and freed per item was most of the parent's time in an imap of
+/// small tasks. Indices come from one counter and imap's read-ahead bounds how
+/// far results run ahead of the oldest one not taken, so the slots stay few.
+template <class Outcome>
+class OutcomeSlots {
+ public:
+  /// Keeps `o` for item `index` (each index comes once: the backend delivers
+  /// every item once; a repeat is ignored while the index is in the window).
+  void emplace(std::uint64_t index, Outcome&& o) {
+    ++present_;
+    if (unordered_) {
+      arrived_.emplace_back(index, std::move(o));
+      return;
+    }
+    if (index < base_) {
+      --present_;
+      return;
+    }
+    auto k = static_cast<std::size_t>(index - base_);
+    if (k >= slots_.size()) slots_.resize(k + 1);
+    if (slots_[k]) {
+      --present_;
+      return;
+    }
+    slots_[k].emplace(std::move(o));
+  }
+  bool empty() const noexcept { return present_ == 0; }
+  /// Whether item `index` can be taken (ordered taking only).
+  bool contains(std::uint64_t index) const noexcept {
+    return !unordered_ && index >= base_ && index - base_ < slots_.size() &&
+           slots_[static_cast<std::size_t>(index - base_)].has_value();
+  }
+  /// Takes item `index`; contains(index) must hold. Ordered taking takes the
+  /// oldest (the window moves on); another leaves an empty slot behind.
+  Outcome take(std::uint64_t index) {
+    auto& slot = slots_[static_cast<std::size_t>(index - base_)];
+    Outcome o = std::move(*slot);
+    slot.reset();
+    --present_;
+    if (index == base_) {
+      slots_.pop_front();
+      ++base_;
+    }
+    return o;
+  }
+  /// Takes the outcome that came first of those not taken; !empty() must hold.
+  /// From the first call on, outcomes are kept in order of arrival.
+  std::pair<std::uint64_t, Outcome> take_first_arrived() {
+    if (!unordered_) {
+      unordered_ = true;
+      for (std::size_t k = 0; k < slots_.size(); ++k) {
+        if (slots_[k]) arrived_.emplace_back(base_ + k, std::move(*slots_[k]));
+      }
+      slots_.clear();
+    }
+    std::pair<std::uint64_t, Outcome> p = std::move(arrived_.front());
+    arrived_.pop_front();
+    --present_;
+    return p;
+  }
+
+ private:
+  std::deque<std::optional<Outcome>> slots_;  // slots_[k] is item base_ + k
+  std::uint64_t base_ = 0;
+  std::size_t present_ = 0;
+  bool unordered_ = false;
+  std::deque<std::pair<std::uint64_t, Outcome>> arrived_;
+};
+
 /// Outcomes of a lazily-fed job's items, by index, until the iterating thread
 /// takes them (imap; ThreadPool's imap shares it).
 template <class V>
@@ -235,7 +307,7 @@ class OutcomeBuffer {
   using Outcome = std::variant<V, std::exception_ptr>;
   using clock = std::chrono::steady_clock;
 
-  /// Adds outcomes under one lock: `fill(map)` emplaces (index, outcome) pairs.
+  /// Adds outcomes under one lock: `fill(slots)` calls slots.emplace(index, outcome).
   template <class Fill>
   void add(Fill&& fill) {
     {
@@ -259,7 +331,36 @@ class OutcomeBuffer {
   std::optional<std::pair<std::uint64_t, Outcome>> take(std::optional<std::uint64_t> index,
                                                          std::optional<clock::time_point> deadline = {}) {
     std::unique_lock lock(mu_);
-    auto present = [&] { return index ? buffered_.count(*index) != 0 : !buffered_.empty(); };
+    if (!wait(lock, index, deadline)) return std::nullopt;
+    return take_one(index);
+  }
+  /// As take(), and then, under the same lock, the outcomes that follow it with
+  /// no gap (ordered) or that arrived after it (unordered), up to `max` in all:
+  /// appended to `out` as (index, outcome) pairs. False when the deadline passed.
+  template <class Out>
+  bool take_batch(std::optional<std::uint64_t> index, std::optional<clock::time_point> deadline, Out& out,
+                  std::size_t max) {
+    std::unique_lock lock(mu_);
+    if (!wait(lock, index, deadline)) return false;
+    out.push_back(take_one(index));
+    for (std::size_t n = 1; n < max; ++n) {
+      if (index) {
+        ++*index;
+        if (!buffered_.contains(*index)) break;
+      } else if (buffered_.empty()) {
+        break;
+      }
+      out.push_back(take_one(index));
+    }
+    return true;
+  }
+
+ private:
+  // With mu_ held (by `lock`): waits for item `index` (or any), spinning first.
+  bool wait(std::unique_lock<std::mutex>& lock, std::optional<std::uint64_t> index,
+            std::optional<clock::time_point> deadline) {
+    auto present = [&] { return index ? buffered_.contains(*index) : !buffered_.empty(); };
+    if (present()) return true;
     // Spin first, watching for any add(), while the wanted item is missing.
     for (auto spin_end = clock::now() + std::chrono::nanoseconds(spin_ns_); !present() && clock::now() < spin_end;) {
       std::uint64_t seen = added_.load(std::memory_order_acquire);
@@ -271,17 +372,16 @@ class OutcomeBuffer {
       lock.lock();
       if (!added()) break;
     }
-    if (!interruptible_wait_until(cv_, lock, deadline, present)) return std::nullopt;
-    auto it = index ? buffered_.find(*index) : buffered_.begin();
-    auto out = std::make_pair(it->first, std::move(it->second));
-    buffered_.erase(it);
-    return out;
+    return interruptible_wait_until(cv_, lock, deadline, present);
+  }
+  std::pair<std::uint64_t, Outcome> take_one(std::optional<std::uint64_t> index) {
+    if (!index) return buffered_.take_first_arrived();
+    return {*index, buffered_.take(*index)};
   }
 
- private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::uint64_t, Outcome> buffered_;
+  OutcomeSlots<Outcome> buffered_;
   std::atomic<std::uint64_t> added_{0};
   std::int64_t spin_ns_ = 0;
   std::shared_ptr<ResultReceiver> receiver_;

@@ -169,9 +169,12 @@ class StreamJob final : public JobSink {
     buffer_.add([&](auto& buffered) { buffered.emplace(index, make_item_error(kind, info, exitcode, index)); });
   }
 
-  /// Waits for item `index` (ordered) or any item (unordered); see OutcomeBuffer::take.
-  auto take(std::optional<std::uint64_t> index, std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
-    return buffer_.take(index, deadline);
+  /// Waits for item `index` (ordered) or any item (unordered), then takes up to
+  /// `max` ready ones; see OutcomeBuffer::take_batch.
+  template <class Out>
+  bool take_batch(std::optional<std::uint64_t> index, std::optional<std::chrono::steady_clock::time_point> deadline,
+                  Out& out, std::size_t max) {
+    return buffer_.take_batch(index, deadline, out, max);
   }
   void set_spin(std::int64_t ns) { buffer_.set_spin(ns); }
   void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { buffer_.set_receiver(std::move(r), job); }

@@ -88,38 +88,47 @@ class StreamSource final : LazyFeed {
 
   /// The next result, or empty at the end. With a deadline (executor map's
   /// timeout), throws TimeoutError once it passes without a result.
+  ///
+  /// Results are taken off the job a run at a time (those ready in order, up to
+  /// a chunk), so that the iterating thread locks, refills and waits once per
+  /// run, not per item; the read-ahead window counts them as taken.
   std::optional<V> next(std::optional<std::chrono::steady_clock::time_point> deadline = {}) {
-    {
-      std::lock_guard lock(mu_);
-      refill(false);
-      if (taken_ == submitted_) {
-        if (bar_) bar_->close();  // the final line before the loop ends
-        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
-        return std::nullopt;
-      }
-      // Receive the wanted item's results on this thread while spinning: they
-      // come under the job of the chunk holding it.
-      if (per_call_ && !calls_.empty()) job_->set_receiver_job(calls_.front().first);
-    }
-    auto got = job_->take(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt, deadline);
-    if (!got) {
-      if (per_call_) {
-        // Python's Executor.map cancels what has not started once its iteration
-        // raises; so does this one. Later calls time out again.
+    if (ready_.empty()) {
+      std::size_t run = 1;
+      {
         std::lock_guard lock(mu_);
-        seal();
-        cancel_unstarted();
+        refill(false);
+        if (taken_ == submitted_) {
+          if (bar_) bar_->close();  // the final line before the loop ends
+          if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+          return std::nullopt;
+        }
+        // Receive the wanted item's results on this thread while spinning: they
+        // come under the job of the chunk holding it. An executor's map takes one
+        // at a time (its calls' jobs are cancelled by position).
+        if (per_call_ && !calls_.empty()) job_->set_receiver_job(calls_.front().first);
+        if (!per_call_) run = chunk_.next();
       }
-      throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+      if (!job_->take_batch(Ordered ? std::optional<std::uint64_t>(taken_) : std::nullopt, deadline, ready_, run)) {
+        if (per_call_) {
+          // Python's Executor.map cancels what has not started once its iteration
+          // raises; so does this one. Later calls time out again.
+          std::lock_guard lock(mu_);
+          seal();
+          cancel_unstarted();
+        }
+        throw TimeoutError("mproc: the next result was not ready within the map's timeout");
+      }
+      taken_ += ready_.size();  // this thread's alone (feed_rest does not read it): no lock
+      if (per_call_) {
+        std::lock_guard lock(mu_);
+        while (!calls_.empty() && calls_.front().second <= taken_) calls_.pop_front();
+      }
+      chunk_.items_done = job_->items();
+      chunk_.ns_done = job_->ns();
     }
-    auto& [index, outcome] = *got;
-    ++taken_;  // this thread's alone (feed_rest does not read it): no lock
-    if (per_call_) {
-      std::lock_guard lock(mu_);
-      while (!calls_.empty() && calls_.front().second <= taken_) calls_.pop_front();
-    }
-    chunk_.items_done = job_->items();
-    chunk_.ns_done = job_->ns();
+    auto outcome = std::move(ready_.front().second);
+    ready_.pop_front();
     if (auto* e = std::get_if<std::exception_ptr>(&outcome)) std::rethrow_exception(*e);
     return std::move(std::get<V>(outcome));
   }
@@ -138,8 +147,10 @@ class StreamSource final : LazyFeed {
                     const ItemTiming& t) noexcept override {
       inner_.on_failure(index, kind, info, exitcode, t);
     }
-    auto take(std::optional<std::uint64_t> i, std::optional<std::chrono::steady_clock::time_point> deadline) {
-      return inner_.take(i, deadline);
+    template <class Out>
+    bool take_batch(std::optional<std::uint64_t> i, std::optional<std::chrono::steady_clock::time_point> deadline,
+                    Out& out, std::size_t max) {
+      return inner_.take_batch(i, deadline, out, max);
     }
     void set_spin(std::int64_t ns) { inner_.set_spin(ns); }
     void set_receiver(std::shared_ptr<ResultReceiver> r, std::uint64_t job) { inner_.set_receiver(std::move(r), job); }
@@ -271,7 +282,8 @@ class StreamSource final : LazyFeed {
   // per_call: (job, end index) of each chunk not yet fully taken, in order.
   std::deque<std::pair<std::uint64_t, std::uint64_t>> calls_;
   std::uint64_t submitted_ = 0;
-  std::uint64_t taken_ = 0;
+  std::uint64_t taken_ = 0;  // off the job (into ready_ or to the caller)
+  std::deque<std::pair<std::uint64_t, typename StreamJob<V>::Outcome>> ready_;  // taken, not yet returned
   bool sealed_ = false;
   bool opened_ = false;          // the constructor is done
   bool feed_requested_ = false;  // close() came before it was
