@@ -163,9 +163,11 @@ class Pool : public detail::MapMethods<Pool> {
     using R = detail::pool_result_t<Fn, Stored, true>;
     using V = detail::stored_value_t<R>;
     check_types<Fn, Stored, R>();
-    auto core = std::make_shared<Core<R>>();
+    auto call = std::make_shared<detail::SingleCall<V, Core<R>>>();
+    std::shared_ptr<Core<R>> core(call, &call->core);
+    std::shared_ptr<detail::JobSink> job(call, &call->job);
+    call.reset();
     core->spin_ns = backend_->spin_ns();
-    auto job = std::make_shared<detail::GatherJob<V, true, Core<R>>>(1, core);
     detail::ChunkMessage chunk =
         detail::ChunkEncoder<Fn, Stored, true>::single(f, std::forward_as_tuple(std::forward<Args>(args)...));
     // Set before the job exists: no one waits on the core before this returns.

@@ -42,44 +42,11 @@
 #include "mproc/detail/timeline_recorder.hpp"
 #include "mproc/process.hpp"
 #include "../os/internal.hpp"
+#include "item_bits.hpp"
 #include "ticket_table.hpp"
 #include "wire.hpp"
 
 namespace mproc::detail {
-
-// Which items of a chunk were delivered: a bitmap whose range operations go a
-// 64-bit word at a time (a result batch covers thousands of items).
-class ItemBits {
- public:
-  explicit ItemBits(std::size_t n = 0) : n_(n), words_((n + 63) / 64, 0) {}
-  std::size_t size() const noexcept { return n_; }
-  bool operator[](std::size_t i) const noexcept { return (words_[i / 64] >> (i % 64)) & 1; }
-  void set(std::size_t i) noexcept { words_[i / 64] |= std::uint64_t{1} << (i % 64); }
-  /// Whether no item of [a, b) is set.
-  bool none(std::size_t a, std::size_t b) const noexcept {
-    bool any = false;
-    for_words(words_, a, b, [&](std::uint64_t w, std::uint64_t mask) { any |= (w & mask) != 0; });
-    return !any;
-  }
-  /// Sets [a, b).
-  void set(std::size_t a, std::size_t b) noexcept {
-    for_words(words_, a, b, [](std::uint64_t& w, std::uint64_t mask) { w |= mask; });
-  }
-
- private:
-  // f(word, mask of the bits of [a, b) in it), for each word that [a, b) touches.
-  template <class Words, class F>
-  static void for_words(Words& words, std::size_t a, std::size_t b, F&& f) {
-    while (a < b) {
-      std::size_t bit = a % 64, n = std::min<std::size_t>(64 - bit, b - a);
-      std::uint64_t mask = (n == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << n) - 1)) << bit;
-      f(words[a / 64], mask);
-      a += n;
-    }
-  }
-  std::size_t n_;
-  std::vector<std::uint64_t> words_;
-};
 
 struct PoolCore::Impl {
   PoolConfig cfg;

@@ -57,7 +57,9 @@ class GatherJob final : public JobSink {
   using CoreT = std::conditional_t<std::is_void_v<Core>,
                                    ResultCore<std::conditional_t<Single && std::is_same_v<V, std::monostate>, void, T>>,
                                    Core>;
-  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(sized(n)), left_(n), core_(std::move(core)) {}
+  GatherJob(std::size_t n, std::shared_ptr<CoreT> core) : values_(sized(n)), left_(n), owner_(std::move(core)), core_(owner_.get()) {}
+  /// Delivering into `core` without owning it: they are allocated together (SingleCall).
+  GatherJob(std::size_t n, CoreT* core) : values_(sized(n)), left_(n), core_(core) {}
 
   void on_batch(std::uint64_t first, std::uint64_t count, const std::uint8_t* status, const std::uint8_t* fresh,
                 Reader& payload, const ItemTiming&) noexcept override {
@@ -134,7 +136,19 @@ class GatherJob final : public JobSink {
   std::size_t left_;
   bool failed_ = false;
   std::exception_ptr error_;
-  std::shared_ptr<CoreT> core_;
+  std::shared_ptr<CoreT> owner_;  // null for a SingleCall's
+  CoreT* core_;
+};
+
+/// A single call's result core and the job that delivers into it, in one
+/// allocation (apply_async, submit): each allocation of a submit costs the
+/// submitting thread, whose many submits in a row drain malloc's thread cache.
+/// The job's and the core's shared_ptrs alias this object, so neither outlives
+/// the other.
+template <class V, class Core>
+struct SingleCall {
+  Core core;
+  GatherJob<V, true, Core> job{1, &core};
 };
 
 /// Items of a lazily-fed job, buffered until the iterating thread takes them.
