@@ -1,4 +1,5 @@
-// The syscall seam and small fd helpers (see internal.hpp).
+// The syscall seam, small fd helpers (see internal.hpp) and advise_huge_pages
+// (mproc/detail/huge_pages.hpp).
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -6,9 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <system_error>
 
 #include "internal.hpp"
+#include "mproc/detail/huge_pages.hpp"
 
 namespace mproc::detail {
 namespace {
@@ -23,6 +26,17 @@ int real_memfd_create(const char* name, unsigned flags) { return ::memfd_create(
 SysOps& sys() {
   static SysOps ops{::fork, ::pipe2, real_memfd_create, real_pidfd_open, ::posix_spawn, ::socketpair};
   return ops;
+}
+
+void advise_huge_pages(void* p, std::size_t bytes) noexcept {
+  // Below a few huge pages the advice buys nothing; the range's whole pages only
+  // (madvise wants a page-aligned start; the pages around the ends are shared
+  // with other allocations).
+  if (!p || bytes < (std::size_t{8} << 20)) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 void throw_errno(const char* call) {

@@ -3,7 +3,6 @@
 // The backend under it is a PoolBackend: PoolCore (mproc/detail/pool_core.hpp,
 // src/pool/) unless the Pool was given another.
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,17 +29,6 @@ std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int 
       return std::make_exception_ptr(CancelledError(info.message));
   }
   return std::make_exception_ptr(Error(info.message));
-}
-
-void advise_huge_pages(void* p, std::size_t bytes) noexcept {
-  // Below a few huge pages the advice buys nothing; the range's whole pages only
-  // (madvise wants a page-aligned start; the pages around the ends are shared
-  // with other allocations).
-  if (!p || bytes < (std::size_t{8} << 20)) return;
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
-  const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
-  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 std::vector<int> dup_fds(std::span<const int> fds) {

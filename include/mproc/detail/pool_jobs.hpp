@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "mproc/detail/huge_pages.hpp"
 #include "mproc/detail/pool_backend.hpp"
 #include "mproc/detail/pool_entry.hpp"
 #include "mproc/progress.hpp"
@@ -31,21 +32,6 @@ std::exception_ptr make_item_error(Failure kind, const ExceptionInfo& info, int 
 /// first failure. Returns `inner` itself when `bar` is null.
 std::shared_ptr<JobSink> progress_sink(std::shared_ptr<JobSink> inner, std::shared_ptr<ProgressBar> bar,
                                        bool end_on_failure);
-
-/// Asks for transparent huge pages over [p, p + bytes) (its whole pages), before
-/// they are first touched; a no-op for small ranges or where THP is off.
-void advise_huge_pages(void* p, std::size_t bytes) noexcept;
-
-/// n value-initialized Vs; a big vector gets huge pages before it is zeroed (on
-/// a VM a 4 KiB page fault costs µs: 80 MB of results took ~200 ms of faults).
-template <class V>
-std::vector<V> make_values(std::size_t n) {
-  std::vector<V> v;
-  v.reserve(n);
-  advise_huge_pages(v.data(), n * sizeof(V));
-  v.resize(n);
-  return v;
-}
 
 /// A job whose results are gathered into one value (apply) or a vector (map),
 /// into a ResultCore, or into `Core` (a type derived from it, such as the
