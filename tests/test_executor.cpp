@@ -237,12 +237,20 @@ TYPED_TEST(ExecutorTest, CancelRacingTheWorkersIsExactlyOnce) {
   std::vector<bool> cancelled(kTasks);
   {
     TypeParam ex(ExecutorOptions{.max_workers = 2});
+    // Both workers are held until half the tasks are in: the cancels of that half
+    // find them queued (some cancels succeed, whatever the machine's speed); in the
+    // second half they race the workers.
+    mproc::Event started, go;
+    std::vector<Future<int>> held;
+    for (int w = 0; w < 2; ++w) held.push_back(ex.submit(block, started, go, w));
     std::vector<Future<int>> fs;
     for (std::size_t i = 0; i < kTasks; ++i) {
+      if (i == kTasks / 2) go.set();
       fs.push_back(ex.submit(mark_ran, ran, static_cast<int>(i)));
       // Cancel every other one of the tasks submitted 16 ago: some were taken already.
       if (i >= 16 && i % 2 == 0) cancelled[i - 16] = fs[i - 16].cancel();
     }
+    for (int w = 0; w < 2; ++w) EXPECT_EQ(held[w].get(), w);
     for (std::size_t i = 0; i < kTasks; ++i) {
       if (cancelled[i]) {
         EXPECT_TRUE(fs[i].cancelled());
