@@ -130,6 +130,8 @@ int close_descriptors_3_to_1024() {
   for (int fd = 3; fd <= 1024; ++fd) ::close(fd);
   return 1;
 }
+// The same, as a pool initializer.
+void close_descriptors_3_to_1024_init() { (void)close_descriptors_3_to_1024(); }
 // Worse: every descriptor from 3 up, the worker's own included wherever they are.
 int close_every_descriptor() {
   ::syscall(SYS_close_range, 3u, ~0u, 0u);
@@ -207,6 +209,18 @@ TEST_P(PoolFdSweep, ATaskClosingDescriptors3To1024BreaksNoLaterTask) {
   EXPECT_EQ(pool.apply_async(echo, big).get(30s), big);
   EXPECT_EQ(pool.apply_async(square, 5).get(30s), 25);
   EXPECT_EQ(pool.worker_pids(), pids) << "the worker did not survive its task's descriptor sweep";
+}
+
+TEST_P(PoolFdSweep, AnInitializerClosingDescriptors3To1024BreaksNoTask) {
+  // Regression: the worker moved its descriptors above 1024 only after its
+  // initializer ran (docs/pool.md said before), so an initializer's sweep closed
+  // them and every worker failed its first task ("a task closed file descriptor").
+  Pool pool(PoolOptions{.processes = 1, .start_method = GetParam()}, close_descriptors_3_to_1024_init);
+  const auto pids = pool.worker_pids();
+  const std::string big(1 << 20, 'z');
+  EXPECT_EQ(pool.apply_async(square, 6).get(30s), 36);
+  EXPECT_EQ(pool.apply_async(echo, big).get(30s), big);
+  EXPECT_EQ(pool.worker_pids(), pids) << "the worker did not survive its initializer's descriptor sweep";
 }
 
 TEST_P(PoolFdSweep, ATaskClosingTheWorkersOwnDescriptorsFailsItselfNotTheNext) {

@@ -337,6 +337,8 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   ::signal(SIGINT, SIG_IGN);
   WorkerSlot* slot = PoolTable::slots(table) + id;
   TicketTable tickets(PoolTable::tickets(table));
+  // Before the initializer, which may sweep descriptors as a task may.
+  OwnFds own(tasks, results);
   if (!initializer.empty()) {
     try {
       // Its arguments' decoders take their own duplicates of its fds.
@@ -350,7 +352,6 @@ void pool_worker_main(ChannelEnd tasks, ChannelEnd results, Segment table, std::
   }
   std::vector<std::byte> buf;
   std::vector<int> fds;
-  OwnFds own(tasks, results);
   WorkerSink sink(results, *slot, id, item_times, item_clock, own);
   for (long long done = 0; maxtasks <= 0 || done < maxtasks;) {
     ChunkHeader h{};
