@@ -239,22 +239,16 @@ class OutcomeSlots {
   /// Keeps `o` for item `index` (each index comes once: the backend delivers
   /// every item once; a repeat is ignored while the index is in the window).
   void emplace(std::uint64_t index, Outcome&& o) {
-    ++present_;
     if (unordered_) {
       arrived_.emplace_back(index, std::move(o));
-      return;
+    } else {
+      if (index < base_) return;
+      auto k = static_cast<std::size_t>(index - base_);
+      if (k >= slots_.size()) slots_.resize(k + 1);
+      if (slots_[k]) return;
+      slots_[k].emplace(std::move(o));
     }
-    if (index < base_) {
-      --present_;
-      return;
-    }
-    auto k = static_cast<std::size_t>(index - base_);
-    if (k >= slots_.size()) slots_.resize(k + 1);
-    if (slots_[k]) {
-      --present_;
-      return;
-    }
-    slots_[k].emplace(std::move(o));
+    ++present_;
   }
   bool empty() const noexcept { return present_ == 0; }
   /// Whether item `index` can be taken (ordered taking only).

@@ -24,10 +24,8 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "mproc/detail/futex.hpp"
-#include "mproc/detail/huge_pages.hpp"
 #include "mproc/detail/timeout.hpp"  // timeout_deadline
 #include "mproc/error.hpp"
 #include "mproc/serial.hpp"
@@ -275,28 +273,9 @@ decltype(auto) with_encoded(const T& v, F&& f) {
   return f(static_cast<const Writer&>(w));
 }
 
-template <class T>
-inline constexpr bool is_plain_vector_v = false;
-template <class E>
-inline constexpr bool is_plain_vector_v<std::vector<E>> = kind_of<E>() == Kind::bytes;
-
-/// Decodes one T that must use all of the message. A big std::vector of plain
-/// values (the shape of most large messages) gets transparent huge pages before
-/// its memory is first touched: on a VM a 4 KiB page fault costs ~10 µs, which
-/// made the receiver's fresh 64 MiB vector the largest cost of a 64 MiB item.
-/// Same wire format as load<T> (a count, then the elements' bytes).
+/// Decodes one T that must use all of the message.
 template <class T>
 T load_message(Reader& r) {
-  if constexpr (is_plain_vector_v<T>) {
-    using E = typename T::value_type;
-    if (r.remaining() >= (std::size_t{8} << 20)) {
-      std::size_t n = read_size(r, sizeof(E));
-      T v = make_values<E>(n);
-      r.read(v.data(), n * sizeof(E));
-      if (!r.at_end()) throw SerializationError("mproc: received message has trailing bytes (sent as another type?)");
-      return v;
-    }
-  }
   T v = load<T>(r);
   if (!r.at_end()) throw SerializationError("mproc: received message has trailing bytes (sent as another type?)");
   return v;
